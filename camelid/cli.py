@@ -1,0 +1,123 @@
+"""The `camelid` command: a thin table of verbs over `main(cfg)` functions.
+
+    camelid sft CONFIG.yaml [section.key=value ...]
+    camelid pt CONFIG.yaml [overrides]
+    camelid data CONFIG.yaml [overrides]     show rendered examples with their loss mask, and counts
+    camelid export RUN_DIR OUT_DIR           merge a LoRA run into a plain HF model folder
+    camelid chat MODEL_OR_RUN [overrides]
+    camelid pull NAME | --list               fetch a catalog model or dataset for offline use
+    camelid quickstart [overrides]           real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU
+"""
+
+from __future__ import annotations
+
+import sys
+
+from camelid.config import load_config
+from camelid.utils import CamelidError, setup_logging
+
+
+def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """First argument is a YAML file unless it is an override (has '=')."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def cmd_train(stage: str, args: list[str]) -> None:
+    path, overrides = _split_args(args)
+    cfg = load_config(path, overrides)
+    if stage == "sft":
+        from camelid.train.sft import main
+    else:
+        from camelid.train.pt import main
+    main(cfg)
+
+
+def cmd_data(args: list[str]) -> None:
+    from camelid.data.loader import load_records, render_all
+    from camelid.data.templates import show
+    from camelid.model import load_tokenizer
+
+    path, overrides = _split_args(args)
+    cfg = load_config(path, overrides)
+    tok = load_tokenizer(cfg.model)
+    records, stats = load_records(cfg.data.train, "messages", cfg.data)
+    for st in stats:
+        print(f"{st['source']}: read {st['read']}, kept {st['kept']}, skipped {st['skipped']} {st['reasons'] or ''}")
+    rendered, dropped = render_all(tok, records, cfg.data)
+    lengths = sorted(len(r.input_ids) for r in rendered)
+    sup = sum(r.n_supervised for r in rendered) / max(1, sum(lengths))
+    print(f"{len(rendered)} chats; tokens p50={lengths[len(lengths) // 2]} max={lengths[-1]}; "
+          f"{sup:.0%} of tokens supervised; dropped: {dropped or 'none'}")
+    for r in rendered[:2]:
+        print("-" * 60 + "\n" + show(tok, r) + "\n" + "-" * 60)
+    print("[[...]] marks the tokens the loss is computed on")
+
+
+def cmd_export(args: list[str]) -> None:
+    from camelid.model import merge_adapter
+
+    if len(args) < 2:
+        raise CamelidError("usage: camelid export RUN_DIR OUT_DIR [dtype=bfloat16]")
+    dtype = args[2].split("=", 1)[1] if len(args) > 2 else "auto"
+    out = merge_adapter(args[0], args[1], dtype)
+    print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained and vLLM)")
+
+
+def cmd_chat(args: list[str]) -> None:
+    from camelid.serve.chat import main
+
+    if not args:
+        raise CamelidError("usage: camelid chat MODEL_OR_RUN [chat.temperature=0.7 ...]")
+    main(load_config(None, args[1:]), args[0])
+
+
+def cmd_pull(args: list[str]) -> None:
+    from camelid import hub
+
+    if not args or args[0] == "--list":
+        print("\n".join(hub.catalog_listing()))
+        return
+    for name in args:
+        print(hub.pull(name))
+
+
+def cmd_quickstart(args: list[str]) -> None:
+    from camelid.quickstart import main
+
+    main(args)
+
+
+VERBS = {
+    "pt": lambda a: cmd_train("pt", a),
+    "sft": lambda a: cmd_train("sft", a),
+    "data": cmd_data,
+    "export": cmd_export,
+    "chat": cmd_chat,
+    "pull": cmd_pull,
+    "quickstart": cmd_quickstart,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        print(__doc__)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown verb '{argv[0]}'; verbs: {', '.join(VERBS)}")
+            sys.exit(2)
+        return
+    setup_logging()
+    try:
+        VERBS[argv[0]](argv[1:])
+    except CamelidError as e:
+        print(f"camelid {argv[0]}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the newest checkpoint (if any) resumes the run", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Typed, strict configuration: nested dataclasses, YAML files, dotted command-line overrides.
+
+    cfg = load_config("configs/sft_lora.yaml", ["train.lr=1e-4", "lora.r=16"])
+
+Unknown keys fail with the key and the closest valid one; values are checked against the field's
+type; `validate(cfg, stage)` rejects impossible combinations before any weights load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from camelid.utils import CamelidError
+
+Method = Literal["full", "freeze", "lora", "qlora", "ptuning", "embedding"]
+METHODS = typing.get_args(Method)
+
+
+class ConfigError(CamelidError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""  # local folder, Hugging Face id, or catalog name (camelid pull --list)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    template: str = ""  # force a built-in chat template; empty = the tokenizer's own
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False  # runs code from the model repo: only when asked by name
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear
+    rslora: bool = False
+    dora: bool = False
+
+
+@dataclass
+class QuantConfig:
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+@dataclass
+class FreezeConfig:
+    last_n_blocks: int = 2  # train the last n transformer blocks ...
+    modules: list[str] = field(default_factory=list)  # ... only these submodules of them (e.g. [mlp]); empty = all
+    extra: list[str] = field(default_factory=list)  # other params to train by name substring (e.g. [norm])
+
+
+@dataclass
+class PtuningConfig:
+    virtual_tokens: int = 16
+    projection: bool = False  # reparameterise the prefix through an MLP (P-Tuning v2 paper, sec. 2.3)
+    projection_hidden: int = 256
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # files, folder@name (LLaMA-Factory), or catalog names
+    eval: list[str] = field(default_factory=list)
+    eval_split: float = 0.0  # hold out this fraction of train for eval when `eval` is empty
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "text", "preference", "prompt"] = "auto"
+    max_length: int = 1024
+    max_samples: int = 0  # per source; 0 = all
+    packing: bool = True
+    on_error: Literal["fail", "skip"] = "fail"
+    truncation: Literal["right", "drop"] = "right"  # what to do with examples longer than max_length
+    system: str = ""  # system prompt added to chats that have none
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/run"
+    lr: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = 0  # optimizer steps; 0 = derived from epochs
+    batch_size: int = 4  # examples (or packed rows) per micro-batch per device
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: int = 0  # steps; 0 = only at the end
+    save_every: int = 0  # steps; 0 = only the final save
+    keep_last: int = 2
+    log_every: int = 1
+    seed: int = 42
+    resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
+    tensorboard: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class ExportConfig:
+    run: str = ""  # a run folder (or adapter folder) to merge
+    output: str = ""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+@dataclass
+class ChatConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    system: str = ""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Method = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    ptuning: PtuningConfig = field(default_factory=PtuningConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# building from dicts
+
+
+def _closest(key: str, options: list[str]) -> str:
+    best = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f" (did you mean '{best[0]}'?)" if best else f" (valid: {', '.join(options)})"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only what is unambiguous (int → float)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (list,):
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # `data.train=file.jsonl` on the command line means a list of one
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    else:  # pragma: no cover - a new field type was added without teaching _coerce
+        raise ConfigError(f"{where}: unsupported type {tp}")
+    raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Any, where: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key '{path}'{_closest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """`train.lr=1e-4` → 0.0001, `x=true` → True, `x=[a,b]` → list; YAML rules, except that
+    YAML 1.1 reads 1e-4 as a string, so numbers are tried first."""
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text) if text else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{k}' is not a section")
+        node[keys[-1]] = _parse_scalar(raw.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    apply_overrides(data, overrides or [])
+    return _build(Config, data)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# combinations that cannot work, caught before any weights load
+
+STAGES = ("pt", "sft", "export", "chat")
+
+
+def validate(cfg: Config, stage: str) -> Config:
+    t, d, m = cfg.train, cfg.data, cfg.model
+    errors = []
+    if stage in ("pt", "sft", "chat") and not m.name:
+        errors.append("model.name is required (a folder, a Hugging Face id, or a catalog name)")
+    if stage in ("pt", "sft") and not d.train:
+        errors.append("data.train needs at least one source")
+    if cfg.method == "qlora" and m.dtype == "float32" and t.mixed_precision == "no":
+        pass  # fine: 4-bit weights, fp32 compute (what the CPU runs best)
+    if cfg.method == "ptuning" and d.packing and stage == "sft":
+        errors.append(
+            "method 'ptuning' cannot be combined with data.packing=true: the virtual-token prefix is shared by "
+            "the whole row, so packed examples would share it; set data.packing=false"
+        )
+    if cfg.method == "ptuning" and m.gradient_checkpointing:
+        errors.append("method 'ptuning' does not support model.gradient_checkpointing (peft prefix caches)")
+    if t.mixed_precision == "fp16" and m.dtype == "bfloat16":
+        errors.append("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes two half formats; pick one")
+    if m.dtype in ("bfloat16", "float16") and cfg.method in ("full", "freeze", "embedding") and t.mixed_precision == "no":
+        errors.append(
+            f"training {cfg.method} weights stored in {m.dtype} with mixed_precision=no loses updates to rounding; "
+            "use model.dtype=float32 with train.mixed_precision=bf16"
+        )
+    if m.trust_remote_code:
+        pass  # allowed: the user asked for it by name
+    checks = [
+        (t.lr > 0, "train.lr must be > 0"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (t.max_steps > 0 or t.epochs > 0, "set train.max_steps or train.epochs"),
+        (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (t.keep_last >= 1, "train.keep_last must be >= 1"),
+        (0 <= d.eval_split < 1, "data.eval_split must be in [0, 1)"),
+        (d.max_length >= 8, "data.max_length must be >= 8"),
+        (cfg.lora.r >= 1, "lora.r must be >= 1"),
+        (cfg.freeze.last_n_blocks >= 0, "freeze.last_n_blocks must be >= 0"),
+        (cfg.ptuning.virtual_tokens >= 1, "ptuning.virtual_tokens must be >= 1"),
+    ]
+    errors += [msg for ok, msg in checks if not ok]
+    if stage == "export" and not cfg.export.run:
+        errors.append("export.run is required: the run folder to merge")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return cfg

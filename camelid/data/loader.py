@@ -1,0 +1,223 @@
+"""From canonical records to training batches: tokenize, cache, pack, collate, and a resumable batch order.
+
+- pretraining text is tokenized once (cached on disk as .npy keyed by data + tokenizer hashes),
+  joined with EOS and cut into blocks of `max_length` (standard continued-pretraining packing);
+- chats are rendered with their loss mask, then optionally packed padding-free: whole examples are
+  placed into rows of `max_length` tokens (first-fit decreasing), and each example's position ids
+  restart at 0. transformers turns restarting position ids into a block-diagonal causal mask, so
+  packed examples never attend to each other (tests compare logits against unpacked runs);
+- batch order is a pure function of (seed, epoch, rank), so a resumed run replays the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camelid.data.formats import load_source
+from camelid.data.templates import IGNORE, Rendered, render
+from camelid.utils import CamelidError, log
+
+
+@dataclass
+class Prepared:
+    """What a stage trains on, plus the provenance saved with the run."""
+
+    train: list  # units: Rendered examples, packed rows (list[Rendered]), or 1-D int arrays (pt blocks)
+    eval: list
+    sources: list[dict] = field(default_factory=list)  # load_source stats: files, sha256, counts
+    dropped: dict = field(default_factory=dict)  # reason → count, for examples removed after tokenizing
+    kind: str = "sft"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(str(tokenizer.chat_template or "").encode())
+    h.update(str(tokenizer.eos_token_id).encode())
+    return h.hexdigest()[:16]
+
+
+def load_records(specs: list[str], kind: str, data_cfg) -> tuple[list[dict], list[dict]]:
+    records, stats = [], []
+    for spec in specs:
+        recs, st = load_source(
+            spec, kind, on_error=data_cfg.on_error, max_samples=data_cfg.max_samples or None, fmt=data_cfg.format
+        )
+        records += recs
+        stats.append(st)
+    return records, stats
+
+
+def _split(units: list, fraction: float, seed: int) -> tuple[list, list]:
+    if fraction <= 0:
+        return units, []
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(units), generator=g).tolist()
+    n_eval = max(1, int(len(units) * fraction))
+    return [units[i] for i in order[n_eval:]], [units[i] for i in order[:n_eval]]
+
+
+# ---------------------------------------------------------------------------------------------
+# supervised chats
+
+
+def render_all(tokenizer, records: list[dict], data_cfg) -> tuple[list[Rendered], dict]:
+    out, dropped = [], {}
+    for rec in records:
+        messages = rec["messages"]
+        if data_cfg.system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": data_cfg.system}] + messages
+        r = render(tokenizer, messages)
+        if len(r.input_ids) > data_cfg.max_length:
+            if data_cfg.truncation == "drop":
+                dropped["longer than data.max_length"] = dropped.get("longer than data.max_length", 0) + 1
+                continue
+            r = Rendered(r.input_ids[: data_cfg.max_length], r.labels[: data_cfg.max_length])
+        if r.n_supervised == 0:
+            # Never train on an example silently emptied by truncation: count it and say so.
+            key = "no assistant tokens within data.max_length"
+            dropped[key] = dropped.get(key, 0) + 1
+            continue
+        out.append(r)
+    for reason, n in dropped.items():
+        log.warning(f"dropped {n} of {len(records)} chats: {reason}")
+    if not out:
+        raise CamelidError("no trainable chats left after rendering; raise data.max_length or check the data")
+    return out, dropped
+
+
+def pack(examples: list[Rendered], capacity: int) -> list[list[Rendered]]:
+    """First-fit decreasing bin packing of whole examples into rows of at most `capacity` tokens."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = len(examples[i].input_ids)
+        for r, room in enumerate(free):
+            if n <= room:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - n)
+    return [[examples[i] for i in row] for row in rows]
+
+
+def prepare_sft(tokenizer, data_cfg, seed: int) -> Prepared:
+    records, stats = load_records(data_cfg.train, "messages", data_cfg)
+    examples, dropped = render_all(tokenizer, records, data_cfg)
+    if data_cfg.eval:
+        eval_records, eval_stats = load_records(data_cfg.eval, "messages", data_cfg)
+        stats += eval_stats
+        eval_examples, _ = render_all(tokenizer, eval_records, data_cfg)
+    else:
+        examples, eval_examples = _split(examples, data_cfg.eval_split, seed)
+    train = pack(examples, data_cfg.max_length) if data_cfg.packing else examples
+    if data_cfg.packing:
+        n_tok = sum(len(e.input_ids) for e in examples)
+        log.info(f"packed {len(examples)} chats into {len(train)} rows ({n_tok / (len(train) * data_cfg.max_length):.0%} full)")
+    return Prepared(train, eval_examples, stats, dropped, "sft")
+
+
+# ---------------------------------------------------------------------------------------------
+# pretraining text
+
+
+def prepare_pt(tokenizer, data_cfg, seed: int, cache_dir: Path) -> Prepared:
+    records, stats = load_records(data_cfg.train, "text", data_cfg)
+    if data_cfg.eval:
+        eval_records, eval_stats = load_records(data_cfg.eval, "text", data_cfg)
+        stats += eval_stats
+        eval_blocks = _blocks(tokenizer, eval_records, data_cfg.max_length, cache_dir, eval_stats)
+    else:
+        eval_blocks = None
+    blocks = _blocks(tokenizer, records, data_cfg.max_length, cache_dir, stats)
+    if eval_blocks is None:
+        blocks, eval_blocks = _split(blocks, data_cfg.eval_split, seed)
+    log.info(f"{len(blocks)} training blocks of {data_cfg.max_length} tokens")
+    return Prepared(blocks, eval_blocks, stats, {}, "pt")
+
+
+def _blocks(tokenizer, records: list[dict], length: int, cache_dir: Path, stats: list[dict]) -> list[np.ndarray]:
+    key = hashlib.sha256(
+        json.dumps([[f["sha256"] for f in s["files"]] + [s["kept"]] for s in stats]).encode()
+        + tokenizer_fingerprint(tokenizer).encode()
+        + str(len(records)).encode()
+    ).hexdigest()[:20]
+    path = Path(cache_dir) / f"pt-{key}.npy"
+    if path.exists():
+        ids = np.load(path, allow_pickle=False)
+        log.info(f"tokenized text from cache {path}")
+    else:
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise CamelidError("the tokenizer has no EOS token to separate documents")
+        chunks = []
+        for rec in records:
+            chunks.append(tokenizer(rec["text"], add_special_tokens=False)["input_ids"])
+            chunks.append([eos])
+        ids = np.fromiter((t for c in chunks for t in c), dtype=np.int32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, ids, allow_pickle=False)
+        tmp.replace(path)
+    n = len(ids) // length
+    if n == 0:
+        raise CamelidError(f"the text has {len(ids)} tokens, fewer than one block of data.max_length={length}")
+    return [ids[i * length : (i + 1) * length] for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+
+def collate(units: list, pad_id: int) -> dict[str, torch.Tensor]:
+    """Units → a padded batch. Packed rows carry position ids that restart per example and no
+    attention mask (padding sits at the row's end, where causal attention keeps it harmless)."""
+    if isinstance(units[0], np.ndarray):  # pt blocks: every token is a target
+        ids = torch.from_numpy(np.stack(units).astype(np.int64))
+        return {"input_ids": ids, "labels": ids.clone(), "num_tokens": torch.tensor(ids.numel())}
+    packed = isinstance(units[0], list)
+    rows = units if packed else [[u] for u in units]
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for e in row:
+            n = len(e.input_ids)
+            ids[r, at : at + n] = torch.tensor(e.input_ids)
+            labels[r, at : at + n] = torch.tensor(e.labels)
+            pos[r, at : at + n] = torch.arange(n)
+            mask[r, at : at + n] = 1
+            at += n
+        if at < width:  # keep positions increasing through the padding so it joins no new sequence
+            pos[r, at:] = torch.arange(pos[r, at - 1] + 1, pos[r, at - 1] + 1 + width - at)
+    # num_tokens (real, non-pad tokens) is for throughput logs; the loop removes it before forward.
+    batch = {"input_ids": ids, "labels": labels, "num_tokens": mask.sum()}
+    if packed:
+        return batch | {"position_ids": pos}
+    return batch | {"attention_mask": mask}
+
+
+def batch_order(n_units: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's micro-batches for one epoch: a seeded permutation, cut into global batches."""
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    perm = torch.randperm(n_units, generator=g).tolist()
+    step = batch_size * world
+    batches = []
+    for i in range(0, n_units, step):
+        chunk = perm[i : i + step]
+        if len(chunk) < step and world > 1:
+            break  # uneven last batches would leave ranks waiting on each other
+        batches.append(chunk[rank::world])
+    return batches

@@ -1,0 +1,335 @@
+"""One training loop for every loss-driven stage (pt, sft, rm, dpo): `fit(model, loss_fn, data, ...)`.
+
+Built on accelerate, so the same code runs on a laptop CPU and under `accelerate launch` / `torchrun`
+with DDP, FSDP or DeepSpeed. What it does each optimizer step: `grad_accum` micro-batches →
+clip → step → LR schedule (warmup + decay); every `log_every` steps a line in metrics.jsonl,
+TensorBoard and the progress bar (loss, lr, tokens/s, ETA); every `eval_every` steps eval loss;
+every `save_every` steps an atomic checkpoint.
+
+Checkpoints (`checkpoint-<step>/`, written to a temp folder and renamed, keep-last-k) hold the
+trainable weights, optimizer moments, RNG states and the data position, in safetensors + JSON:
+nothing is unpickled on resume. Under DeepSpeed/FSDP the weights are sharded, so accelerate's own
+`save_state` writes them instead. Resume replays the same batch order from the saved position, so
+a resumed run's losses equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from camelid.data.loader import batch_order
+from camelid.utils import CamelidError, atomic_dir, log, write_json
+
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+_SHARDED = (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def make_accelerator(cfg) -> Accelerator:
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+
+
+def _optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            # Weight decay on matrices only: decaying norms and biases only hurts (AdamW paper practice).
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise CamelidError("the model has no trainable parameters; check method and its options")
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+class _Stream:
+    """The micro-batch sequence across epochs, addressable by index so resume can jump into it."""
+
+    def __init__(self, n_units: int, cfg, rank: int, world: int):
+        self.n_units, self.cfg, self.rank, self.world = n_units, cfg, rank, world
+        self.per_epoch = len(batch_order(n_units, cfg.batch_size, cfg.seed, 0, rank, world))
+        if self.per_epoch == 0:
+            raise CamelidError(f"{n_units} training examples are fewer than one batch of {cfg.batch_size}×{world}")
+
+    def from_index(self, start: int):
+        epoch, offset = divmod(start, self.per_epoch)
+        while True:
+            order = batch_order(self.n_units, self.cfg.batch_size, self.cfg.seed, epoch, self.rank, self.world)
+            for b in order[offset:]:
+                yield epoch, b
+            epoch, offset = epoch + 1, 0
+
+
+def total_steps(n_units: int, cfg, world: int = 1) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = len(batch_order(n_units, cfg.batch_size, cfg.seed, 0, 0, world))
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+
+
+def fit(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    train_units: list,
+    eval_units: list,
+    collate_fn: Callable[[list], dict],
+    cfg,
+    run_dir: str | Path,
+    accelerator: Accelerator | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train `model` with `loss_fn(model, batch) → (loss, metrics)`. Returns the last metrics."""
+    run_dir = Path(run_dir)
+    acc = accelerator or make_accelerator(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    optimizer = _optimizer(model, cfg)
+    steps = total_steps(len(train_units), cfg, acc.num_processes)
+    sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
+    warmup = int(cfg.warmup_ratio * steps)
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    model, optimizer = acc.prepare(model, optimizer)
+    # The scheduler stays unprepared: accelerate would step it once per process per step.
+    scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+    state = {"step": 0, "tokens": 0}
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        state = _load_checkpoint(ckpt, acc, model, optimizer)
+        with warnings.catch_warnings():  # fast-forwarding the schedule without optimizer steps is intended
+            warnings.simplefilter("ignore")
+            for _ in range(state["step"]):
+                scheduler.step()
+        _truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+        log.info(f"resumed from {ckpt} at step {state['step']}")
+
+    stream = _Stream(len(train_units), cfg, acc.process_index, acc.num_processes).from_index(state["step"] * cfg.grad_accum)
+    writer = _tensorboard(run_dir, cfg) if acc.is_main_process else None
+    bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
+    metrics: dict = {}
+    if eval_units and state["step"] == 0:  # the baseline every later eval is read against
+        _log(run_dir, writer, {"step": 0, **evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)}, acc)
+    t0, tok0 = time.perf_counter(), state["tokens"]
+    model.train()
+    while state["step"] < steps:
+        step_loss, step_metrics, n_tok, grad_norm = 0.0, {}, 0, None
+        for _ in range(cfg.grad_accum):
+            epoch, idx = next(stream)
+            batch = collate_fn([train_units[i] for i in idx])
+            n_tok += int(batch.pop("num_tokens"))
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.accumulate(model):
+                with acc.autocast():
+                    loss, extra = loss_fn(model, batch)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach().float() / cfg.grad_accum
+            for k, v in extra.items():
+                if k == "n_tokens":  # a weight for eval averaging, not a metric
+                    continue
+                step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+        scheduler.step()
+        state["step"] += 1
+        state["tokens"] += n_tok * acc.num_processes
+        loss_value = acc.reduce(step_loss.to(acc.device), "mean").item()
+        if not math.isfinite(loss_value):
+            raise CamelidError(f"loss became {loss_value} at step {state['step']}; lower train.lr or check the data")
+        elapsed = time.perf_counter() - t0
+        metrics = {
+            "step": state["step"], "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens": state["tokens"], "tokens_per_s": (state["tokens"] - tok0) / max(elapsed, 1e-9), **step_metrics,
+        }
+        if cfg.eval_every and state["step"] % cfg.eval_every == 0 and eval_units:
+            metrics |= evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
+            model.train()
+        if state["step"] % cfg.log_every == 0 or state["step"] == steps:
+            _log(run_dir, writer, metrics, acc)
+        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        bar.update(1)
+        if on_step is not None:
+            on_step(state["step"], metrics)
+        if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
+            _save_checkpoint(run_dir, state, acc, model, optimizer, cfg.keep_last)
+    bar.close()
+    if eval_units:
+        final = evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
+        metrics |= final
+        _log(run_dir, writer, {"step": state["step"], **final}, acc)
+    if writer is not None:
+        writer.close()
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn: LossFn, units: list, collate_fn, batch_size: int, acc: Accelerator) -> dict:
+    """Token-weighted mean loss over `units` (sharded over ranks) and its perplexity."""
+    model.eval()
+    total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+    mine = units[acc.process_index :: acc.num_processes]
+    for i in range(0, len(mine), batch_size):
+        batch = collate_fn(mine[i : i + batch_size])
+        batch.pop("num_tokens")
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        with acc.autocast():
+            loss, extra = loss_fn(model, batch)
+        n = extra.get("n_tokens", 1)
+        total += loss.float() * n
+        count += n
+    total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
+    mean = (total / count.clamp(min=1)).item()
+    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50))}
+
+
+# ---------------------------------------------------------------------------------------------
+# logging
+
+
+def _tensorboard(run_dir: Path, cfg):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard not installed (pip install 'camelid[tensorboard]'); logging to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _log(run_dir: Path, writer, metrics: dict, acc: Accelerator) -> None:
+    if not acc.is_main_process:
+        return
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(metrics) + "\n")
+    if writer is not None:
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and k != "step":
+                writer.add_scalar(k, v, metrics["step"])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past the resumed checkpoint: those steps are about to be run again."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = []
+    for p in Path(run_dir).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "state.json").exists():  # only complete (renamed) checkpoints
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model, optimizer, keep_last: int) -> None:
+    final = run_dir / f"checkpoint-{state['step']}"
+    acc.wait_for_everyone()
+    if acc.distributed_type in _SHARDED:
+        # Every rank writes its shard; accelerate picks the format. Rename happens on rank 0 after all wrote.
+        tmp = run_dir / f"checkpoint-{state['step']}.tmp-shared"
+        acc.save_state(str(tmp / "accelerate"))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_json(tmp / "state.json", state)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+    elif acc.is_main_process:
+        with atomic_dir(final) as tmp:
+            unwrapped = acc.unwrap_model(model)
+            save_file(_trainable(unwrapped), str(tmp / "trainable.safetensors"))
+            tensors, meta = _flatten_optimizer(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            write_json(tmp / "optimizer.json", meta)
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state()
+            save_file(rng, str(tmp / "rng.safetensors"))
+            write_json(tmp / "state.json", state | {"python_random": _jsonable(random.getstate())})
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        for old in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(ckpt: Path, acc: Accelerator, model, optimizer) -> dict:
+    state = json.loads((ckpt / "state.json").read_text())
+    if (ckpt / "accelerate").exists():
+        acc.load_state(str(ckpt / "accelerate"))
+    else:
+        unwrapped = acc.unwrap_model(model)
+        saved = load_file(str(ckpt / "trainable.safetensors"))
+        params = dict(unwrapped.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
+        if missing or any(n not in params for n in saved):
+            raise CamelidError(f"{ckpt} was written for a different set of trainable weights (e.g. {missing[:3]})")
+        with torch.no_grad():
+            for n, t in saved.items():
+                params[n].copy_(t)
+        meta = json.loads((ckpt / "optimizer.json").read_text())
+        inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        inner.load_state_dict(_unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), meta))
+        rng = load_file(str(ckpt / "rng.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        if "python_random" in state:
+            random.setstate(_tuplify(state.pop("python_random")))
+    return {"step": state["step"], "tokens": state.get("tokens", 0)}
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state → flat tensors + JSON, so checkpoints need no pickle."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _jsonable(x):
+    return [_jsonable(i) for i in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tuplify(x):
+    return tuple(_tuplify(i) for i in x) if isinstance(x, list) else x

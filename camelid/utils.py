@@ -1,0 +1,93 @@
+"""Small helpers every layer may use: optional imports, hashing, atomic writes, logging."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger("camelid")
+
+
+class CamelidError(Exception):
+    """An error the user can fix; the CLI prints its message without a traceback."""
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or fail with the pip command that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CamelidError(
+            f"this feature needs the optional package '{module}': pip install 'camelid[{extra}]'"
+        ) from e
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; rename it into place only if the block succeeds.
+
+    A reader never sees a half-written folder: a crash leaves at most a `*.tmp-*` folder behind,
+    which the next writer ignores.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.exists():
+            # Swap in two renames so `final` is never missing for longer than one rename.
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON via a temp file + rename so a crash never leaves a truncated file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not log.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("[camelid] %(message)s"))
+        log.addHandler(h)
+    log.setLevel(level)
+    log.propagate = False
