@@ -142,11 +142,12 @@ def count_parameters(model) -> tuple[int, int]:
 # saving and loading what was trained
 
 
-def save_trained(model, tokenizer, out: Path, cfg) -> None:
+def save_trained(model, tokenizer, out: Path, cfg, state_dict: dict | None = None) -> None:
     """Adapters as peft folders, other methods as full HF folders; the tokenizer (with its chat
-    template) is saved beside either, so chat/serve/vLLM use the template training used."""
+    template) is saved beside either, so chat/serve/vLLM use the template training used.
+    `state_dict` is the gathered one when training was sharded."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
+    model.save_pretrained(str(out), **({"state_dict": state_dict} if state_dict is not None else {}))
     tokenizer.save_pretrained(str(out))
     info = {"method": cfg.method, "base_model": cfg.model.name, "base_path": hub.resolve_model(cfg.model.name)}
     (out / "camelid_model.json").write_text(json.dumps(info, indent=2))

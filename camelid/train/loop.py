@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -27,7 +28,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -40,7 +41,13 @@ _SHARDED = (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
 def make_accelerator(cfg) -> Accelerator:
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    handlers = []
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
+        # DeepSpeed on CPU ranks: without a named backend accelerate sees no device, starts the process
+        # group through DeepSpeed anyway, but then counts a single process. Naming gloo keeps both in step.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                       kwargs_handlers=handlers)
 
 
 def _optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -90,8 +97,10 @@ def fit(
     run_dir: str | Path,
     accelerator: Accelerator | None = None,
     on_step: Callable[[int, dict], None] | None = None,
-) -> dict:
-    """Train `model` with `loss_fn(model, batch) → (loss, metrics)`. Returns the last metrics."""
+) -> tuple[torch.nn.Module, dict]:
+    """Train `model` with `loss_fn(model, batch) → (loss, metrics)`.
+
+    Returns (the prepared model — wrapped by DDP/DeepSpeed when distributed —, the last metrics)."""
     run_dir = Path(run_dir)
     acc = accelerator or make_accelerator(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +185,7 @@ def fit(
         _log(run_dir, writer, {"step": state["step"], **final}, acc)
     if writer is not None:
         writer.close()
-    return metrics
+    return model, metrics
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from camelid.config import save_config
-from camelid.train.loop import make_accelerator
+from camelid.train.loop import _SHARDED, make_accelerator
 from camelid.utils import setup_logging, write_json
 
 
@@ -48,8 +48,10 @@ def finish(run_dir: Path, acc, model, tokenizer, cfg, metrics: dict, started: fl
     acc.wait_for_everyone()
     final = run_dir / "final"
     unwrapped = acc.unwrap_model(model)
+    # Under ZeRO-3 / FSDP each rank holds a shard: gathering is collective, so every rank calls it.
+    state_dict = acc.get_state_dict(model) if acc.distributed_type in _SHARDED else None
     if acc.is_main_process:
-        save_trained(unwrapped, tokenizer, final, cfg)
+        save_trained(unwrapped, tokenizer, final, cfg, state_dict)
         write_json(run_dir / "summary.json", metrics | {"seconds": round(time.time() - started, 1), "final": str(final)})
     acc.wait_for_everyone()
     return final

@@ -38,6 +38,6 @@ def main(cfg: Config, loss_fn=lm_loss) -> dict:
     def collate_fn(units):
         return collate(units, tokenizer.pad_token_id)
 
-    metrics = fit(model, loss_fn, data.train, data.eval, collate_fn, cfg.train, run_dir, acc)
+    model, metrics = fit(model, loss_fn, data.train, data.eval, collate_fn, cfg.train, run_dir, acc)
     run.finish(run_dir, acc, model, tokenizer, cfg, metrics, started)
     return metrics

