@@ -139,9 +139,23 @@ class Config:
 # building from dicts
 
 
+# Names people bring from transformers / LLaMA-Factory, so a near miss of those still finds our key.
+ALIASES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "lora_rank": "r", "rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target",
+    "lora_target": "target", "model_name_or_path": "name", "cutoff_len": "max_length", "max_seq_length": "max_length",
+    "lr_scheduler_type": "scheduler", "max_grad_norm": "max_grad_norm", "bf16": "mixed_precision",
+    "dataset": "train", "template": "template", "finetuning_type": "method",
+}
+
+
 def _closest(key: str, options: list[str]) -> str:
-    best = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    return f" (did you mean '{best[0]}'?)" if best else f" (valid: {', '.join(options)})"
+    aliases = {a: t for a, t in ALIASES.items() if t in options}
+    best = difflib.get_close_matches(key, options + list(aliases), n=1, cutoff=0.6)
+    if best:
+        return f" (did you mean '{aliases.get(best[0], best[0])}'?)"
+    return f" (valid: {', '.join(options)})"
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

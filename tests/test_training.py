@@ -78,3 +78,25 @@ def test_trainable_count_for_freeze_and_full(tiny_model, chat_file, tmp_path):
     cfg = tiny_config(tiny_model, chat_file, tmp_path, method="full")
     t, total = count_parameters(load_model(cfg))
     assert t == total
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_model, chat_file, tmp_path):
+    runs = {}
+    for gc in (False, True):
+        cfg = tiny_config(tiny_model, chat_file, tmp_path / str(gc), method="lora",
+                          **{"model.gradient_checkpointing": gc, "train.max_steps": 3})
+        sft.main(cfg)
+        runs[gc] = losses(tmp_path / str(gc) / "run")
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+
+
+def test_chats_emptied_by_truncation_are_dropped_and_counted(tiny_model, tmp_path):
+    data = tmp_path / "long.jsonl"
+    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    long = {"messages": [{"role": "user", "content": "北京 " * 200}, {"role": "assistant", "content": "ok"}]}
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [short] * 8 + [long] * 3) + "\n")
+    cfg = tiny_config(tiny_model, data, tmp_path, **{"train.max_steps": 1})
+    sft.main(cfg)
+    info = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert info["dropped_after_tokenizing"] == {"no assistant tokens within data.max_length": 3}
+    assert info["sources"][0]["kept"] == 11

@@ -1,0 +1,571 @@
+"""SFT throughput: camelid (LoRA, padding-free packing) vs a plain transformers.Trainer + peft LoRA baseline
+(dynamic padding to the longest example of each batch with DataCollatorForSeq2Seq, the LLaMA-Factory-style setup).
+
+Both sides train on the *same* rendered examples (camelid's `render`: the tokenizer's chat template,
+assistant-only labels), with the same LoRA (r=16, alpha=32, all-linear, dropout 0.05), max_length,
+micro-batch size, lr, schedule, optimizer (torch AdamW), seed and thread count, each in its own
+subprocess (so peak RSS is its own), one after the other in one run. Each side sees every example once:
+
+- camelid packs the N examples into rows of max_length tokens and runs ceil(rows / batch) steps;
+- the baseline runs ceil(N / batch) steps of `batch` padded examples (random order, no length grouping).
+
+Measured per side: wall time of the training steps only (start of the first step to the end of the
+last; model loading, tokenization and Trainer setup excluded), useful tokens/s (real, non-pad tokens:
+the sum of the fed examples' lengths, counted the same for both), supervised tokens/s (labels != -100),
+peak RSS of the subprocess, the training loss (mean of the first and of the last quarter of steps) and a
+held-out loss after training computed by the same code for both (unpadded, one example at a time).
+
+    python benchmarks/sft_throughput.py                          # CPU defaults (~10 min on 2 cores)
+    python benchmarks/sft_throughput.py --examples 64 --eval-examples 8   # a quick smoke run
+
+A GPU run needs no network and no model files: on a machine where the catalog is pulled, write the
+inputs (tokenizer + rendered examples, a few MB) once, carry that folder, and build a random
+Qwen2-0.5B-shaped model there (throughput does not depend on the weights' values):
+
+    python benchmarks/sft_throughput.py --save-inputs runs/bench-inputs
+    python benchmarks/sft_throughput.py --inputs runs/bench-inputs --random-model qwen2-0.5b \\
+        --device cuda --dtype bfloat16 --examples 1536 --batch-size 8
+
+The random Qwen2-0.5B keeps Qwen2's real vocabulary size (151,936), so the LM head costs what it really
+costs; its token ids come from the SmolLM2 tokenizer (all < 49,152, so valid ids of the larger table).
+
+Results go to stdout as a markdown table and into `--out` (default benchmarks/RESULTS.md), replacing
+only this benchmark's subsection for the same device/dtype/model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere without installing camelid
+    sys.path.insert(0, str(ROOT))
+
+SECTION = "## SFT throughput: camelid (packing) vs HF Trainer + peft (padding)"
+DATA = ["alpaca_zh_demo", "alpaca_en_demo"]
+LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target": "all-linear"}
+IGNORE = -100
+
+# Qwen2-0.5B's shape (config.json of Qwen/Qwen2-0.5B); vocab stays 151,936 (see the module docstring).
+RANDOM_MODELS = {
+    "qwen2-0.5b": dict(
+        model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+        intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=True,
+    ),
+    # a few-MB model of the same family, to smoke-test this script's paths (bf16, random model) in seconds
+    "qwen2-tiny": dict(
+        model_type="qwen2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, vocab_size=49152, max_position_embeddings=4096, tie_word_embeddings=True,
+    ),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--examples", type=int, default=256, help="training examples (both sides see each once)")
+    p.add_argument("--eval-examples", type=int, default=32, help="held-out examples for the after-training loss; 0 = skip")
+    p.add_argument("--batch-size", type=int, default=4, help="micro-batch: packed rows (camelid) / padded examples (baseline)")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--model", default="smollm2-135m-instruct", help="catalog name or model folder (also the tokenizer)")
+    p.add_argument("--random-model", choices=sorted(RANDOM_MODELS), default=None,
+                   help="build a randomly initialised model of this shape instead of loading --model's weights")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: weights loaded in bf16 and bf16 autocast, on both sides")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads for both sides")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--sides", default="camelid,baseline", help="which sides to run, comma-separated")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="results file; '' = do not write")
+    p.add_argument("--inputs", default="", help="folder from --save-inputs (tokenizer + rendered examples)")
+    p.add_argument("--save-inputs", default="", help="render the data, write tokenizer + examples here, and exit")
+    p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (run dirs, logs)")
+    p.add_argument("--worker", choices=["camelid", "baseline"], help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs: the same rendered examples for both sides
+
+
+def render_examples(model: str, max_length: int, seed: int, out_dir: Path) -> dict:
+    """Render the catalog's alpaca zh+en demo chats with camelid, in a seeded random order; write the
+    tokenizer to out_dir/tokenizer and the examples to out_dir/examples.json."""
+    import random
+
+    from camelid.config import DataConfig, ModelConfig
+    from camelid.data.loader import load_records, render_all
+    from camelid.model import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(name=model))
+    data_cfg = DataConfig(train=list(DATA), max_length=max_length)  # truncation=right, like camelid's default
+    records, stats = load_records(data_cfg.train, "messages", data_cfg)
+    random.Random(seed).shuffle(records)  # mix zh and en
+    examples, dropped = render_all(tok, records, data_cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out_dir / "tokenizer"))
+    info = {
+        "data": DATA, "records": len(records), "dropped": dropped, "max_length": max_length, "seed": seed,
+        "tokenizer_from": model, "pad_token_id": tok.pad_token_id,
+        "sources": [{"files": [f.get("path") for f in s.get("files", [])], "sha256": [f.get("sha256") for f in s.get("files", [])]}
+                    for s in stats],
+        "examples": [[e.input_ids, e.labels] for e in examples],
+    }
+    (out_dir / "examples.json").write_text(json.dumps(info))
+    return info
+
+
+def load_inputs(folder: Path) -> dict:
+    path = folder / "examples.json"
+    if not path.is_file() or not (folder / "tokenizer").is_dir():
+        sys.exit(f"{folder}: not an inputs folder (expected examples.json and tokenizer/); make one with --save-inputs")
+    return json.loads(path.read_text())
+
+
+def build_random_model(name: str, dtype: str, out_dir: Path, seed: int) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = dict(RANDOM_MODELS[name])
+    config = AutoConfig.for_model(shape.pop("model_type"), **shape)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(str(out_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# workers (each in its own subprocess)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _useful(examples) -> tuple[int, int]:
+    return sum(len(i) for i, _ in examples), sum(sum(1 for x in lab if x != IGNORE) for _, lab in examples)
+
+
+def _held_out_loss(model, eval_examples, device: str, dtype: str) -> float | None:
+    """Supervised-token-weighted loss over held-out examples, one unpadded example at a time (identical for both sides)."""
+    import torch
+
+    if not eval_examples:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        for ids, labels in eval_examples:
+            x = torch.tensor([ids], device=device)
+            logits = model(input_ids=x, use_cache=False).logits[0, :-1].float()
+            y = torch.tensor(labels[1:], device=device)
+            keep = y != IGNORE
+            if keep.any():
+                total += float(torch.nn.functional.cross_entropy(logits[keep], y[keep], reduction="sum"))
+                count += int(keep.sum())
+    return total / max(count, 1)
+
+
+def _finish(spec: dict, result: dict, losses: list[float]) -> None:
+    q = max(1, len(losses) // 4)
+    result["loss_first"] = sum(losses[:q]) / q
+    result["loss_final"] = sum(losses[-q:]) / q
+    result["losses"] = losses
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if spec["device"] == "cuda":
+        import torch
+
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(spec["result"]).write_text(json.dumps(result))
+
+
+def worker_camelid(spec: dict) -> None:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from camelid.config import Config, LoraConfig
+    from camelid.data.loader import collate, pack
+    from camelid.data.templates import Rendered
+    from camelid.model import load_model
+    from camelid.train.loop import fit, make_accelerator
+    from camelid.train.losses import lm_loss
+
+    train = [Rendered(ids, labels) for ids, labels in spec["train"]]
+    rows = pack(train, spec["max_length"])
+    bs = spec["batch_size"]
+    steps = math.ceil(len(rows) / bs)
+
+    cfg = Config()
+    cfg.model.name = spec["model_path"]
+    cfg.model.dtype = spec["dtype"]
+    cfg.method = "lora"
+    cfg.lora = LoraConfig(r=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"], target=[LORA["target"]])
+    cfg.data.max_length = spec["max_length"]
+    t = cfg.train
+    t.output_dir = spec["run_dir"]
+    t.lr, t.batch_size, t.max_steps, t.seed = spec["lr"], bs, steps, spec["seed"]
+    t.warmup_ratio, t.scheduler, t.weight_decay, t.max_grad_norm = 0.03, "cosine", 0.0, 1.0
+    t.mixed_precision = "bf16" if spec["dtype"] == "bfloat16" else "no"
+    t.tensorboard, t.save_every, t.eval_every, t.log_every, t.resume = False, 0, 0, 1, False
+
+    model = load_model(cfg)
+    acc = make_accelerator(t)
+    pad_id = spec["pad_token_id"]
+    marks: dict = {}
+    losses: list[float] = []
+
+    def loss_fn(m, batch):
+        if "start" not in marks:  # the first step's forward begins: the clock starts
+            _sync(spec["device"])
+            marks["start"] = time.perf_counter()
+        return lm_loss(m, batch)
+
+    def on_step(step, metrics):
+        _sync(spec["device"])
+        marks["end"] = time.perf_counter()
+        losses.append(metrics["loss"])
+
+    def collate_fn(units):
+        return collate(units, pad_id)
+
+    model, metrics = fit(model, loss_fn, rows, [], collate_fn, t, Path(spec["run_dir"]), acc, on_step=on_step)
+    useful, supervised = _useful(spec["train"])
+    result = {
+        "side": "camelid", "examples": len(train), "rows": len(rows), "steps": len(losses), "planned_steps": steps,
+        "wall_s": marks["end"] - marks["start"], "useful_tokens": useful, "supervised_tokens": supervised,
+        "camelid_tokens_counted": metrics.get("tokens"),  # the loop's own num_tokens count: must equal useful_tokens
+        "processed_tokens": _camelid_processed(rows, t),
+        "eval_loss": _held_out_loss(acc.unwrap_model(model), spec["eval"], acc.device.type, spec["dtype"]),
+    }
+    _finish(spec, result, losses)
+
+
+def _camelid_processed(rows, t) -> int:
+    """Tokens the model ran on, padding included: camelid's collate pads each batch to its longest row,
+    and the loop's first epoch visits rows in `batch_order`."""
+    from camelid.data.loader import batch_order
+
+    return sum(len(idx) * max(sum(len(e.input_ids) for e in rows[i]) for i in idx)
+               for idx in batch_order(len(rows), t.batch_size, t.seed, 0))
+
+
+def worker_baseline(spec: dict) -> None:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
+                              TrainingArguments)
+
+    tok = AutoTokenizer.from_pretrained(spec["tokenizer_path"])
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    dtype = getattr(torch, spec["dtype"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=dtype, attn_implementation="sdpa")
+    model.config.use_cache = False  # what LLaMA-Factory sets for training
+    model = get_peft_model(model, LoraConfig(
+        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules=LORA["target"],
+        task_type="CAUSAL_LM",
+    ))
+
+    rows = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels} for ids, labels in spec["train"]]
+    try:
+        from datasets import Dataset
+
+        train_ds = Dataset.from_list(rows)
+    except ImportError:  # the GPU image may lack `datasets`; Trainer takes any indexable dataset
+        train_ds = rows
+    bs = spec["batch_size"]
+    steps = math.ceil(len(rows) / bs)
+
+    fields = TrainingArguments.__dataclass_fields__
+    extra = {}
+    if "train_sampling_strategy" in fields:  # transformers >= 5.x: the old group_by_length flag
+        extra["train_sampling_strategy"] = "random"
+    elif "group_by_length" in fields:
+        extra["group_by_length"] = False
+    args = TrainingArguments(
+        output_dir=spec["run_dir"], per_device_train_batch_size=bs, gradient_accumulation_steps=1, max_steps=steps,
+        learning_rate=spec["lr"], lr_scheduler_type="cosine", warmup_steps=int(0.03 * steps), weight_decay=0.0,
+        max_grad_norm=1.0, optim="adamw_torch", seed=spec["seed"], data_seed=spec["seed"],
+        logging_strategy="steps", logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
+        bf16=spec["dtype"] == "bfloat16", use_cpu=spec["device"] == "cpu", dataloader_num_workers=0,
+        dataloader_drop_last=False, remove_unused_columns=False, **extra,
+    )
+    collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE)
+    marks: dict = {}
+    processed = [0]
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if "start" not in marks:
+                _sync(spec["device"])
+                marks["start"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            _sync(spec["device"])
+            marks["end"] = time.perf_counter()
+
+    def counting_collator(features):
+        batch = collator(features)
+        processed[0] += batch["input_ids"].numel()  # padded tokens the model runs on
+        return batch
+
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=counting_collator,
+                      callbacks=[Clock()])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
+    useful, supervised = _useful(spec["train"])
+    result = {
+        "side": "baseline", "examples": len(rows), "steps": trainer.state.global_step, "planned_steps": steps,
+        "wall_s": marks["end"] - marks["start"], "useful_tokens": useful, "supervised_tokens": supervised,
+        "processed_tokens": processed[0],
+        "eval_loss": _held_out_loss(model, spec["eval"], spec["device"], spec["dtype"]),
+    }
+    _finish(spec, result, losses)
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent: prepare, run both sides, report
+
+
+def machine() -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or cpu
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    try:
+        import peft
+        import transformers
+
+        text += f", transformers {transformers.__version__}, peft {peft.__version__}"
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def run_side(side: str, spec: dict, work: Path) -> dict:
+    spec = dict(spec, run_dir=str(work / f"run-{side}"), result=str(work / f"result-{side}.json"))
+    spec_path = work / f"spec-{side}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if spec["device"] == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # both sides on CPU even where a GPU exists
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--spec", str(spec_path)]
+    print(f"--- {side}: running in a subprocess", flush=True)
+    busy0, kids0, t0 = _busy_cpu_s(), _children_cpu_s(), time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        sys.exit(f"{side} failed with exit code {proc.returncode}")
+    wall = time.perf_counter() - t0
+    result = json.loads(Path(spec["result"]).read_text())
+    result["process_s"] = wall
+    if busy0 is not None:
+        # CPU the rest of the machine used meanwhile (in cores): with 2 cores, another busy process
+        # oversubscribes torch's OpenMP threads and makes steps several times slower.
+        result["others_cores"] = max(0.0, (_busy_cpu_s() - busy0 - (_children_cpu_s() - kids0)) / wall)
+    return result
+
+
+def _busy_cpu_s() -> float | None:
+    """Seconds of non-idle CPU time on the whole machine, from /proc/stat (Linux only)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def table(results: list[dict], device: str) -> str:
+    gpu = device == "cuda"
+    head = ["side", "examples", "steps", "wall s", "useful tok/s", "supervised tok/s", "padding+fill overhead",
+            "peak RSS MB"] + (["peak GPU MB"] if gpu else []) + ["train loss first→final q.", "held-out loss after"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        name = "camelid (packing)" if r["side"] == "camelid" else "HF Trainer + peft (padding)"
+        steps = f"{r['steps']}" + (f" ({r['rows']} rows)" if "rows" in r else "")
+        overhead = r["processed_tokens"] / r["useful_tokens"] - 1
+        cells = [name, str(r["examples"]), steps, f"{r['wall_s']:.1f}", f"{r['useful_tokens'] / r['wall_s']:.0f}",
+                 f"{r['supervised_tokens'] / r['wall_s']:.0f}", f"{overhead:+.0%}", f"{r['peak_rss_mb']:.0f}"]
+        if gpu:
+            cells.append(f"{r.get('peak_gpu_mb', 0):.0f}")
+        ev = r.get("eval_loss")
+        cells += [f"{r['loss_first']:.3f} → {r['loss_final']:.3f}", f"{ev:.3f}" if ev is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+INTRO = """\
+`benchmarks/sft_throughput.py`: the same rendered examples (camelid's `render`, the tokenizer's chat template,
+assistant-only labels; alpaca_zh_demo + alpaca_en_demo in a seeded random order, truncated right at max_length),
+LoRA r=16/alpha=32/all-linear/dropout 0.05, same max_length, micro-batch, lr, cosine schedule, torch AdamW, seed and
+threads; each side in its own subprocess, one after the other. camelid packs the examples padding-free into rows of
+max_length and runs ceil(rows/batch) steps; the baseline (`transformers.Trainer`, `DataCollatorForSeq2Seq` dynamic
+padding, random order, no length grouping) runs ceil(examples/batch) steps, so both see every example once.
+Wall time is the training steps only (first step's start to last step's end). Useful tokens = sum of the fed
+examples' lengths (no padding), the same number for both sides; "padding+fill overhead" = tokens the model ran on
+(padding, and the unfilled tails of packed rows) over useful tokens, minus 1. Peak RSS is each subprocess's
+`ru_maxrss` (model loading included). Train loss: mean step loss over the first and last quarter of steps
+(camelid's steps average over more tokens, so compare trends, not values); held-out loss: the same unpadded
+evaluation code on the same held-out examples after training.
+"""
+
+
+def write_results(out: Path, key: str, body: str) -> None:
+    """Replace (or add) the `### key` subsection of this benchmark's section, leaving everything else as is."""
+    text = out.read_text(encoding="utf-8") if out.exists() else "# camelid benchmarks\n"
+    sub = f"### {key}\n\n{body.strip()}\n"
+    if SECTION not in text:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}\n{sub}"
+    else:
+        start = text.index(SECTION)
+        nxt = re.search(r"^## ", text[start + len(SECTION):], flags=re.M)
+        end = start + len(SECTION) + nxt.start() if nxt else len(text)
+        section = text[start:end]
+        subs = re.split(r"(?m)^(?=### )", section)
+        head, rest = subs[0], subs[1:]
+        head = f"{SECTION}\n\n{INTRO}\n"  # keep the description current
+        replaced = False
+        for i, s in enumerate(rest):
+            if s.startswith(f"### {key}\n"):
+                rest[i], replaced = sub + "\n", True
+        if not replaced:
+            rest.append(sub + "\n")
+        section = head + "".join(s if s.endswith("\n\n") else s.rstrip("\n") + "\n\n" for s in rest)
+        text = text[:start] + section.rstrip("\n") + ("\n\n" + text[end:].lstrip("\n") if text[end:].strip() else "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        spec = json.loads(Path(args.spec).read_text())
+        (worker_camelid if args.worker == "camelid" else worker_baseline)(spec)
+        return
+
+    import logging
+
+    from camelid.utils import setup_logging
+
+    setup_logging(logging.WARNING)
+    if args.save_inputs:
+        info = render_examples(args.model, args.max_length, args.seed, Path(args.save_inputs))
+        print(f"wrote {len(info['examples'])} rendered examples and the tokenizer to {args.save_inputs}")
+        return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda, but torch sees no CUDA device")
+    if args.dtype == "bfloat16" and args.device == "cpu":
+        print("note: bf16 autocast on this kind of CPU has been slower than fp32 (DESIGN.md)", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="camelid-bench-sft-"))
+    try:
+        t0 = time.perf_counter()
+        if args.inputs:
+            info = load_inputs(Path(args.inputs))
+            tok_path = str(Path(args.inputs) / "tokenizer")
+            if info["max_length"] != args.max_length:
+                sys.exit(f"{args.inputs} was rendered with max_length={info['max_length']}; pass --max-length {info['max_length']}")
+        else:
+            info = render_examples(args.model, args.max_length, args.seed, work / "inputs")
+            tok_path = str(work / "inputs" / "tokenizer")
+        examples = info["examples"]
+        need = args.examples + args.eval_examples
+        if len(examples) < need:
+            sys.exit(f"only {len(examples)} rendered examples; --examples + --eval-examples needs {need}")
+        print(f"rendered {len(examples)} examples in {time.perf_counter() - t0:.1f} s", flush=True)
+
+        if args.random_model:
+            model_path = str(work / "model")
+            model_name = f"random {args.random_model} (vocab {RANDOM_MODELS[args.random_model]['vocab_size']})"
+            build_random_model(args.random_model, args.dtype, work / "model", args.seed)
+        else:
+            from camelid import hub
+
+            model_path, model_name = hub.resolve_model(args.model), args.model
+        spec = {
+            "train": examples[: args.examples], "eval": examples[args.examples: need],
+            "model_path": model_path, "tokenizer_path": tok_path, "pad_token_id": info["pad_token_id"],
+            "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+            "device": args.device, "dtype": args.dtype, "threads": args.threads,
+        }
+        sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+        results = [run_side(side, spec, work) for side in sides]
+    finally:
+        if args.keep_work:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    device_name = machine()
+    md = table(results, args.device)
+    by = {r["side"]: r for r in results}
+    lines = [md, ""]
+    if "camelid" in by and "baseline" in by:
+        c, b = by["camelid"], by["baseline"]
+        ratio = (c["useful_tokens"] / c["wall_s"]) / (b["useful_tokens"] / b["wall_s"])
+        lines.append(f"**camelid / baseline useful tokens/s: {ratio:.2f}×** (wall time {b['wall_s'] / c['wall_s']:.2f}× "
+                     f"shorter; the baseline ran on {b['processed_tokens'] / c['processed_tokens']:.2f}× the tokens camelid ran on)")
+        if c.get("camelid_tokens_counted") not in (None, c["useful_tokens"]):
+            lines.append(f"\nwarning: camelid's loop counted {c['camelid_tokens_counted']} tokens, the script {c['useful_tokens']}")
+    busy = [f"{r['side']} {r['others_cores']:.2f}" for r in results if "others_cores" in r]
+    if busy:
+        lines.append(f"\nOther processes' CPU use while each side ran (cores, of {os.cpu_count()}): {', '.join(busy)}"
+                     + (" — **the machine was shared; timings are unreliable**" if any(
+                         r.get("others_cores", 0) > 0.25 for r in results) else " (machine otherwise idle)"))
+    report = "\n".join(lines)
+    print("\n" + report + "\n")
+
+    if args.out:
+        cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:]))
+        key = f"{args.device}, {args.dtype}, {model_name}"
+        body = (f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
+                f"- machine: {device_name}; torch threads: {args.threads}\n"
+                f"- command: `{cmd}`\n"
+                f"- settings: {args.examples} examples (+{args.eval_examples} held out), micro-batch {args.batch_size}, "
+                f"max_length {args.max_length}, lr {args.lr}, {args.dtype} on {args.device}\n\n"
+                f"{report}\n")
+        write_results(Path(args.out), key, body)
+        print(f"wrote {args.out} (section '{SECTION[3:]}', subsection '{key}')")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Imports flow one way: cli → quickstart → stages (train, serve, eval, rag) → model → data → hub → config → utils."""
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "camelid"
+LAYER = {"__main__": 7, "cli": 6, "quickstart": 5, "train": 4, "serve": 4, "eval": 4, "rag": 4,
+         "model": 3.5, "data": 3, "hub": 2, "config": 1, "utils": 0, "__init__": 0}
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    return LAYER[parts[1] if len(parts) > 1 else "__init__"]
+
+
+def test_imports_flow_downwards():
+    bad = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        mod = ".".join(rel.parts)
+        mine = layer_of(mod)
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("camelid"):
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("camelid")]
+            for t in targets:
+                same_package = t.split(".")[:2] == mod.split(".")[:2]
+                if not same_package and layer_of(t) >= mine and t != "camelid":
+                    bad.append(f"{mod} imports {t}")
+    assert not bad, bad

@@ -1,0 +1,56 @@
+"""Slow tests on the real SmolLM2-135M-Instruct and LLaMA-Factory demo data from the offline catalog."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from camelid import hub
+
+    return hub.pull("smollm2-135m-instruct")
+
+
+def test_builtin_chatml_matches_smollm2_stock_template(smollm2):
+    from transformers import AutoTokenizer
+
+    from camelid.data.templates import BUILTIN, render
+
+    stock = AutoTokenizer.from_pretrained(smollm2)
+    ours = AutoTokenizer.from_pretrained(smollm2)
+    ours.chat_template = BUILTIN["chatml"]
+    chat = [{"role": "system", "content": "你是一个乐于助人的助手。"}, {"role": "user", "content": "你好"},
+            {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."}]
+    assert render(ours, chat).input_ids == stock.apply_chat_template(chat, tokenize=True, return_dict=False)
+    assert render(ours, chat).labels == render(stock, chat).labels
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_short_real_sft_learns_and_exports(smollm2, method, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from camelid.config import load_config
+    from camelid.model import load_for_inference, merge_adapter
+    from camelid.serve.chat import generate
+    from camelid.train import sft
+
+    run = tmp_path / "run"
+    cfg = load_config(None, [
+        "model.name=smollm2-135m-instruct", f"method={method}", "data.train=[alpaca_zh_demo]",
+        "data.eval=[alpaca_zh_demo]", "data.max_samples=16", "data.max_length=256", "train.batch_size=2",
+        "train.max_steps=6", "train.lr=2e-3", "train.scheduler=constant", "train.warmup_ratio=0", f"train.output_dir={run}", "lora.dropout=0",
+        "train.tensorboard=false",
+    ])
+    sft.main(cfg)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert evals[-1] < evals[0] - 0.05, evals  # it learned the (seen) examples
+    out = merge_adapter(run, tmp_path / "merged")
+    model, tok = load_for_inference(out)
+    assert isinstance(model, type(AutoModelForCausalLM.from_pretrained(smollm2)))
+    answer = generate(model, tok, [{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=12)
+    assert answer.strip()
