@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from camelid.cli import main
 from camelid.config import load_config
