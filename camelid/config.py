@@ -103,14 +103,6 @@ class TrainConfig:
     seed: int = 42
     resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
     tensorboard: bool = True
-    num_workers: int = 0
-
-
-@dataclass
-class ExportConfig:
-    run: str = ""  # a run folder (or adapter folder) to merge
-    output: str = ""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 @dataclass
@@ -131,7 +123,6 @@ class Config:
     ptuning: PtuningConfig = field(default_factory=PtuningConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
 
 
@@ -266,9 +257,6 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # combinations that cannot work, caught before any weights load
 
-STAGES = ("pt", "sft", "export", "chat")
-
-
 def validate(cfg: Config, stage: str) -> Config:
     t, d, m = cfg.train, cfg.data, cfg.model
     errors = []
@@ -276,8 +264,6 @@ def validate(cfg: Config, stage: str) -> Config:
         errors.append("model.name is required (a folder, a Hugging Face id, or a catalog name)")
     if stage in ("pt", "sft") and not d.train:
         errors.append("data.train needs at least one source")
-    if cfg.method == "qlora" and m.dtype == "float32" and t.mixed_precision == "no":
-        pass  # fine: 4-bit weights, fp32 compute (what the CPU runs best)
     if cfg.method == "ptuning" and d.packing and stage == "sft":
         errors.append(
             "method 'ptuning' cannot be combined with data.packing=true: the virtual-token prefix is shared by "
@@ -292,8 +278,6 @@ def validate(cfg: Config, stage: str) -> Config:
             f"training {cfg.method} weights stored in {m.dtype} with mixed_precision=no loses updates to rounding; "
             "use model.dtype=float32 with train.mixed_precision=bf16"
         )
-    if m.trust_remote_code:
-        pass  # allowed: the user asked for it by name
     checks = [
         (t.lr > 0, "train.lr must be > 0"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
@@ -308,8 +292,6 @@ def validate(cfg: Config, stage: str) -> Config:
         (cfg.ptuning.virtual_tokens >= 1, "ptuning.virtual_tokens must be >= 1"),
     ]
     errors += [msg for ok, msg in checks if not ok]
-    if stage == "export" and not cfg.export.run:
-        errors.append("export.run is required: the run folder to merge")
     if errors:
         raise ConfigError("; ".join(errors))
     return cfg

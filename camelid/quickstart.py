@@ -17,6 +17,7 @@ from camelid.data.formats import load_source
 from camelid.model import load_for_inference
 from camelid.serve.chat import generate
 from camelid.train import sft
+from camelid.utils import CamelidError
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -38,7 +39,8 @@ def _answers(model_path: str, prompts: list[str]) -> list[str]:
 
 def main(overrides: list[str] | None = None) -> dict:
     cfg = load_config(RECIPE, overrides or [])
-    assert cfg.data.max_samples and cfg.data.max_samples <= 900, "the held-out prompts come from the last 100 records"
+    if not 0 < cfg.data.max_samples <= 900:
+        raise CamelidError("quickstart asks held-out prompts from the last 100 records: keep data.max_samples <= 900")
     started = time.time()
     prompts = _held_out()
     print(f"\n== before fine-tuning ({cfg.model.name}) ==")

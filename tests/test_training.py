@@ -100,3 +100,32 @@ def test_chats_emptied_by_truncation_are_dropped_and_counted(tiny_model, tmp_pat
     info = json.loads((tmp_path / "run" / "data.json").read_text())
     assert info["dropped_after_tokenizing"] == {"no assistant tokens within data.max_length": 3}
     assert info["sources"][0]["kept"] == 11
+
+
+def test_tensorboard_and_run_folder_contents(tiny_model, chat_file, tmp_path):
+    cfg = tiny_config(tiny_model, chat_file, tmp_path, **{"train.tensorboard": True, "train.max_steps": 2,
+                                                          "data.eval_split": 0.25})
+    sft.main(cfg)
+    run = tmp_path / "run"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for name in ("config.yaml", "data.json", "metrics.jsonl", "summary.json", "final/adapter_config.json",
+                 "final/chat_template.jinja", "final/tokenizer.json"):
+        assert (run / name).exists(), name
+    data = json.loads((run / "data.json").read_text())
+    assert data["sources"][0]["files"][0]["sha256"] and data["eval_units"] == 8
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and "eval_loss" in rows[0]  # the baseline before any update
+
+
+def test_pt_text_is_tokenized_once_and_cached(tiny_model, text_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMELID_HOME", str(tmp_path / "home"))
+    pt.main(tiny_config(tiny_model, text_file, tmp_path / "a", **{"train.max_steps": 1}))
+    cached = list((tmp_path / "home" / "tokenized").glob("pt-*.npy"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    pt.main(tiny_config(tiny_model, text_file, tmp_path / "b", **{"train.max_steps": 1}))
+    assert list((tmp_path / "home" / "tokenized").glob("pt-*.npy")) == cached
+    assert cached[0].stat().st_mtime_ns == stamp
+    # A different block length reuses the same token stream (the cache holds tokens, not blocks).
+    pt.main(tiny_config(tiny_model, text_file, tmp_path / "c", **{"train.max_steps": 1, "data.max_length": 32}))
+    assert len(list((tmp_path / "home" / "tokenized").glob("pt-*.npy"))) == 1

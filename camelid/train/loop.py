@@ -193,7 +193,10 @@ def evaluate(model, loss_fn: LossFn, units: list, collate_fn, batch_size: int, a
     """Token-weighted mean loss over `units` (sharded over ranks) and its perplexity."""
     model.eval()
     total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
-    mine = units[acc.process_index :: acc.num_processes]
+    # Every rank must run the same number of forwards (ZeRO-3 gathers weights collectively), so the
+    # eval set is cut to a multiple of the world size (or, if smaller, evaluated whole on every rank).
+    usable = len(units) // acc.num_processes * acc.num_processes
+    mine = units[acc.process_index : usable : acc.num_processes] if usable else units
     for i in range(0, len(mine), batch_size):
         batch = collate_fn(mine[i : i + batch_size])
         batch.pop("num_tokens")
