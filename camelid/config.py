@@ -110,6 +110,7 @@ class ChatConfig:
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.9
+    repetition_penalty: float = 1.1  # small models loop without it
     system: str = ""
 
 

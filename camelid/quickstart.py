@@ -34,7 +34,9 @@ def _held_out(n_each: int = 2) -> list[str]:
 
 def _answers(model_path: str, prompts: list[str]) -> list[str]:
     model, tok = load_for_inference(model_path)
-    return [generate(model, tok, [{"role": "user", "content": p}], max_new_tokens=80) for p in prompts]
+    # Greedy, with the same mild repetition penalty `camelid chat` uses: small models loop without it.
+    return [generate(model, tok, [{"role": "user", "content": p}], max_new_tokens=80, repetition_penalty=1.1)
+            for p in prompts]
 
 
 def main(overrides: list[str] | None = None) -> dict:

@@ -17,14 +17,14 @@ from camelid.model import load_for_inference
 
 
 def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float = 1.0, streamer=None) -> str:
+             top_p: float = 1.0, streamer=None, repetition_penalty: float = 1.0) -> str:
     """One reply to `messages`, rendered with the tokenizer's chat template (greedy when temperature=0)."""
     enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     enc = {k: v.to(model.device) for k, v in enc.items()}
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
-                             pad_token_id=tokenizer.pad_token_id, **sampling)
+                             pad_token_id=tokenizer.pad_token_id, repetition_penalty=repetition_penalty, **sampling)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
@@ -58,7 +58,7 @@ def main(cfg, target: str, stdin=sys.stdin, stdout=sys.stdout) -> None:
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
         worker = threading.Thread(target=lambda: result.setdefault("text", generate(
-            model, tokenizer, messages, c.max_new_tokens, c.temperature, c.top_p, streamer)))
+            model, tokenizer, messages, c.max_new_tokens, c.temperature, c.top_p, streamer, c.repetition_penalty)))
         worker.start()
         print("bot> ", end="", file=stdout, flush=True)
         for piece in streamer:
