@@ -42,7 +42,7 @@ class ModelConfig:
 class LoraConfig:
     r: int = 8
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: float = 0.0  # LoRA dropout draws a mask over every adapted input: ~10% of a CPU step, +25% memory
     target: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear
     rslora: bool = False
     dora: bool = False

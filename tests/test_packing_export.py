@@ -74,3 +74,16 @@ def test_export_merged_logits_equal_base_plus_adapter(tiny_model, chat_file, tmp
         torch.testing.assert_close(merged(ids).logits, adapter_model(ids).logits, atol=1e-5, rtol=1e-5)
         base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
         assert not torch.allclose(base(ids).logits, merged(ids).logits, atol=1e-4)  # the adapter did something
+
+
+def test_causal_lm_loss_matches_hand_computed_value():
+    # Two rows, vocab 3; row 0 supervises tokens 1 and 2, row 1 only token 2.
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]],
+                           [[1.0, 1.0, 1.0], [0.0, 2.0, 0.0], [5.0, 0.0, 0.0]]])
+    labels = torch.tensor([[IGNORE, 1, 2], [IGNORE, IGNORE, 0]])
+    loss, n = causal_lm_loss(logits, labels)
+    lsm = torch.log_softmax(logits, -1)
+    # target t is predicted from position t-1
+    expected = -(lsm[0, 0, 1] + lsm[0, 1, 2] + lsm[1, 1, 0]) / 3
+    assert n == 3
+    torch.testing.assert_close(loss, expected)

@@ -15,11 +15,12 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     target is IGNORE (prompts, padding, packed-row boundaries) carry no loss.
     Returns (mean loss, number of supervised tokens).
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    n = (shift_labels != IGNORE).sum()
+    # Shift the labels, not the logits: slicing the (batch × length × vocab) logits would copy them,
+    # and again in backward — the largest tensor of the step.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    n = (targets != IGNORE).sum()
     total = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
     return total / n.clamp(min=1), n
 
