@@ -4,7 +4,7 @@ Built on accelerate, so the same code runs on a laptop CPU and under `accelerate
 with DDP, FSDP or DeepSpeed. What it does each optimizer step: `grad_accum` micro-batches →
 clip → step → LR schedule (warmup + decay); every `log_every` steps a line in metrics.jsonl,
 TensorBoard and the progress bar (loss, lr, tokens/s, ETA); every `eval_every` steps eval loss;
-every `save_every` steps an atomic checkpoint.
+every `save_every` steps an atomic checkpoint. The last eval runs once, after the last step.
 
 Checkpoints (`checkpoint-<step>/`, written to a temp folder and renamed, keep-last-k) hold the
 trainable weights, optimizer moments, RNG states and the data position, in safetensors + JSON:
@@ -96,7 +96,6 @@ def fit(
     cfg,
     run_dir: str | Path,
     accelerator: Accelerator | None = None,
-    on_step: Callable[[int, dict], None] | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Train `model` with `loss_fn(model, batch) → (loss, metrics)`.
 
@@ -167,15 +166,13 @@ def fit(
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "tokens": state["tokens"], "tokens_per_s": (state["tokens"] - tok0) / max(elapsed, 1e-9), **step_metrics,
         }
-        if cfg.eval_every and state["step"] % cfg.eval_every == 0 and eval_units:
+        if cfg.eval_every and state["step"] % cfg.eval_every == 0 and eval_units and state["step"] < steps:
             metrics |= evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
             model.train()
         if state["step"] % cfg.log_every == 0 or state["step"] == steps:
             _log(run_dir, writer, metrics, acc)
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         bar.update(1)
-        if on_step is not None:
-            on_step(state["step"], metrics)
         if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
             _save_checkpoint(run_dir, state, acc, model, optimizer, cfg.keep_last)
     bar.close()
