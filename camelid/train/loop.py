@@ -96,6 +96,7 @@ def fit(
     cfg,
     run_dir: str | Path,
     accelerator: Accelerator | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Train `model` with `loss_fn(model, batch) → (loss, metrics)`.
 
@@ -173,6 +174,8 @@ def fit(
             _log(run_dir, writer, metrics, acc)
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         bar.update(1)
+        if on_step is not None:  # e.g. per-step timing in benchmarks/
+            on_step(state["step"], metrics)
         if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
             _save_checkpoint(run_dir, state, acc, model, optimizer, cfg.keep_last)
     bar.close()
