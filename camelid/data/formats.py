@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from camelid import hub
-from camelid.data.readers import SUPPORTED, DataError, _raw_records, _tname, read_records  # noqa: F401 (re-exported)
+from camelid.data.readers import SUPPORTED, DataError, raw_records, read_records, type_name  # noqa: F401 (DataError, read_records re-exported)
 from camelid.utils import CamelidError, log, sha256_file
 
 FORMATS = ("auto", "text", "openai", "sharegpt", "alpaca", "preference", "prompt")
@@ -40,7 +40,7 @@ UNSUPPORTED_FIELDS = {"tools": "tool definitions", "images": "images", "videos":
 def detect_format(record: dict, path: Any = None, line: int | None = None) -> str:
     """One of text, openai, sharegpt, alpaca, preference, prompt -- from the record's keys."""
     if not isinstance(record, dict):
-        raise DataError(path, line, None, f"expected a record object, got {_tname(record)}")
+        raise DataError(path, line, None, f"expected a record object, got {type_name(record)}")
     if "chosen" in record and "rejected" in record:
         return "preference"
     for key, fmt in (("messages", "openai"), ("conversations", "sharegpt"), ("instruction", "alpaca"),
@@ -68,7 +68,7 @@ def _str(rec: dict, key: Any, path: Any, line: int | None, field: str | None = N
             return ""
         raise DataError(path, line, field, "missing")
     if not isinstance(v, str):
-        raise DataError(path, line, field, f"expected a string, got {_tname(v)}")
+        raise DataError(path, line, field, f"expected a string, got {type_name(v)}")
     return v
 
 
@@ -94,12 +94,12 @@ Pairs = list[tuple[dict, str]]
 
 def _message_list(msgs: Any, name: str, table: dict, path: Any, line: int | None) -> Pairs:
     if not isinstance(msgs, list):
-        raise DataError(path, line, name, f"expected a list of messages, got {_tname(msgs)}")
+        raise DataError(path, line, name, f"expected a list of messages, got {type_name(msgs)}")
     pairs = []
     for i, m in enumerate(msgs):
         field = f"{name}[{i}]"
         if not isinstance(m, dict):
-            raise DataError(path, line, field, f"expected a message object, got {_tname(m)}")
+            raise DataError(path, line, field, f"expected a message object, got {type_name(m)}")
         if m.get("tool_calls"):
             raise DataError(path, line, field + ".tool_calls", "tool turns are unsupported for now")
         # ShareGPT writes {from, value}; OpenAI writes {role, content}. Accept either in both.
@@ -122,7 +122,7 @@ def _alpaca_pairs(rec: dict, path: Any, line: int | None, answer: bool | None) -
     history = rec.get("history")
     if _nonempty(history):
         if not isinstance(history, list):
-            raise DataError(path, line, "history", f"expected a list of [user, assistant] pairs, got {_tname(history)}")
+            raise DataError(path, line, "history", f"expected a list of [user, assistant] pairs, got {type_name(history)}")
         for i, turn in enumerate(history):
             if not (isinstance(turn, (list, tuple)) and len(turn) == 2):
                 raise DataError(path, line, f"history[{i}]", "expected a [user, assistant] pair")
@@ -188,7 +188,7 @@ def _answer(rec: dict, key: str, path: Any, line: int | None) -> str:
     if v is None:
         raise DataError(path, line, field, "missing")
     if not isinstance(v, str):
-        raise DataError(path, line, field, f"expected a string or an assistant message, got {_tname(v)}")
+        raise DataError(path, line, field, f"expected a string or an assistant message, got {type_name(v)}")
     if not v.strip():
         raise DataError(path, line, field, "empty answer")
     return v
@@ -344,7 +344,7 @@ def read_lf_entry(folder: str | Path, name: str) -> tuple[list[tuple[Path, int, 
 
 def _mapped(files: list[Path], mapper: Mapper | None) -> Iterator[tuple[Path, int, dict | DataError]]:
     for p in files:
-        for line, rec in _raw_records(p):
+        for line, rec in raw_records(p):
             if mapper is not None and not isinstance(rec, DataError):
                 try:
                     rec = mapper(rec, p, line)

@@ -30,18 +30,18 @@ class DataError(CamelidError):
         return DataError, (self.path, self.line, self.field, self.reason)
 
 
-def _tname(v: Any) -> str:
+def type_name(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, record) from a .jsonl/.json/.csv/.parquet/.txt file; raise on a bad one."""
-    for line, rec in _raw_records(Path(path)):
+    for line, rec in raw_records(Path(path)):
         if isinstance(rec, DataError):
             raise rec
         yield line, rec
 
 
-def _raw_records(path: Path) -> Iterator[tuple[int, dict | DataError]]:
+def raw_records(path: Path) -> Iterator[tuple[int, dict | DataError]]:
     # Per-record problems are yielded (so "skip" can count them and go on); a broken file raises.
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
@@ -51,7 +51,7 @@ def _raw_records(path: Path) -> Iterator[tuple[int, dict | DataError]]:
         raise DataError(path, None, None, "no such file")
     for line, rec in reader(path):
         if not isinstance(rec, (dict, DataError)):
-            rec = DataError(path, line, None, f"expected a JSON object (one record), got {_tname(rec)}")
+            rec = DataError(path, line, None, f"expected a JSON object (one record), got {type_name(rec)}")
         yield line, rec
 
 
