@@ -1,5 +1,6 @@
 """Packed rows compute exactly what separate examples compute; a merged LoRA equals base + adapter."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -87,3 +88,30 @@ def test_causal_lm_loss_matches_hand_computed_value():
     expected = -(lsm[0, 0, 1] + lsm[0, 1, 2] + lsm[1, 1, 0]) / 3
     assert n == 3
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "ptuning"])
+def test_lm_loss_fast_path_equals_the_full_forward(method, tiny_model, tmp_path):
+    """Running the head only where the next token is trained gives the same loss and gradients."""
+    from camelid.model import load_model
+    from camelid.train.losses import _decoder_and_head, lm_loss
+
+    cfg = tiny_config(tiny_model, "unused", tmp_path, method=method, **{"data.packing": False})
+    tok = load_tokenizer(cfg.model)
+    model = load_model(cfg).train()
+    batch = collate([render(tok, c) for c in CHATS], tok.pad_token_id)
+    batch.pop("num_tokens")
+    assert (_decoder_and_head(model) is None) == (method == "ptuning")
+
+    loss_fast, n_fast = lm_loss(model, batch)
+    loss_fast.backward()
+    grads_fast = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    loss_full, n_full = causal_lm_loss(logits, batch["labels"])
+    loss_full.backward()
+    assert n_fast["n_tokens"] == n_full
+    torch.testing.assert_close(loss_fast, loss_full, atol=1e-5, rtol=1e-5)
+    for k, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads_fast[k], p.grad, atol=1e-5, rtol=1e-4)
