@@ -23,7 +23,6 @@ from camelid.data.templates import ensure_template
 from camelid.utils import CamelidError, log, require
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-ADAPTER_METHODS = ("lora", "qlora", "ptuning")
 
 
 def load_tokenizer(model_cfg, path: str | None = None):
