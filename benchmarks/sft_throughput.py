@@ -40,8 +40,6 @@ import datetime
 import json
 import math
 import os
-import platform
-import re
 import resource
 import shlex
 import shutil
@@ -50,6 +48,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere without installing camelid
@@ -351,30 +351,6 @@ def worker_baseline(spec: dict) -> None:
 # the parent: prepare, run both sides, report
 
 
-def machine() -> str:
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or cpu
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-    try:
-        import peft
-        import transformers
-
-        text += f", transformers {transformers.__version__}, peft {peft.__version__}"
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
-
-
 def run_side(side: str, spec: dict, work: Path) -> dict:
     spec = dict(spec, run_dir=str(work / f"run-{side}"), result=str(work / f"result-{side}.json"))
     spec_path = work / f"spec-{side}.json"
@@ -447,32 +423,6 @@ examples' lengths (no padding), the same number for both sides; "padding+fill ov
 (camelid's steps average over more tokens, so compare trends, not values); held-out loss: the same unpadded
 evaluation code on the same held-out examples after training.
 """
-
-
-def write_results(out: Path, key: str, body: str) -> None:
-    """Replace (or add) the `### key` subsection of this benchmark's section, leaving everything else as is."""
-    text = out.read_text(encoding="utf-8") if out.exists() else "# camelid benchmarks\n"
-    sub = f"### {key}\n\n{body.strip()}\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}\n{sub}"
-    else:
-        start = text.index(SECTION)
-        nxt = re.search(r"^## ", text[start + len(SECTION):], flags=re.M)
-        end = start + len(SECTION) + nxt.start() if nxt else len(text)
-        section = text[start:end]
-        subs = re.split(r"(?m)^(?=### )", section)
-        head, rest = subs[0], subs[1:]
-        head = f"{SECTION}\n\n{INTRO}\n"  # keep the description current
-        replaced = False
-        for i, s in enumerate(rest):
-            if s.startswith(f"### {key}\n"):
-                rest[i], replaced = sub + "\n", True
-        if not replaced:
-            rest.append(sub + "\n")
-        section = head + "".join(s if s.endswith("\n\n") else s.rstrip("\n") + "\n\n" for s in rest)
-        text = text[:start] + section.rstrip("\n") + ("\n\n" + text[end:].lstrip("\n") if text[end:].strip() else "\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def main(argv=None) -> None:
@@ -575,7 +525,7 @@ def main(argv=None) -> None:
                 f"- settings: {args.examples} examples (+{args.eval_examples} held out), micro-batch {args.batch_size}, "
                 f"max_length {args.max_length}, lr {args.lr}, {args.dtype} on {args.device}\n\n"
                 f"{report}\n")
-        write_results(Path(args.out), key, body)
+        write_results(Path(args.out), SECTION, INTRO, key, body)
         print(f"wrote {args.out} (section '{SECTION[3:]}', subsection '{key}')")
 
 

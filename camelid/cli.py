@@ -5,6 +5,8 @@
     camelid data CONFIG.yaml [overrides]     show rendered examples with their loss mask, and counts
     camelid export RUN_DIR OUT_DIR           merge a LoRA run into a plain HF model folder
     camelid chat MODEL_OR_RUN [overrides]
+    camelid serve MODEL_OR_RUN [overrides]     OpenAI-compatible API (127.0.0.1:8000 unless serve.host/port)
+    camelid vllm RUN_OR_MODEL [NAME]         check vLLM can load it and print the exact `vllm serve` command
     camelid pull NAME | --list               fetch a catalog model or dataset for offline use
     camelid quickstart [overrides]           real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU
 """
@@ -61,8 +63,11 @@ def cmd_export(args: list[str]) -> None:
     if len(args) < 2:
         raise CamelidError("usage: camelid export RUN_DIR OUT_DIR [dtype=bfloat16]")
     dtype = args[2].split("=", 1)[1] if len(args) > 2 else "auto"
+    from camelid.serve.vllm import vllm_command
+
     out = merge_adapter(args[0], args[1], dtype)
-    print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained and vLLM)")
+    print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained)\nserve it with vLLM: "
+          f"{vllm_command(out)}")
 
 
 def cmd_chat(args: list[str]) -> None:
@@ -71,6 +76,22 @@ def cmd_chat(args: list[str]) -> None:
     if not args:
         raise CamelidError("usage: camelid chat MODEL_OR_RUN [chat.temperature=0.7 ...]")
     main(load_config(None, args[1:]), args[0])
+
+
+def cmd_serve(args: list[str]) -> None:
+    from camelid.serve.server import main
+
+    if not args or "=" in args[0]:
+        raise CamelidError("usage: camelid serve MODEL_OR_RUN [serve.port=8000 engine.max_running=64 ...]")
+    main(load_config(None, args[1:]), args[0])
+
+
+def cmd_vllm(args: list[str]) -> None:
+    from camelid.serve.vllm import vllm_command
+
+    if not args:
+        raise CamelidError("usage: camelid vllm RUN_OR_MODEL [SERVED_NAME]")
+    print(vllm_command(args[0], args[1] if len(args) > 1 else None))
 
 
 def cmd_pull(args: list[str]) -> None:
@@ -95,6 +116,8 @@ VERBS = {
     "data": cmd_data,
     "export": cmd_export,
     "chat": cmd_chat,
+    "serve": cmd_serve,
+    "vllm": cmd_vllm,
     "pull": cmd_pull,
     "quickstart": cmd_quickstart,
 }

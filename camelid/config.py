@@ -115,6 +115,33 @@ class ChatConfig:
 
 
 @dataclass
+class EngineConfig:
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bfloat16 on GPUs and bf16-capable CPUs
+    block_size: int = 16  # tokens per KV block: the unit of memory and of prefix reuse
+    kv_cache_tokens: int = 0  # KV capacity in tokens; 0 = 85% of free GPU memory, or 2 GiB on CPU
+    max_batch_tokens: int = 512  # new tokens per forward (decode tokens + prompt chunks)
+    max_running: int = 64  # requests decoding together
+    max_model_len: int = 0  # prompt + output; 0 = the model's max_position_embeddings (capped by the cache)
+    prefix_cache: bool = True  # reuse KV blocks of identical prefixes (system prompt, earlier session turns)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # anything else requires API keys
+    port: int = 8000
+    model_name: str = ""  # the id clients send as `model`; empty = the folder's name
+    api_keys_file: str = ""  # one key per line (`#` comments); also CAMELID_API_KEYS="k1,k2"
+    sessions_db: str = "camelid_sessions.sqlite"
+    max_body_bytes: int = 1_000_000
+    max_tokens: int = 2048  # the largest max_tokens a request may ask for
+    default_max_tokens: int = 512
+    max_concurrent_per_key: int = 16  # in-flight requests per API key; more get 429
+    max_n: int = 8
+    request_timeout: float = 300.0  # seconds; a request still running then is aborted (504 / an error event)
+    shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM/SIGINT before abort
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: Method = "lora"
@@ -125,6 +152,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +320,11 @@ def validate(cfg: Config, stage: str) -> Config:
         (cfg.lora.r >= 1, "lora.r must be >= 1"),
         (cfg.freeze.last_n_blocks >= 0, "freeze.last_n_blocks must be >= 0"),
         (cfg.ptuning.virtual_tokens >= 1, "ptuning.virtual_tokens must be >= 1"),
+        (cfg.engine.block_size >= 1, "engine.block_size must be >= 1"),
+        (cfg.engine.max_batch_tokens >= 1, "engine.max_batch_tokens must be >= 1"),
+        (cfg.engine.max_running >= 1, "engine.max_running must be >= 1"),
+        (cfg.serve.max_concurrent_per_key >= 1, "serve.max_concurrent_per_key must be >= 1"),
+        (0 < cfg.serve.default_max_tokens <= cfg.serve.max_tokens, "serve.default_max_tokens must be in [1, serve.max_tokens]"),
     ]
     errors += [msg for ok, msg in checks if not ok]
     if errors:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from camelid.config import load_config
 from camelid.data.formats import load_source
-from camelid.model import load_for_inference
-from camelid.serve.chat import generate
+from camelid.serve.chat import answers
+from camelid.serve.engine import Engine
+from camelid.serve.sampling import SamplingParams
 from camelid.train import sft
 from camelid.utils import CamelidError
 
@@ -33,10 +34,9 @@ def _held_out(n_each: int = 2) -> list[str]:
 
 
 def _answers(model_path: str, prompts: list[str]) -> list[str]:
-    model, tok = load_for_inference(model_path)
     # Greedy, with the same mild repetition penalty `camelid chat` uses: small models loop without it.
-    return [generate(model, tok, [{"role": "user", "content": p}], max_new_tokens=80, repetition_penalty=1.1)
-            for p in prompts]
+    params = SamplingParams(max_tokens=80, temperature=0, repetition_penalty=1.1)
+    return answers(Engine.load(model_path), [[{"role": "user", "content": p}] for p in prompts], params)
 
 
 def main(overrides: list[str] | None = None) -> dict:
@@ -57,5 +57,6 @@ def main(overrides: list[str] | None = None) -> dict:
         print(f"\nQ: {p}\n  before: {b[:300]}\n  after:  {a[:300]}")
     print(f"\neval loss {evals[0]:.4f} → {evals[-1]:.4f} (perplexity {2.718281828 ** evals[0]:.1f} → {2.718281828 ** evals[-1]:.1f})")
     print(f"done in {time.time() - started:.0f} s; adapter + tokenizer in {final}")
-    print(f"next: camelid chat {cfg.train.output_dir}    |    camelid export {cfg.train.output_dir} runs/quickstart-merged")
+    out = cfg.train.output_dir
+    print(f"next: camelid chat {out}  |  camelid serve {out}  |  camelid export {out} runs/quickstart-merged")
     return metrics | {"eval_before": evals[0], "eval_after": evals[-1]}

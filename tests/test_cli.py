@@ -42,13 +42,13 @@ def test_unknown_verb():
 
 def test_chat_repl_streams_keeps_history_and_resets(tiny_model, monkeypatch):
     seen = []
-    real = chat.generate
+    real = chat.prompt_ids
 
-    def spy(model, tok, messages, *a, **k):
+    def spy(tok, messages):
         seen.append([m["content"] for m in messages])
-        return real(model, tok, messages, *a, **k)
+        return real(tok, messages)
 
-    monkeypatch.setattr(chat, "generate", spy)
+    monkeypatch.setattr(chat, "prompt_ids", spy)
     cfg = load_config(None, ["chat.max_new_tokens=5", "chat.temperature=0"])
     out = io.StringIO()
     chat.main(cfg, str(tiny_model), stdin=io.StringIO("hello\nagain\n/reset\nfresh\n/exit\n"), stdout=out)
@@ -62,8 +62,11 @@ def test_export_verb(tiny_model, chat_file, tmp_path):
     proc = run_cli("sft", f"model.name={tiny_model}", f"data.train={chat_file}", f"train.output_dir={tmp_path}/run",
                    "train.max_steps=2", "train.tensorboard=false", "data.max_length=64")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli("vllm", f"{tmp_path}/run")  # the real run folder: adapter, tokenizer, template
+    assert proc.returncode == 0 and "--enable-lora" in proc.stdout and "chat_template.jinja" in proc.stdout
     proc = run_cli("export", f"{tmp_path}/run", f"{tmp_path}/merged")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert f"vllm serve {tmp_path}/merged" in proc.stdout and (tmp_path / "merged" / "chat_template.jinja").exists()
     proc = run_cli("export", f"{tmp_path}/merged", f"{tmp_path}/again")
     assert proc.returncode == 1 and "no adapter" in proc.stderr

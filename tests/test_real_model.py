@@ -35,7 +35,9 @@ def test_short_real_sft_learns_and_exports(smollm2, method, tmp_path):
 
     from camelid.config import load_config
     from camelid.model import load_for_inference, merge_adapter
-    from camelid.serve.chat import generate
+    from camelid.serve.chat import answers
+    from camelid.serve.engine import Engine
+    from camelid.serve.sampling import SamplingParams
     from camelid.train import sft
 
     run = tmp_path / "run"
@@ -52,5 +54,35 @@ def test_short_real_sft_learns_and_exports(smollm2, method, tmp_path):
     out = merge_adapter(run, tmp_path / "merged")
     model, tok = load_for_inference(out)
     assert isinstance(model, type(AutoModelForCausalLM.from_pretrained(smollm2)))
-    answer = generate(model, tok, [{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=12)
-    assert answer.strip()
+    [answer] = answers(Engine(model, tok), [[{"role": "user", "content": "What is the capital of France?"}]],
+                       SamplingParams(max_tokens=12, temperature=0))
+    assert answer
+
+
+def test_engine_batched_greedy_equals_generate_on_smollm2(smollm2):
+    """Continuous batching with chunked prefill and the prefix cache, on the real model in float32, gives
+    `generate`'s greedy tokens for concurrent zh/en chats of different lengths."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from camelid.config import EngineConfig
+    from camelid.data.templates import prompt_ids
+    from camelid.serve.engine import Engine
+    from camelid.serve.sampling import SamplingParams
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    chats = [[{"role": "user", "content": q}] for q in
+             ("What is the capital of France?", "用一句话介绍长城。", "List three colours.",
+              "Explain in two sentences why the sky is blue, and then say which season has the longest days.")]
+    prompts = [prompt_ids(tok, c) for c in chats]
+    engine = Engine(AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32), tok,
+                    EngineConfig(dtype="float32", max_batch_tokens=64))
+    outs = engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0))
+    ref = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    for p, out in zip(prompts, outs):
+        with torch.no_grad():
+            g = ref.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False, eos_token_id=sorted(engine.eos),
+                             pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
+        ends = [i for i, t in enumerate(g) if t in engine.eos]
+        assert out.token_ids == g[:ends[0] if ends else len(g)]
+    assert engine.counters["prompt_tokens_cached"] > 0  # the template's default system prompt was shared

@@ -152,6 +152,11 @@ def render(tokenizer, messages: list[dict], max_length: int | None = None) -> Re
     return Rendered(ids, labels)
 
 
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Ids of a chat up to the start of the assistant's reply, tokenized the way `render` tokenizes training chats."""
+    return tokenizer(_text(tokenizer, messages, True), add_special_tokens=False)["input_ids"]
+
+
 def show(tokenizer, rendered: Rendered) -> str:
     """Human view of a rendered example: supervised text inside [[...]], the rest as is."""
     out, cur, buf = [], None, []

@@ -1,4 +1,5 @@
-"""`camelid chat`: a terminal chat over a model, catalog name, run folder or adapter, streaming tokens.
+"""`camelid chat`: a terminal chat over a model, catalog name, run folder or adapter, streaming tokens from the
+same engine `camelid serve` uses.
 
     camelid chat runs/quickstart            # the run's final weights and its chat template
     camelid chat smollm2-135m-instruct chat.temperature=0
@@ -9,31 +10,28 @@ Commands inside: /reset (forget the history), /system TEXT (set the system promp
 from __future__ import annotations
 
 import sys
-import threading
 
-import torch
+from camelid.config import ChatConfig
+from camelid.data.templates import prompt_ids
+from camelid.serve.engine import Engine
+from camelid.serve.sampling import SamplingParams
 
-from camelid.model import load_for_inference
+
+def chat_params(c: ChatConfig) -> SamplingParams:
+    return SamplingParams(max_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                          repetition_penalty=c.repetition_penalty)
 
 
-def generate(model, tokenizer, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-             top_p: float = 1.0, streamer=None, repetition_penalty: float = 1.0) -> str:
-    """One reply to `messages`, rendered with the tokenizer's chat template (greedy when temperature=0)."""
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
-                             pad_token_id=tokenizer.pad_token_id, repetition_penalty=repetition_penalty, **sampling)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+def answers(engine: Engine, conversations: list[list[dict]], params: SamplingParams) -> list[str]:
+    """One reply per conversation, generated together."""
+    outs = engine.generate([prompt_ids(engine.tokenizer, m) for m in conversations], params)
+    return [o.text.strip() for o in outs]
 
 
 def main(cfg, target: str, stdin=sys.stdin, stdout=sys.stdout) -> None:
-    from transformers import TextIteratorStreamer
-
-    model, tokenizer = load_for_inference(target, trust_remote_code=cfg.model.trust_remote_code)
-    c = cfg.chat
-    system = c.system
+    engine = Engine.load(target, cfg.engine, trust_remote_code=cfg.model.trust_remote_code)
+    params = chat_params(cfg.chat)
+    system = cfg.chat.system
     history: list[dict] = []
     print(f"chatting with {target} — /reset, /system TEXT, /exit", file=stdout)
     while True:
@@ -55,14 +53,10 @@ def main(cfg, target: str, stdin=sys.stdin, stdout=sys.stdout) -> None:
             continue
         history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        result: dict = {}
-        worker = threading.Thread(target=lambda: result.setdefault("text", generate(
-            model, tokenizer, messages, c.max_new_tokens, c.temperature, c.top_p, streamer, c.repetition_penalty)))
-        worker.start()
         print("bot> ", end="", file=stdout, flush=True)
-        for piece in streamer:
-            print(piece, end="", file=stdout, flush=True)
-        worker.join()
+        reply = []
+        for out in engine.stream(prompt_ids(engine.tokenizer, messages), params):
+            print(out.text, end="", file=stdout, flush=True)
+            reply.append(out.text)
         print(file=stdout)
-        history.append({"role": "assistant", "content": result.get("text", "")})
+        history.append({"role": "assistant", "content": "".join(reply).strip()})

@@ -1,0 +1,58 @@
+"""What the benchmark scripts share: a one-line description of the machine, and RESULTS.md section writing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+
+def machine() -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or cpu
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    try:
+        import peft
+        import transformers
+
+        text += f", transformers {transformers.__version__}, peft {peft.__version__}"
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def write_results(out: Path, section: str, intro: str, key: str, body: str) -> None:
+    """Replace (or add) the `### key` subsection of a benchmark's `section`, leaving everything else as is."""
+    text = out.read_text(encoding="utf-8") if out.exists() else "# camelid benchmarks\n"
+    sub = f"### {key}\n\n{body.strip()}\n"
+    if section not in text:
+        text = text.rstrip("\n") + f"\n\n{section}\n\n{intro}\n{sub}"
+    else:
+        start = text.index(section)
+        nxt = re.search(r"^## ", text[start + len(section):], flags=re.M)
+        end = start + len(section) + nxt.start() if nxt else len(text)
+        block = text[start:end]
+        subs = re.split(r"(?m)^(?=### )", block)
+        head, rest = subs[0], subs[1:]
+        head = f"{section}\n\n{intro}\n"  # keep the description current
+        replaced = False
+        for i, s in enumerate(rest):
+            if s.startswith(f"### {key}\n"):
+                rest[i], replaced = sub + "\n", True
+        if not replaced:
+            rest.append(sub + "\n")
+        block = head + "".join(s if s.endswith("\n\n") else s.rstrip("\n") + "\n\n" for s in rest)
+        text = text[:start] + block.rstrip("\n") + ("\n\n" + text[end:].lstrip("\n") if text[end:].strip() else "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")

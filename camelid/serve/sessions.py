@@ -1,0 +1,111 @@
+"""Server-side chat sessions in SQLite, so a client sends only its new turn.
+
+Schema (one file, WAL journal; safe to read with the sqlite3 shell while the server runs):
+
+    sessions(id TEXT PRIMARY KEY,   -- "sess_" + 24 hex chars, or a client-chosen id
+             owner TEXT NOT NULL,   -- sha256 of the API key (first 16 hex chars); "local" without keys
+             model TEXT NOT NULL,   -- the served model id the session was created with
+             created REAL NOT NULL, updated REAL NOT NULL,    -- unix seconds
+             window INTEGER NOT NULL DEFAULT 0)  -- seq of the oldest non-system message still sent to the model
+    messages(session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+             seq INTEGER NOT NULL,  -- 0, 1, 2, ... in conversation order
+             role TEXT NOT NULL,    -- system | user | assistant
+             content TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (session_id, seq))
+
+A session only ever grows by whole exchanges (the new messages plus the assistant's reply), written in one
+transaction after the reply is complete; an aborted or failed request leaves the session as it was.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, model TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+    window INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS sessions_owner ON sessions(owner, updated);
+CREATE TABLE IF NOT EXISTS messages (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+    role TEXT NOT NULL, content TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (session_id, seq));
+"""
+
+
+class SessionStore:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def create(self, owner: str, model: str, messages: list[dict] | None = None, session_id: str | None = None) -> dict:
+        sid = session_id or "sess_" + secrets.token_hex(12)
+        now = time.time()
+        with self._lock, self._tx():
+            if self._db.execute("SELECT 1 FROM sessions WHERE id=?", (sid,)).fetchone():
+                raise KeyError(sid)
+            self._db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,0)", (sid, owner, model, now, now))
+            self._insert(sid, 0, messages or [], now)
+        return self.get(owner, sid)
+
+    def get(self, owner: str, sid: str) -> dict | None:
+        """The session with its messages, or None when it does not exist or belongs to another key."""
+        with self._lock:
+            row = self._db.execute("SELECT id, model, created, updated, window FROM sessions WHERE id=? AND owner=?",
+                                   (sid, owner)).fetchone()
+            if row is None:
+                return None
+            msgs = self._db.execute("SELECT role, content FROM messages WHERE session_id=? ORDER BY seq", (sid,)).fetchall()
+        return {"id": row[0], "object": "session", "model": row[1], "created": int(row[2]), "updated": int(row[3]),
+                "window": row[4], "messages": [{"role": r, "content": c} for r, c in msgs]}
+
+    def append(self, owner: str, sid: str, messages: list[dict], window: int | None = None) -> None:
+        """Add whole exchanges; `window` moves the start of what the model is sent (history windowing)."""
+        now = time.time()
+        with self._lock, self._tx():
+            if not self._db.execute("SELECT 1 FROM sessions WHERE id=? AND owner=?", (sid, owner)).fetchone():
+                raise KeyError(sid)
+            (n,) = self._db.execute("SELECT COUNT(*) FROM messages WHERE session_id=?", (sid,)).fetchone()
+            self._insert(sid, n, messages, now)
+            self._db.execute("UPDATE sessions SET updated=?, window=COALESCE(?, window) WHERE id=?", (now, window, sid))
+
+    def list(self, owner: str) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.id, s.model, s.created, s.updated, COUNT(m.seq) FROM sessions s LEFT JOIN messages m "
+                "ON m.session_id = s.id WHERE s.owner=? GROUP BY s.id ORDER BY s.updated DESC", (owner,)).fetchall()
+        return [{"id": r[0], "object": "session", "model": r[1], "created": int(r[2]), "updated": int(r[3]),
+                 "message_count": r[4]} for r in rows]
+
+    def delete(self, owner: str, sid: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM sessions WHERE id=? AND owner=?", (sid, owner))
+        return cur.rowcount > 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _insert(self, sid: str, start: int, messages: list[dict], now: float) -> None:
+        self._db.executemany("INSERT INTO messages VALUES (?,?,?,?,?)",
+                             [(sid, start + i, m["role"], m["content"], now) for i, m in enumerate(messages)])
+
+    def _tx(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, *rest):
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return _Tx()

@@ -1,0 +1,425 @@
+"""The continuous-batching engine (camelid.serve.engine) on tiny random Llama/Qwen2 models, checked against
+transformers' own `generate` and plain forwards: greedy equality under chunked prefill, preemption and prefix
+caching, cancellation, seeds, stop strings, limits, log-probabilities, scoring and the run loop."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from camelid.config import EngineConfig
+from camelid.serve.engine import Engine
+from camelid.serve.sampling import SamplingParams
+
+from conftest import CHATS, CORPUS, build_model_dir
+
+ARCHS = ["llama", "qwen2"]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tiny_model, tmp_path_factory):
+    return {"llama": tiny_model, "qwen2": build_model_dir(tmp_path_factory.mktemp("tiny-qwen2"), arch="qwen2")}
+
+
+@pytest.fixture(scope="module")
+def tok(model_dirs):
+    return AutoTokenizer.from_pretrained(model_dirs["llama"])  # both archs share the tokenizer
+
+
+_REFS: dict = {}
+
+
+def load(path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def ref_model(model_dirs, arch):
+    """An untouched model (the engine switches its own model's attention implementation) for HF comparisons."""
+    if arch not in _REFS:
+        _REFS[arch] = load(model_dirs[arch])
+    return _REFS[arch]
+
+
+def make_engine(model_dirs, arch="llama", **cfg):
+    base = dict(dtype="float32", block_size=4, kv_cache_tokens=1024, max_batch_tokens=16, max_running=64)
+    base.update(cfg)
+    path = model_dirs[arch]
+    return Engine(load(path), AutoTokenizer.from_pretrained(path), EngineConfig(**base))
+
+
+def chat_ids(tok, messages) -> list[int]:
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=messages[-1]["role"] == "user")
+    return tok.encode(text, add_special_tokens=False)
+
+
+@pytest.fixture(scope="module")
+def prompts(tok) -> list[list[int]]:
+    """Six prompts from 1 to 60 tokens, in mixed order."""
+    ps = [
+        tok.encode(CORPUS[0]),  # 17
+        tok.encode(CORPUS[0])[:1],  # 1
+        chat_ids(tok, CHATS[2][:5])[:60],  # 60
+        tok.encode(CORPUS[2]),  # 6
+        chat_ids(tok, CHATS[1][:3]),  # 38
+        chat_ids(tok, CHATS[0][:1]),  # 22
+    ]
+    lengths = sorted(len(p) for p in ps)
+    assert lengths[0] == 1 and lengths[-1] == 60 and len(set(lengths)) == 6
+    return ps
+
+
+def hf_greedy(model, prompt, eos, max_new_tokens, **kw) -> list[int]:
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=max_new_tokens, eos_token_id=sorted(eos), pad_token_id=sorted(eos)[0], **kw)
+    new = out[0, len(prompt):].tolist()
+    for i, t in enumerate(new):  # compare up to (not including) the first eos
+        if t in eos:
+            return new[:i]
+    return new
+
+
+def greedy(max_tokens, **kw) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0, **kw)
+
+
+def assert_pool_empty(engine):
+    assert engine.pool.used == 0
+    assert all(r == 0 for r in engine.pool.refs)
+    assert not engine.running and not engine.waiting
+
+
+# ---------------------------------------------------------------- greedy equality with transformers
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3], ids=["plain", "repetition_penalty"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_chunked_greedy_equals_hf_generate(model_dirs, prompts, arch, penalty):
+    engine = make_engine(model_dirs, arch, block_size=4, max_batch_tokens=16)
+    outs = engine.generate(prompts, greedy(24, repetition_penalty=penalty))
+    ref = ref_model(model_dirs, arch)
+    for prompt, out in zip(prompts, outs):
+        expected = hf_greedy(ref, prompt, engine.eos, 24, repetition_penalty=penalty)
+        assert out.token_ids == expected, f"prompt of {len(prompt)} tokens"
+        assert out.finish_reason == ("length" if len(expected) == 24 else "stop")
+        assert out.prompt_tokens == len(prompt)
+    assert_pool_empty(engine)
+
+
+def test_prompt_longer_than_max_batch_tokens_alone(model_dirs, prompts):
+    """A lone prompt longer than max_batch_tokens takes several prefill steps in which nothing is sampled."""
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=16)
+    long = prompts[2]  # 60 tokens: 4 chunks of 16
+    [out] = engine.generate([long], greedy(8))
+    assert out.token_ids == hf_greedy(ref_model(model_dirs, "llama"), long, engine.eos, 8)
+    assert_pool_empty(engine)
+
+
+# ---------------------------------------------------------------- memory pressure and prefix cache
+
+
+def test_preemption_keeps_greedy_output(model_dirs, prompts):
+    reqs = [prompts[0], prompts[5], prompts[3], prompts[0][:10]]  # 17, 22, 6, 10 tokens, + 32 generated each
+    params = greedy(32, ignore_eos=True)
+    calm = make_engine(model_dirs, "llama", kv_cache_tokens=1024, max_batch_tokens=64).generate(reqs, params)
+    tight = make_engine(model_dirs, "llama", kv_cache_tokens=96, block_size=4, max_batch_tokens=64)
+    outs = tight.generate(reqs, params)
+    assert tight.counters["preemptions"] > 0
+    assert [o.token_ids for o in outs] == [o.token_ids for o in calm]
+    assert all(o.finish_reason == "length" and len(o.token_ids) == 32 for o in outs)
+    assert_pool_empty(tight)
+
+
+def test_prefix_cache_reuses_blocks_and_keeps_output(model_dirs, tok):
+    prefix = chat_ids(tok, CHATS[2][:4])  # a long shared conversation
+    a = prefix + chat_ids(tok, [{"role": "user", "content": "Thanks"}])
+    b = prefix + chat_ids(tok, [{"role": "user", "content": "And to ten?"}])
+    params = greedy(12)
+    engine = make_engine(model_dirs, "llama", block_size=4, prefix_cache=True, max_batch_tokens=128)
+    [first] = engine.generate([a], params)
+    assert first.cached_tokens == 0
+    before = engine.counters["prompt_tokens_cached"]
+    [second] = engine.generate([b], params)
+    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert shared >= len(prefix) >= 40
+    assert second.cached_tokens > 0 and second.cached_tokens % 4 == 0
+    assert second.cached_tokens == shared // 4 * 4  # every full block of the shared prefix
+    assert engine.counters["prompt_tokens_cached"] - before == second.cached_tokens
+    # the same prompt again: all but the last token's block-aligned prefix comes from the cache
+    [again] = engine.generate([a], params)
+    assert again.cached_tokens == (len(a) - 1) // 4 * 4
+    assert_pool_empty(engine)
+
+    plain = make_engine(model_dirs, "llama", block_size=4, prefix_cache=False, max_batch_tokens=128)
+    ref = plain.generate([a, b], params)
+    assert [first.token_ids, second.token_ids] == [r.token_ids for r in ref]
+    assert again.token_ids == first.token_ids
+    assert all(r.cached_tokens == 0 for r in ref)
+    assert plain.counters["prompt_tokens_cached"] == 0
+
+
+def test_prompt_tokens_cached_counts_only_tokens_served_from_the_cache(model_dirs, prompts, tok):
+    """A request that waits for memory must not add its cached prefix to the counter at every attempted admission."""
+    engine = make_engine(model_dirs, "llama", kv_cache_tokens=96, block_size=4, max_batch_tokens=64)  # 24 blocks
+    system = prompts[2][:32]
+    engine.generate([system + [5]], greedy(1))  # leaves 8 cached (idle) blocks
+    hog = engine.submit(prompts[3], greedy(80, ignore_eos=True))
+    while len(hog.tokens) < 64:  # 16 blocks: every free block is in use, only the 8 cached ones remain
+        engine.step()
+    late = engine.submit(system + tok.encode(CORPUS[1])[:20], greedy(4, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    assert late not in engine.running  # it had to wait: 5 more blocks than the pool can give
+    while not (hog.finished and late.finished):
+        engine.step()
+    served = hog.result().cached_tokens + late.result().cached_tokens
+    assert engine.counters["prompt_tokens_cached"] == served
+    assert_pool_empty(engine)
+
+
+# ---------------------------------------------------------------- cancellation
+
+
+def test_closing_a_stream_aborts_and_frees_blocks(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
+    gen = engine.stream(prompts[0], greedy(200, ignore_eos=True))
+    outs = [next(gen) for _ in range(3)]
+    assert all(not o.finished and len(o.token_ids) == 1 for o in outs)
+    assert engine.pool.used > 0
+    gen.close()
+    assert engine.counters["requests_abort"] == 1
+    assert_pool_empty(engine)
+
+
+def test_cancel_before_and_during_generation(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
+    req = engine.submit(prompts[0], greedy(200, ignore_eos=True))
+    engine.cancel(req.id)
+    engine.step()
+    out = req.result(timeout=0)
+    assert out.finish_reason == "abort" and out.token_ids == []
+    assert_pool_empty(engine)
+
+    req = engine.submit(prompts[0], greedy(200, ignore_eos=True))
+    for _ in range(4):
+        engine.step()
+    assert len(req.generated) == 4 and engine.pool.used > 0
+    engine.cancel(req.id)
+    engine.step()
+    out = req.result(timeout=0)
+    assert out.finish_reason == "abort" and len(out.token_ids) == 4
+    events = list(req)  # every Output it delivered, ending with the final one
+    assert events[-1].finished and events[-1].finish_reason == "abort"
+    assert_pool_empty(engine)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_seeds_top_k_and_greedy(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=128)
+    p = prompts[3]
+
+    def sampled(seed, **kw):
+        return SamplingParams(max_tokens=16, temperature=1.0, seed=seed, ignore_eos=True, **kw)
+
+    same = engine.generate([p, p], [sampled(7), sampled(7)])
+    alone = engine.generate([p], sampled(7))
+    assert same[0].token_ids == same[1].token_ids == alone[0].token_ids
+    assert len(same[0].token_ids) == 16
+
+    seeds = [(1, 2), (3, 4), (5, 6), (8, 9)]
+    outs = engine.generate([p] * 8, [sampled(s) for pair in seeds for s in pair])
+    pairs = [(outs[2 * i].token_ids, outs[2 * i + 1].token_ids) for i in range(4)]
+    assert not all(x == y for x, y in pairs)
+
+    [top1] = engine.generate([p], sampled(11, top_k=1))
+    [g] = engine.generate([p], greedy(16, ignore_eos=True))
+    assert top1.token_ids == g.token_ids
+    assert_pool_empty(engine)
+
+
+# ---------------------------------------------------------------- stop strings and limits
+
+
+def test_stop_string_truncates_and_never_leaks_in_stream(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
+    p = prompts[0]
+    [full] = engine.generate([p], greedy(40, ignore_eos=True))
+    text = full.text
+    start = next(i for i in range(3, len(text) - 3) if "\ufffd" not in text[i:i + 3] and text[i:i + 3].strip())
+    stop = text[start:start + 3]
+    cut = text.find(stop)
+
+    [out] = engine.generate([p], greedy(40, ignore_eos=True, stop=[stop]))
+    assert out.finish_reason == "stop"
+    assert out.text == text[:cut]
+    assert stop not in out.text
+    assert out.token_ids == full.token_ids[:len(out.token_ids)] and len(out.token_ids) < 40
+
+    deltas = list(engine.stream(p, greedy(40, ignore_eos=True, stop=[stop])))
+    assert deltas[-1].finished and deltas[-1].finish_reason == "stop"
+    assert "".join(d.text for d in deltas) == text[:cut]
+    assert sum(len(d.token_ids) for d in deltas) == len(out.token_ids)
+    assert_pool_empty(engine)
+
+
+def test_limits_and_validation(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_model_len=64, max_batch_tokens=64)
+    assert engine.max_model_len == 64
+    [out] = engine.generate([prompts[3]], greedy(5, ignore_eos=True))
+    assert out.finish_reason == "length" and len(out.token_ids) == 5 and out.completion_tokens == 5
+    [zero] = engine.generate([prompts[3]], greedy(0))
+    assert zero.finish_reason == "length" and zero.token_ids == []
+    # exactly filling the context is allowed
+    [fill] = engine.generate([prompts[2]], greedy(4, ignore_eos=True))
+    assert fill.finish_reason == "length" and len(fill.token_ids) == 4
+
+    with pytest.raises(ValueError, match="context"):
+        engine.submit(prompts[2], greedy(5))
+    with pytest.raises(ValueError, match="empty"):
+        engine.submit([], greedy(5))
+    with pytest.raises(ValueError, match="outside"):  # would crash the shared forward for everyone
+        engine.submit([1, engine.vocab], greedy(5))
+    with pytest.raises(ValueError, match="'temperature'"):
+        engine.submit(prompts[3], SamplingParams(temperature=-1))
+    with pytest.raises(ValueError, match="'top_p'"):
+        engine.submit(prompts[3], SamplingParams(top_p=0))
+    assert engine.stats()["waiting"] == 0
+    assert_pool_empty(engine)
+
+
+def test_generate_with_an_invalid_prompt_leaves_nothing_queued(model_dirs, prompts):
+    """A rejected batch must not leave its valid requests queued to run (unseen) during a later call."""
+    engine = make_engine(model_dirs, "llama")
+    with pytest.raises(ValueError):
+        engine.generate([prompts[3], []], greedy(8))
+    assert engine.stats()["waiting"] == 0
+
+
+# ---------------------------------------------------------------- log-probabilities and scoring
+
+
+def test_logprobs_match_a_reference_forward(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
+    p = prompts[5]
+    [out] = engine.generate([p], greedy(8, logprobs=True, top_logprobs=3))
+    assert len(out.token_ids) > 0 and len(out.logprobs) == len(out.token_ids)
+    seq = p + out.token_ids
+    with torch.no_grad():
+        logits = ref_model(model_dirs, "llama")(input_ids=torch.tensor([seq])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)[len(p) - 1:len(seq) - 1]
+    for i, (tok_id, entry) in enumerate(zip(out.token_ids, out.logprobs)):
+        assert entry["token"] == tok_id
+        assert entry["logprob"] == pytest.approx(float(lp[i, tok_id]), abs=1e-4)
+        assert len(entry["top"]) == 3
+        assert entry["top"][0][0] == tok_id  # greedy: the chosen token is the most likely
+        values, ids = torch.topk(lp[i], 3)
+        assert [t for t, _ in entry["top"]] == ids.tolist()
+        assert [v for _, v in entry["top"]] == pytest.approx(values.tolist(), abs=1e-4)
+
+
+def test_score_matches_a_reference_forward(model_dirs, prompts):
+    engine = make_engine(model_dirs, "qwen2")
+    seqs, starts = [prompts[0], prompts[4]], [1, 30]
+    got = engine.score(seqs, starts)
+    ref = ref_model(model_dirs, "qwen2")
+    for seq, start, lps in zip(seqs, starts, got):
+        with torch.no_grad():
+            logits = ref(input_ids=torch.tensor([seq])).logits[0].float()
+        expected = torch.log_softmax(logits, -1)[start - 1:-1].gather(1, torch.tensor(seq[start:])[:, None])[:, 0]
+        assert len(lps) == len(seq) - start
+        assert lps == pytest.approx(expected.tolist(), abs=1e-4)
+    with pytest.raises(ValueError):
+        engine.score([prompts[0]], [0])
+    with pytest.raises(ValueError):
+        engine.score([prompts[0]], [len(prompts[0])])
+
+
+def test_ptuning_prefix_is_served_from_pinned_blocks(model_dirs, prompts):
+    """A P-Tuning v2 (peft prefix tuning) model: its learned KV prefix sits in pinned blocks ahead of every request;
+    greedy output equals peft's own generate, and the prefix blocks survive requests finishing."""
+    from peft import PrefixTuningConfig, get_peft_model
+
+    def build():
+        torch.manual_seed(1)
+        return get_peft_model(load(model_dirs["llama"]), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)).eval()
+
+    reference, served = build(), build()
+    engine = Engine(served, AutoTokenizer.from_pretrained(model_dirs["llama"]),
+                    EngineConfig(dtype="float32", block_size=4, kv_cache_tokens=1024, max_batch_tokens=16))
+    for round_ in range(2):
+        outs = engine.generate(prompts[:4], SamplingParams(max_tokens=12, temperature=0))
+        for p, out in zip(prompts[:4], outs):
+            assert out.token_ids == hf_greedy(reference, p, engine.eos, 12), (round_, len(p))
+    assert engine.stats()["kv_blocks_used"] == 0 and engine.pool.used == 2  # 6 virtual tokens in 2 pinned blocks
+    assert engine.max_model_len == 512 - 6
+
+
+def test_a_served_model_still_runs_padded_batches_exactly(model_dirs, prompts):
+    """The engine switches the model's attention implementation; ordinary forwards (training the policy PPO also
+    samples from, scoring) must keep transformers' masks, left padding included."""
+    engine = make_engine(model_dirs, "llama")
+    engine.generate([prompts[0]], SamplingParams(max_tokens=2, temperature=0))
+    seqs = [prompts[0], prompts[3]]
+    width = max(map(len, seqs))
+    ids = torch.tensor([[0] * (width - len(x)) + x for x in seqs])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs])
+    with torch.no_grad():
+        got = engine.model(input_ids=ids, attention_mask=mask).logits
+        want = ref_model(model_dirs, "llama")(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert torch.allclose(got[real], want[real], atol=1e-5)
+
+
+# ---------------------------------------------------------------- the run loop
+
+
+def test_run_loop_serves_and_shutdown_aborts_in_flight(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
+    expected = make_engine(model_dirs, "llama", max_batch_tokens=64).generate(prompts[:3], greedy(10))
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        reqs = [engine.submit(p, greedy(10)) for p in prompts[:3]]
+        results = [r.result(timeout=30) for r in reqs]
+        assert [r.token_ids for r in results] == [e.token_ids for e in expected]
+        assert all(r.finish_reason in ("length", "stop") for r in results)
+        # generate() from another thread while the loop runs: the loop steps it
+        [via_generate] = engine.generate([prompts[0]], greedy(10))
+        assert via_generate.token_ids == expected[0].token_ids
+
+        long = engine.submit(prompts[1], greedy(400, ignore_eos=True))
+        first = next(iter(long))  # it is running
+        assert not first.finished
+        engine.shutdown(grace=0)
+        out = long.result(timeout=30)
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert out.finish_reason == "abort" and 0 < len(out.token_ids) < 400
+        with pytest.raises(RuntimeError):
+            engine.submit(prompts[1], greedy(4))
+        assert_pool_empty(engine)
+    finally:
+        engine.shutdown(grace=0)
+        thread.join(timeout=30)
+
+
+def test_shutdown_grace_lets_short_requests_finish(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        req = engine.submit(prompts[0], greedy(6, ignore_eos=True))
+        engine.shutdown(grace=30)
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        out = req.result(timeout=0)
+        assert out.finish_reason == "length" and len(out.token_ids) == 6
+    finally:
+        engine.shutdown(grace=0)
+        thread.join(timeout=30)
