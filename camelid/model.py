@@ -192,3 +192,24 @@ def merge_adapter(path: str | Path, out: str | Path, dtype: str = "auto") -> Pat
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
     return Path(out)
+
+
+# Config fields by which some architectures rescale or cap logits inside their forward.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def decoder_and_head(model):
+    """(decoder, lm_head) when calling them directly computes exactly what the model's forward does."""
+    from transformers import PreTrainedModel
+
+    base = model
+    if type(model).__name__ == "PeftModelForCausalLM":
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            return None  # prefix tuning injects its past key/values in the peft forward
+        base = model.get_base_model()
+    if not isinstance(base, PreTrainedModel) or not hasattr(base, "get_decoder"):
+        return None  # DDP / FSDP / DeepSpeed wrappers, or anything unknown
+    if any(getattr(base.config, k, None) not in (None, 1, 1.0) for k in _LOGIT_POSTPROCESSING):
+        return None
+    head = base.get_output_embeddings()
+    return (base.get_decoder(), head) if isinstance(head, torch.nn.Linear) else None

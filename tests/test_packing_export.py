@@ -94,14 +94,15 @@ def test_causal_lm_loss_matches_hand_computed_value():
 def test_lm_loss_fast_path_equals_the_full_forward(method, tiny_model, tmp_path):
     """Running the head only where the next token is trained gives the same loss and gradients."""
     from camelid.model import load_model
-    from camelid.train.losses import _decoder_and_head, lm_loss
+    from camelid.model import decoder_and_head
+    from camelid.train.losses import lm_loss
 
     cfg = tiny_config(tiny_model, "unused", tmp_path, method=method, **{"data.packing": False})
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg).train()
     batch = collate([render(tok, c) for c in CHATS], tok.pad_token_id)
     batch.pop("num_tokens")
-    assert (_decoder_and_head(model) is None) == (method == "ptuning")
+    assert (decoder_and_head(model) is None) == (method == "ptuning")
 
     loss_fast, n_fast = lm_loss(model, batch)
     loss_fast.backward()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from camelid.model import decoder_and_head
+
 IGNORE = -100
 
 
@@ -35,7 +37,7 @@ def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     their forward must run through the wrapper / the model's own code.
     """
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    split = _decoder_and_head(model)
+    split = decoder_and_head(model)
     if split is None:
         # use_cache=False matters: with a cache object present transformers ignores restarting position
         # ids, and packed examples would attend to each other.
@@ -50,24 +52,3 @@ def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     n = keep.sum()
     total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
     return total / n.clamp(min=1), {"n_tokens": n}
-
-
-# Config fields by which some architectures rescale or cap logits inside their forward.
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-
-
-def _decoder_and_head(model):
-    """(decoder, lm_head) when calling them directly computes exactly what the model's forward does."""
-    from transformers import PreTrainedModel
-
-    base = model
-    if type(model).__name__ == "PeftModelForCausalLM":
-        if model.peft_config[model.active_adapter].is_prompt_learning:
-            return None  # prefix tuning injects its past key/values in the peft forward
-        base = model.get_base_model()
-    if not isinstance(base, PreTrainedModel) or not hasattr(base, "get_decoder"):
-        return None  # DDP / FSDP / DeepSpeed wrappers, or anything unknown
-    if any(getattr(base.config, k, None) not in (None, 1, 1.0) for k in _LOGIT_POSTPROCESSING):
-        return None
-    head = base.get_output_embeddings()
-    return (base.get_decoder(), head) if isinstance(head, torch.nn.Linear) else None

@@ -1,0 +1,60 @@
+"""Multiple-choice scoring: equal to a hand computation of summed log-probs, whichever batching path runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from camelid.eval import mc
+from camelid.eval.items import MCItem
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_model):
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def items() -> list[MCItem]:
+    q = "The capital of France is"
+    return [
+        MCItem("t/0", "t", "geo", [q] * 3, [" Paris.", " 北京", " a quick brown fox"], 0),
+        MCItem("t/1", "t", "math", ["1 2 3 4 "] * 2, ["5", "6 7 8 9 10"], 0),  # trailing space moves to the choice
+        MCItem("t/2", "t", "", ["The quick brown _ fox".split("_")[0] + w for w in ("dog", "fox")], [" jumps"] * 2, 1),
+        MCItem("t/3", "t", "", ["", ""], ["Hello", "你好"], 1),  # empty context: the end-of-text token
+    ]
+
+
+def by_hand(model, tok, context: str, continuation: str) -> float:
+    ctx, cont = mc.encode_pair(tok, context, continuation)
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
+
+
+def test_encode_pair_moves_trailing_space_to_the_continuation(model_tok):
+    _, tok = model_tok
+    ctx, cont = mc.encode_pair(tok, "1 2 3 4 ", "5")
+    assert tok.decode(ctx) == "1 2 3 4" and tok.decode(cont) == " 5"
+    assert mc.encode_pair(tok, "", "Hello")[0] == [tok.eos_token_id]
+
+
+@pytest.mark.parametrize("path", ["tree", "rows"])
+def test_scores_equal_summed_logprobs_by_hand(model_tok, path, monkeypatch):
+    model, tok = model_tok
+    if path == "rows":  # the path P-Tuning models take
+        monkeypatch.setattr(mc, "decoder_and_head", lambda m: None)
+    got = mc.score_items(model, tok, items(), batch_tokens=64, progress=False)
+    for item, s in zip(items(), got):
+        want = [by_hand(model, tok, c, t) for c, t in zip(item.contexts, item.continuations)]
+        assert s.loglik == pytest.approx(want, abs=1e-4), item.id
+        assert s.n_tokens == [len(mc.encode_pair(tok, c, t)[1]) for c, t in zip(item.contexts, item.continuations)]
+        assert s.n_chars == [len(t) for t in item.continuations]
+
+
+def test_normalized_predictions_differ_as_they_should():
+    s = mc.ItemScore("x", "", 0, loglik=[-6.0, -8.0], n_tokens=[2, 8], n_chars=[3, 16], greedy=[False, False])
+    assert s.pred() == 0  # raw: the short choice
+    assert s.pred("token") == 1  # -3.0 vs -1.0 per token
+    assert s.pred("char") == 1  # -2.0 vs -0.5 per character

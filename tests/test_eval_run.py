@@ -1,0 +1,68 @@
+"""`camelid eval` and the eval a training run ends with, end to end on a tiny model, down to the HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_cli import run_cli
+
+from conftest import CORPUS
+
+EXAM = Path(__file__).parent / "fixtures" / "eval" / "mc_jsonl"
+
+
+def test_eval_verb_writes_scores_perplexity_samples_and_merges(tiny_model, tmp_path):
+    text = tmp_path / "domain.txt"
+    text.write_text("\n".join(CORPUS[:5]), encoding="utf-8")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is the capital of France?\n你好\n", encoding="utf-8")
+    out = tmp_path / "ev"
+    proc = run_cli("eval", str(tiny_model), "--out", str(out), f"eval.tasks=[mc_jsonl={EXAM}]", "eval.k_shot=1",
+                   f"eval.samples={prompts}", "eval.max_new_tokens=6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "eval" / "model.json").read_text())
+    task = result["tasks"]["mc_jsonl"]
+    assert task["n"] == 3 and task["k_shot"] == 1 and 0 <= task["acc"] <= 1 and set(task["subjects"]) == {"arithmetic", "地理"}
+    preds = [json.loads(x) for x in (out / "eval" / "model.mc_jsonl.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and all(len(p["loglik"]) in (2, 3, 5) for p in preds)
+    assert task["acc"] == sum(p["pred"] == p["gold"] for p in preds) / 3
+    assert [s["prompt"] for s in result["samples"]] == ["What is the capital of France?", "你好"]
+    assert "mc_jsonl" in proc.stdout and "acc" in proc.stdout
+    # a second call adds perplexity and keeps the scores
+    proc = run_cli("eval", str(tiny_model), "--out", str(out), f"eval.perplexity=[{text}]", "eval.ppl_window=16",
+                   "eval.ppl_stride=8")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "eval" / "model.json").read_text())
+    assert result["tasks"]["mc_jsonl"] == task and result["perplexity"]["domain.txt"]["ppl"] > 1
+
+
+def test_eval_errors_are_one_line(tiny_model, tmp_path):
+    proc = run_cli("eval", str(tiny_model), "--out", str(tmp_path))
+    assert proc.returncode == 1 and "nothing to evaluate" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("eval", str(tiny_model), "--out", str(tmp_path), f"eval.tasks=[piqa={tmp_path}]")
+    assert proc.returncode == 1 and "valid.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("eval", str(tiny_model), "--before", "eval.tasks=[mmlu]")
+    assert proc.returncode == 1 and "run folder" in proc.stderr
+
+
+def test_training_run_ends_with_before_and_after_eval_and_reports(tiny_model, chat_file, tmp_path):
+    run = tmp_path / "run"
+    text = tmp_path / "domain.txt"
+    text.write_text("\n".join(CORPUS[:5]), encoding="utf-8")
+    proc = run_cli("sft", f"model.name={tiny_model}", f"data.train={chat_file}", f"train.output_dir={run}",
+                   "train.max_steps=3", "train.tensorboard=false", "data.max_length=64", "train.eval_every=1",
+                   "data.eval_split=0.2", f"eval.tasks=[mc_jsonl={EXAM}]", f"eval.perplexity=[{text}]",
+                   "eval.ppl_window=32", "eval.ppl_stride=16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = json.loads((run / "eval" / "before.json").read_text())
+    after = json.loads((run / "eval" / "after.json").read_text())
+    assert before["model"] == str(tiny_model) and after["model"] == str(run)
+    assert before["tasks"]["mc_jsonl"]["n"] == after["tasks"]["mc_jsonl"]["n"] == 3
+    assert before["perplexity"]["domain.txt"]["ppl"] != after["perplexity"]["domain.txt"]["ppl"]  # it trained
+    proc = run_cli("report", str(run))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    html = (run / "report" / "index.html").read_text()
+    assert "mc_jsonl" in html and "domain.txt" in html
+    pngs = list((run / "report").glob("*.png"))
+    assert len(pngs) >= 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
