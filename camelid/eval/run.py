@@ -19,7 +19,7 @@ import yaml
 from camelid.config import Config, EvalConfig
 from camelid.eval.mc import ItemScore, score_items
 from camelid.eval.ppl import perplexity
-from camelid.eval.tasks import load_task, with_fewshot
+from camelid.eval.tasks import TASKS, load_task, with_fewshot
 from camelid.utils import CamelidError, log, write_json
 
 
@@ -82,7 +82,9 @@ def evaluate(model, tok, cfg: EvalConfig, label: str, model_name: str, out_dir: 
     for name, path in task_specs(cfg.tasks):
         items, pool = load_task(name, path, limit=cfg.limit)
         if cfg.k_shot:
-            items = [with_fewshot(it, pool, cfg.k_shot, cfg.seed) for it in items]
+            # first_n where lm-eval uses it (MMLU, C-Eval, CMMLU), else a seeded draw per item
+            sampler = "first_n" if items and TASKS[items[0].task]["fewshot_sampler"] == "first_n" else "random"
+            items = [with_fewshot(it, pool, cfg.k_shot, cfg.seed, sampler=sampler) for it in items]
         scores = score_items(model, tok, items, cfg.batch_tokens, desc=f"{label}: {name}")
         result["tasks"][name] = summarize(scores, cfg.k_shot)
         if out_dir is not None:
