@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from camelid.utils import CamelidError, require
+from camelid.utils import CamelidError
 
 # Each results section and the `camelid eval` option that produces it, with an example value for hints when the
 # run's config.yaml does not name one itself.
@@ -196,7 +196,6 @@ def _union(dicts: list[dict]) -> list[str]:
 
 
 def _figure(width: float = 8.0, height: float = 4.2):
-    require("matplotlib", "report")
     from matplotlib.figure import Figure  # a bare Figure saves through the Agg canvas; no display needed
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
