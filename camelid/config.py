@@ -152,6 +152,7 @@ class EvalConfig:
     ppl_window: int = 1024
     ppl_stride: int = 512
     samples: str = ""  # prompts (jsonl with "prompt"/"instruction", or .txt one per line) answered and saved
+    preference: list[str] = field(default_factory=list)  # preference pairs a reward model is scored on (accuracy)
     max_new_tokens: int = 128
     after_training: bool = True  # when anything above is set, sft/pt end by evaluating the base and the run
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from test_cli import run_cli
 
 from conftest import CORPUS
@@ -66,3 +67,39 @@ def test_training_run_ends_with_before_and_after_eval_and_reports(tiny_model, ch
     assert "mc_jsonl" in html and "domain.txt" in html
     pngs = list((run / "report").glob("*.png"))
     assert len(pngs) >= 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_reward_model_accuracy_on_preference_pairs(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from camelid.data.templates import render
+    from camelid.eval.run import load_reward_model
+
+    rm_dir = tmp_path / "rm"
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(rm_dir)
+    tok.save_pretrained(rm_dir)
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "Say something.", "chosen": a, "rejected": b}
+            for a, b in [("Paris.", "北京"), ("1 2 3", "You are welcome."), ("你好", "Paris.")]]
+    pairs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    proc = run_cli("eval", str(rm_dir), "--out", str(tmp_path / "ev"), f"eval.preference=[{pairs}]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads((tmp_path / "ev" / "eval" / "model.json").read_text())["reward"][str(pairs)]
+    # the same decision by hand: the model's score of each rendered answer
+    model, tok = load_reward_model(str(rm_dir))
+    wins = 0
+    for r in rows:
+        prompt = [{"role": "user", "content": r["prompt"]}]
+        with torch.no_grad():
+            s = [float(model(input_ids=torch.tensor([render(tok, prompt + [{"role": "assistant", "content": x}]).input_ids]))
+                       .logits[0, 0]) for x in (r["chosen"], r["rejected"])]
+        wins += s[0] > s[1]
+    assert got["n"] == 3 and got["accuracy"] == pytest.approx(wins / 3)
+    proc = run_cli("eval", str(rm_dir), "--out", str(tmp_path / "ev"), f"eval.tasks=[mc_jsonl={EXAM}]")
+    assert proc.returncode == 1 and "reward model" in proc.stderr
+    proc = run_cli("eval", str(tiny_model), "--out", str(tmp_path / "ev2"), f"eval.preference=[{pairs}]")
+    assert proc.returncode == 1 and "needs a reward model" in proc.stderr

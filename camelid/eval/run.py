@@ -3,6 +3,7 @@
     camelid eval runs/sft eval.tasks=[mmlu,arc_easy=data/ARC-V1-Feb2018/ARC-Easy] eval.limit=500
     camelid eval runs/sft --before eval.tasks=[mmlu]         # the run's base model, for the before/after report
     camelid eval smollm2-135m-instruct eval.tasks=[mc_jsonl=exam.jsonl] eval.k_shot=5 --out evals/base
+    camelid eval my-reward-model eval.preference=[dpo_en_demo]        # a reward model: pairwise accuracy
 
 A run writes RUN/eval/<label>.json (label "after" for the run, "before" for its base), anything else
 OUT/eval/<label>.json; per-item predictions go next to it as <label>.<task>.jsonl. `camelid report RUN` draws them.
@@ -18,7 +19,8 @@ import yaml
 
 from camelid.config import Config, EvalConfig
 from camelid.eval.mc import ItemScore, score_items
-from camelid.eval.ppl import perplexity
+from camelid.data.formats import load_source
+from camelid.eval.ppl import perplexity, reward_accuracy
 from camelid.eval.tasks import TASKS, load_task, with_fewshot
 from camelid.utils import CamelidError, log, write_json
 
@@ -78,7 +80,10 @@ def samples(model, tok, prompts: list[str], max_new_tokens: int) -> list[dict]:
 def evaluate(model, tok, cfg: EvalConfig, label: str, model_name: str, out_dir: Path | None = None) -> dict:
     result = {"label": label, "model": model_name,
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "tasks": {}, "perplexity": {}, "samples": []}
+              "tasks": {}, "perplexity": {}, "samples": [], "reward": {}}
+    for spec in cfg.preference:
+        pairs, _ = load_source(spec, "preference", "fail", cfg.limit or None)
+        result["reward"][spec] = reward_accuracy(model, tok, pairs)
     for name, path in task_specs(cfg.tasks):
         items, pool = load_task(name, path, limit=cfg.limit)
         if cfg.k_shot:
@@ -107,9 +112,31 @@ def table(result: dict) -> str:
                      f"acc_norm(token) {t['acc_norm_token']:.4f}  n={t['n']} k={t['k_shot']}{macro}")
     for name, p in result["perplexity"].items():
         lines.append(f"  {name:16} perplexity {p['ppl']:.3f} over {p['tokens']} tokens")
+    for name, r in result.get("reward", {}).items():
+        lines.append(f"  {name:16} reward accuracy {r['accuracy']:.4f}  mean margin {r['mean_margin']:.4f}  n={r['n']}")
     if result["samples"]:
         lines.append(f"  {len(result['samples'])} sample answers saved")
     return "\n".join(lines)
+
+
+def is_reward_model(model_path: str) -> bool:
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or [])
+
+
+def load_reward_model(model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from camelid.data.templates import ensure_template
+
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    ensure_template(tok)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, dtype=getattr(torch, dtype) if dtype != "auto" else "auto", trust_remote_code=trust_remote_code)
+    return model.eval(), tok
 
 
 def is_run(path: Path) -> bool:
@@ -120,8 +147,8 @@ def main(cfg: Config, target: str, before: bool = False, out: str | None = None)
     from camelid.model import load_for_inference
 
     e = cfg.eval
-    if not (e.tasks or e.perplexity or e.samples):
-        raise CamelidError("nothing to evaluate: set eval.tasks, eval.perplexity or eval.samples")
+    if not (e.tasks or e.perplexity or e.samples or e.preference):
+        raise CamelidError("nothing to evaluate: set eval.tasks, eval.perplexity, eval.samples or eval.preference")
     path = Path(target)
     if is_run(path):
         label = "before" if before else "after"
@@ -133,13 +160,21 @@ def main(cfg: Config, target: str, before: bool = False, out: str | None = None)
         label, model_path = "model", target
         folder = Path(out or f"eval-{path.name or target}") / "eval"
     folder.mkdir(parents=True, exist_ok=True)
-    model, tok = load_for_inference(model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+    if is_reward_model(model_path):
+        if e.tasks or e.perplexity or e.samples:
+            raise CamelidError(f"{model_path} is a reward model (sequence classification): it takes only eval.preference")
+        model, tok = load_reward_model(model_path, cfg.model.dtype, cfg.model.trust_remote_code)
+    elif e.preference:
+        raise CamelidError(f"eval.preference needs a reward model (a ...ForSequenceClassification folder); {model_path} "
+                           "is a language model")
+    else:
+        model, tok = load_for_inference(model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
     log.info(f"evaluating {model_path} as '{label}'")
     result = evaluate(model, tok, e, label, str(model_path), folder)
     dest = folder / f"{label}.json"
     if dest.is_file():  # add to what an earlier call measured (other tasks, files) instead of erasing it
         earlier = json.loads(dest.read_text(encoding="utf-8"))
-        for key in ("tasks", "perplexity"):
+        for key in ("tasks", "perplexity", "reward"):
             result[key] = {**earlier.get(key, {}), **result[key]}
         result["samples"] = result["samples"] or earlier.get("samples", [])
     write_json(dest, result)
