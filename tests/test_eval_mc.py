@@ -58,3 +58,19 @@ def test_normalized_predictions_differ_as_they_should():
     assert s.pred() == 0  # raw: the short choice
     assert s.pred("token") == 1  # -3.0 vs -1.0 per token
     assert s.pred("char") == 1  # -2.0 vs -0.5 per character
+
+
+def test_a_ptuning_model_is_scored_row_by_row_through_its_prefix(model_tok):
+    from peft import PrefixTuningConfig, get_peft_model
+
+    base, tok = model_tok
+    torch.manual_seed(2)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base.name_or_path, dtype=torch.float32),
+                           PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    assert mc.decoder_and_head(model) is None  # the prefix lives in peft's forward: the per-row path runs
+    got = mc.score_items(model, tok, items(), batch_tokens=64, progress=False)
+    for item, s in zip(items(), got):
+        want = [by_hand(model, tok, c, t) for c, t in zip(item.contexts, item.continuations)]
+        assert s.loglik == pytest.approx(want, abs=1e-4), item.id
+    plain = mc.score_items(base, tok, items(), progress=False)
+    assert [s.loglik for s in got] != [s.loglik for s in plain]  # the prefix changed the scores
