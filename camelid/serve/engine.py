@@ -361,10 +361,10 @@ class Engine:
         if not plan:
             return
         ids, pos, rows, keep, sampling = [], [], [], [], []
+        offset = len(self.prefix_slots)  # P-Tuning's virtual tokens come first in every context
         for req, n in plan:
             start = req.computed
             ids.extend(req.tokens[start:start + n])
-            offset = len(self.prefix_slots)
             pos.extend(range(offset + start, offset + start + n))
             rows.append((n, self.prefix_slots + self._slots(req.blocks, start + n)))
             if start + n == len(req.tokens):
@@ -373,7 +373,8 @@ class Engine:
         batch = paged.build_batch(self.cache, rows, self.pool.block_size, self.device)
         logits = self.step_model(
             input_ids=torch.tensor([ids], device=self.device), position_ids=torch.tensor([pos], device=self.device),
-            attention_mask=paged.NO_MASK.to(self.device), use_cache=False, logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device), paged=batch,
+            attention_mask=paged.NO_MASK.to(self.device), use_cache=False, paged=batch,
+            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device),
         ).logits[0].float()
         self.counters["prompt_tokens_computed"] += sum(n for r, n in plan if r.computed < len(r.prompt))
         for req, n in plan:
