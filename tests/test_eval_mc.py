@@ -54,7 +54,7 @@ def test_scores_equal_summed_logprobs_by_hand(model_tok, path, monkeypatch):
 
 
 def test_normalized_predictions_differ_as_they_should():
-    s = mc.ItemScore("x", "", 0, loglik=[-6.0, -8.0], n_tokens=[2, 8], n_chars=[3, 16], greedy=[False, False])
+    s = mc.ItemScore("x", "", 0, loglik=[-6.0, -8.0], n_tokens=[2, 8], n_chars=[3, 16])
     assert s.pred() == 0  # raw: the short choice
     assert s.pred("token") == 1  # -3.0 vs -1.0 per token
     assert s.pred("char") == 1  # -2.0 vs -0.5 per character

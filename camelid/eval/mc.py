@@ -44,7 +44,6 @@ class ItemScore:
     loglik: list[float]
     n_tokens: list[int]
     n_chars: list[int]
-    greedy: list[bool]  # whether each continuation is the greedy one, token by token
 
     def pred(self, norm: str = "") -> int:
         """argmax of log-likelihood, raw, per character ("char") or per token ("token") of the continuation."""
@@ -107,7 +106,7 @@ def _tree_mask(segs: list[list[int]], width: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _score_batch_tree(model, groups: list[Group], max_length: int, device) -> list[list[tuple[float, bool]]]:
+def _score_batch_tree(model, groups: list[Group], max_length: int, device) -> list[list[float]]:
     rows = [_tree_row(g, max_length) for g in groups]
     width = max(len(r[0]) for r in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
@@ -129,20 +128,19 @@ def _score_batch_tree(model, groups: list[Group], max_length: int, device) -> li
     logits = head(hidden[torch.tensor([r for r, _ in where]), torch.tensor([p for _, p in where])]).float()
     logp = torch.log_softmax(logits, -1)
     chosen = logp.gather(1, targets[:, None])[:, 0]
-    greedy = logits.argmax(-1) == targets
     out, k = [], 0
     for r, row in enumerate(rows):
         res = []
         for preds in row[3]:
             n = len(preds)
-            res.append((float(chosen[k:k + n].sum()), bool(greedy[k:k + n].all())))
+            res.append(float(chosen[k:k + n].sum()))
             k += n
         out.append(res)
     return out
 
 
 @torch.inference_mode()
-def _score_batch_rows(model, groups: list[Group], max_length: int, device, pad_id: int) -> list[list[tuple[float, bool]]]:
+def _score_batch_rows(model, groups: list[Group], max_length: int, device, pad_id: int) -> list[list[float]]:
     """One (context, continuation) per row, right-padded: for models whose forward takes only a padding mask."""
     pairs = [(r, j) for r, g in enumerate(groups) for j in range(len(g.continuations))]
     seqs = []
@@ -162,7 +160,7 @@ def _score_batch_rows(model, groups: list[Group], max_length: int, device, pad_i
         lg = logits[k, n - len(cont):n]
         target = torch.tensor(cont, device=lg.device)
         logp = torch.log_softmax(lg, -1).gather(1, target[:, None])[:, 0]
-        out[r][j] = (float(logp.sum()), bool((lg.argmax(-1) == target).all()))
+        out[r][j] = float(logp.sum())
     return out
 
 
@@ -181,7 +179,7 @@ def score_items(model, tok, items: list[MCItem], batch_tokens: int = 4096, max_l
         return len(g.continuations), max(len(g.context) + len(c) for c in g.continuations)
 
     order = sorted(range(len(groups)), key=lambda g: -shape(groups[g])[1])
-    results: dict[int, list[tuple[float, bool]]] = {}
+    results: dict[int, list[float]] = {}
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress)
     done_items: set[int] = set()
     i = 0
@@ -203,14 +201,13 @@ def score_items(model, tok, items: list[MCItem], batch_tokens: int = 4096, max_l
                 done_items.add(groups[b].item)
                 bar.update(1)
     bar.close()
-    per_item: dict[int, dict[int, tuple[float, bool, int]]] = {}
+    per_item: dict[int, dict[int, tuple[float, int]]] = {}  # item → choice → (loglik, tokens)
     for gi, g in enumerate(groups):
-        for j, (ll, gr) in zip(g.choices, results[gi]):
-            per_item.setdefault(g.item, {})[j] = (ll, gr, len(g.continuations[g.choices.index(j)]))
+        for k, (j, ll) in enumerate(zip(g.choices, results[gi])):
+            per_item.setdefault(g.item, {})[j] = (ll, len(g.continuations[k]))
     out = []
     for idx, item in enumerate(items):
-        got = per_item[idx]
-        js = range(len(item.continuations))
-        out.append(ItemScore(item.id, item.subject, item.gold, [got[j][0] for j in js], [got[j][2] for j in js],
-                             [len(item.continuations[j]) for j in js], [got[j][1] for j in js]))
+        got = [per_item[idx][j] for j in range(len(item.continuations))]
+        out.append(ItemScore(item.id, item.subject, item.gold, [ll for ll, _ in got], [n for _, n in got],
+                             [len(c) for c in item.continuations]))
     return out

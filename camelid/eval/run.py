@@ -88,7 +88,7 @@ def evaluate(model, tok, cfg: EvalConfig, label: str, model_name: str, out_dir: 
         items, pool = load_task(name, path, limit=cfg.limit)
         if cfg.k_shot:
             # first_n where lm-eval uses it (MMLU, C-Eval, CMMLU), else a seeded draw per item
-            sampler = "first_n" if items and TASKS[items[0].task]["fewshot_sampler"] == "first_n" else "random"
+            sampler = TASKS[items[0].task]["fewshot_sampler"] if items else "random"
             items = [with_fewshot(it, pool, cfg.k_shot, cfg.seed, sampler=sampler) for it in items]
         scores = score_items(model, tok, items, cfg.batch_tokens, desc=f"{label}: {name}")
         result["tasks"][name] = summarize(scores, cfg.k_shot)

@@ -203,6 +203,7 @@ def description(task: str, subject: str = "") -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Task specs
 
+# fewshot_sampler is the `with_fewshot` sampler that reproduces (first_n) or imitates (random) lm-eval's choice.
 TASKS: dict[str, dict[str, Any]] = {
     "mmlu": {
         "split": "test", "splits": ["test", "dev", "val"], "fewshot_split": "dev", "lm_eval": "mmlu",
@@ -244,7 +245,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "boolq": {
         "split": "validation", "splits": ["validation", "train", "test"], "fewshot_split": "train",
-        "lm_eval": "boolq", "fewshot_sampler": "default", "subjects": False,
+        "lm_eval": "boolq", "fewshot_sampler": "random", "subjects": False,
         "layout": "the original release's dev.jsonl / train.jsonl (question, passage, answer true/false), or "
                   "SuperGLUE's BoolQ/val.jsonl (label true/false); or a Hugging Face export (super_glue boolq or "
                   "google/boolq): validation.jsonl or validation-*.parquet with label 0/1 or answer.",
@@ -253,7 +254,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "piqa": {
         "split": "validation", "splits": ["validation", "train", "test"], "fewshot_split": "train",
-        "lm_eval": "piqa", "fewshot_sampler": "default", "subjects": False,
+        "lm_eval": "piqa", "fewshot_sampler": "random", "subjects": False,
         "layout": "the original release's valid.jsonl (goal, sol1, sol2) with valid-labels.lst (one 0/1 per line) "
                   "beside it, and train.jsonl with train-labels.lst (the leaderboard zip's dev.jsonl/"
                   "dev-labels.lst also work); or a Hugging Face export: validation.jsonl or validation-*.parquet "
@@ -263,7 +264,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "siqa": {
         "split": "validation", "splits": ["validation", "train"], "fewshot_split": "train",
-        "lm_eval": "social_iqa", "fewshot_sampler": "default", "subjects": False,
+        "lm_eval": "social_iqa", "fewshot_sampler": "random", "subjects": False,
         "layout": "the original release's dev.jsonl (context, question, answerA, answerB, answerC) with "
                   "dev-labels.lst (one 1-3 per line) beside it, and train.jsonl with train-labels.lst; or a Hugging "
                   "Face export: validation.jsonl or validation-*.parquet with label \"1\"-\"3\".",
@@ -273,7 +274,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "hellaswag": {
         "split": "validation", "splits": ["validation", "train", "test"], "fewshot_split": "train",
-        "lm_eval": "hellaswag", "fewshot_sampler": "default", "subjects": False,
+        "lm_eval": "hellaswag", "fewshot_sampler": "random", "subjects": False,
         "layout": "the original release's hellaswag_val.jsonl and hellaswag_train.jsonl (ctx_a, ctx_b, "
                   "activity_label, endings, label); or a Hugging Face export of Rowan/hellaswag: validation.jsonl "
                   "or validation-*.parquet.",
@@ -284,7 +285,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "winogrande": {
         "split": "validation", "splits": ["validation", "train", "test"], "fewshot_split": "train",
-        "lm_eval": "winogrande", "fewshot_sampler": "default", "subjects": False,
+        "lm_eval": "winogrande", "fewshot_sampler": "random", "subjects": False,
         "layout": "the original release's dev.jsonl and train_xl.jsonl (sentence with one '_', option1, option2, "
                   "answer \"1\"/\"2\"); or a Hugging Face export of allenai/winogrande (winogrande_xl): "
                   "validation.jsonl or validation-*.parquet.",
@@ -295,7 +296,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "arc_easy": {
         "split": "test", "splits": ["test", "validation", "train"], "fewshot_split": "train",
-        "lm_eval": "arc_easy", "fewshot_sampler": "default", "subjects": False,
+        "lm_eval": "arc_easy", "fewshot_sampler": "random", "subjects": False,
         "layout": "the original release's ARC-Easy/ARC-Easy-Test.jsonl, -Dev.jsonl, -Train.jsonl ({id, question: "
                   "{stem, choices: [{text, label}]}, answerKey}); or a Hugging Face export of allenai/ai2_arc "
                   "ARC-Easy: test.jsonl or ARC-Easy/test-*.parquet (question, choices {text, label}, answerKey).",
@@ -305,7 +306,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "arc_challenge": {
         "split": "test", "splits": ["test", "validation", "train"], "fewshot_split": "train",
-        "lm_eval": "arc_challenge", "fewshot_sampler": "default", "subjects": False,
+        "lm_eval": "arc_challenge", "fewshot_sampler": "random", "subjects": False,
         "layout": "the original release's ARC-Challenge/ARC-Challenge-Test.jsonl, -Dev.jsonl, -Train.jsonl; or a "
                   "Hugging Face export of allenai/ai2_arc ARC-Challenge: test.jsonl or "
                   "ARC-Challenge/test-*.parquet (question, choices {text, label}, answerKey).",
@@ -315,7 +316,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "openbookqa": {
         "split": "test", "splits": ["test", "validation", "train"], "fewshot_split": "train",
-        "lm_eval": "openbookqa", "fewshot_sampler": "default", "subjects": False,
+        "lm_eval": "openbookqa", "fewshot_sampler": "random", "subjects": False,
         "layout": "the original release's Data/Main/test.jsonl, dev.jsonl, train.jsonl ({id, question: {stem, "
                   "choices: [{text, label}]}, answerKey}); or a Hugging Face export of allenai/openbookqa (main): "
                   "test.jsonl or main/test-*.parquet (question_stem, choices {text, label}, answerKey).",
@@ -325,7 +326,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "mc_jsonl": {
         "split": "test", "splits": ["test", "dev"], "fewshot_split": "dev", "lm_eval": None,
-        "fewshot_sampler": "default", "subjects": True,
+        "fewshot_sampler": "random", "subjects": True,
         "layout": "a custom exam: one .jsonl file, or a folder with test.jsonl (and dev.jsonl for few-shot); each "
                   "line {\"question\": str, \"choices\": [str, ...] (2-26), \"answer\": 0-based index or letter, "
                   "optional \"subject\": str}.",

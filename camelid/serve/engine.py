@@ -370,7 +370,7 @@ class Engine:
             if start + n == len(req.tokens):
                 keep.append(len(ids) - 1)
                 sampling.append(req)
-        batch = paged.build_batch(self.cache, rows, self.pool.block_size, self.device)
+        batch = paged.build_batch(self.cache, rows, self.device)
         logits = self.step_model(
             input_ids=torch.tensor([ids], device=self.device), position_ids=torch.tensor([pos], device=self.device),
             attention_mask=paged.NO_MASK.to(self.device), use_cache=False, paged=batch,

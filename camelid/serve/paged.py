@@ -39,7 +39,7 @@ class PagedBatch:
     segments: list[Segment]
 
 
-def build_batch(cache, rows: list[tuple[int, list[int]]], block_size: int, device) -> PagedBatch:
+def build_batch(cache, rows: list[tuple[int, list[int]]], device) -> PagedBatch:
     """`rows`: per request, (number of new tokens, slots of its whole context). New tokens come last in context."""
     write, decode_rows, decode_ctx, segments, pos = [], [], [], [], 0
     for n, slots in rows:

@@ -18,6 +18,7 @@ transaction after the reply is complete; an aborted or failed request leaves the
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import threading
@@ -98,14 +99,12 @@ class SessionStore:
         self._db.executemany("INSERT INTO messages VALUES (?,?,?,?,?)",
                              [(sid, start + i, m["role"], m["content"], now) for i, m in enumerate(messages)])
 
+    @contextlib.contextmanager
     def _tx(self):
-        db = self._db
-
-        class _Tx:
-            def __enter__(self):
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, exc_type, *rest):
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-        return _Tx()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
