@@ -54,4 +54,8 @@ def finish(run_dir: Path, acc, model, tokenizer, cfg, metrics: dict, started: fl
         save_trained(unwrapped, tokenizer, final, cfg, state_dict)
         write_json(run_dir / "summary.json", metrics | {"seconds": round(time.time() - started, 1), "final": str(final)})
     acc.wait_for_everyone()
+    # Tear the process group down before the interpreter does: left to exit, gloo's threads were seen to abort a
+    # rank ("terminate called without an active exception") after a run had finished and saved.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return final
