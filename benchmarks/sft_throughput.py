@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, write_results
+from common import busy_cpu_s, children_cpu_s, machine, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere without installing camelid
@@ -361,7 +361,7 @@ def run_side(side: str, spec: dict, work: Path) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = ""  # both sides on CPU even where a GPU exists
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--spec", str(spec_path)]
     print(f"--- {side}: running in a subprocess", flush=True)
-    busy0, kids0, t0 = _busy_cpu_s(), _children_cpu_s(), time.perf_counter()
+    busy0, kids0, t0 = busy_cpu_s(), children_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=str(ROOT))
     if proc.returncode != 0:
         sys.exit(f"{side} failed with exit code {proc.returncode}")
@@ -371,23 +371,8 @@ def run_side(side: str, spec: dict, work: Path) -> dict:
     if busy0 is not None:
         # CPU the rest of the machine used meanwhile (in cores): with 2 cores, another busy process
         # oversubscribes torch's OpenMP threads and makes steps several times slower.
-        result["others_cores"] = max(0.0, (_busy_cpu_s() - busy0 - (_children_cpu_s() - kids0)) / wall)
+        result["others_cores"] = max(0.0, (busy_cpu_s() - busy0 - (children_cpu_s() - kids0)) / wall)
     return result
-
-
-def _busy_cpu_s() -> float | None:
-    """Seconds of non-idle CPU time on the whole machine, from /proc/stat (Linux only)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def table(results: list[dict], device: str) -> str:

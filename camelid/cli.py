@@ -2,6 +2,9 @@
 
     camelid sft CONFIG.yaml [section.key=value ...]
     camelid pt CONFIG.yaml [overrides]
+    camelid rm CONFIG.yaml [overrides]       reward model from preference pairs
+    camelid dpo CONFIG.yaml [overrides]      DPO / IPO on preference pairs
+    camelid ppo CONFIG.yaml [overrides]      PPO (RLHF) against a reward model
     camelid data CONFIG.yaml [overrides]     show rendered examples with their loss mask, and counts
     camelid export RUN_DIR OUT_DIR           merge a LoRA run into a plain HF model folder
     camelid eval MODEL_OR_RUN [--before] [--out DIR] [eval.tasks=[mmlu,...] ...]   benchmarks, perplexity, samples
@@ -10,11 +13,14 @@
     camelid serve MODEL_OR_RUN [overrides]     OpenAI-compatible API (127.0.0.1:8000 unless serve.host/port)
     camelid vllm RUN_OR_MODEL [NAME]         check vLLM can load it and print the exact `vllm serve` command
     camelid pull NAME | --list               fetch a catalog model or dataset for offline use
+    camelid tok train|extend|report ...      train a tokenizer; extend a model's vocabulary (resized embeddings)
+    camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]   dedup, filter, decontaminate, mask PII
     camelid quickstart [overrides]           real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from camelid.config import load_config
@@ -28,41 +34,72 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+def _pop_option(args: list[str], flag: str) -> str | None:
+    """Remove `flag VALUE` from args (in place) and return VALUE, or None when the flag is absent."""
+    if flag not in args:
+        return None
+    i = args.index(flag)
+    if i + 1 >= len(args):
+        raise CamelidError(f"{flag} needs a value")
+    value = args[i + 1]
+    del args[i:i + 2]
+    return value
+
+
 def cmd_train(stage: str, args: list[str]) -> None:
     path, overrides = _split_args(args)
     cfg = load_config(path, overrides)
-    if stage == "sft":
-        from camelid.train.sft import main
-    else:
-        from camelid.train.pt import main
-    main(cfg)
+    importlib.import_module(f"camelid.train.{stage}").main(cfg)
     e = cfg.eval
-    if e.after_training and (e.tasks or e.perplexity or e.samples):
-        from camelid.eval.run import main as evaluate
+    if not e.after_training:
+        return
+    from camelid.eval.run import main as evaluate
 
+    if stage == "rm" and e.preference:  # a reward model has no causal base to compare with: the run only
+        evaluate(cfg, cfg.train.output_dir)
+    elif e.tasks or e.perplexity or e.samples:
         # the base first, then the run: RUN/eval/before.json and after.json, which `camelid report` compares
         evaluate(cfg, cfg.train.output_dir, before=True)
         evaluate(cfg, cfg.train.output_dir)
 
 
+def _holds_pairs(spec: str) -> bool:
+    """Whether a data source's first record is a preference pair (chosen/rejected)."""
+    from camelid.data.formats import load_source
+
+    try:
+        load_source(spec, "preference", max_samples=1)
+    except CamelidError:
+        return False
+    return True
+
+
 def cmd_data(args: list[str]) -> None:
-    from camelid.data.loader import load_records, render_all
+    from camelid.data.loader import load_records, render_all, render_pairs
     from camelid.data.templates import show
     from camelid.model import load_tokenizer
 
     path, overrides = _split_args(args)
     cfg = load_config(path, overrides)
     tok = load_tokenizer(cfg.model)
-    records, stats = load_records(cfg.data.train, "messages", cfg.data)
+    pairs = cfg.data.format == "preference" or _holds_pairs(cfg.data.train[0])
+    records, stats = load_records(cfg.data.train, "preference" if pairs else "messages", cfg.data)
     for st in stats:
         print(f"{st['source']}: read {st['read']}, kept {st['kept']}, skipped {st['skipped']} {st['reasons'] or ''}")
-    rendered, dropped = render_all(tok, records, cfg.data)
+    if pairs:  # rm / dpo data: each side as the stage renders it, the final answer supervised
+        rendered, dropped = render_pairs(tok, records, cfg.data)
+        shown = [(f"{side} #{i}", getattr(p, side)) for i, p in enumerate(rendered[:2]) for side in ("chosen", "rejected")]
+        rendered = [r for p in rendered for r in (p.chosen, p.rejected)]
+        what = f"{len(rendered) // 2} preference pairs"
+    else:
+        rendered, dropped = render_all(tok, records, cfg.data)
+        shown, what = [("", r) for r in rendered[:2]], f"{len(rendered)} chats"
     lengths = sorted(len(r.input_ids) for r in rendered)
     sup = sum(r.n_supervised for r in rendered) / max(1, sum(lengths))
-    print(f"{len(rendered)} chats; tokens p50={lengths[len(lengths) // 2]} max={lengths[-1]}; "
+    print(f"{what}; tokens p50={lengths[len(lengths) // 2]} max={lengths[-1]}; "
           f"{sup:.0%} of tokens supervised; dropped: {dropped or 'none'}")
-    for r in rendered[:2]:
-        print("-" * 60 + "\n" + show(tok, r) + "\n" + "-" * 60)
+    for label, r in shown:
+        print("-" * 60 + (f" {label}" if label else "") + "\n" + show(tok, r) + "\n" + "-" * 60)
     print("[[...]] marks the tokens the loss is computed on")
 
 
@@ -72,9 +109,13 @@ def cmd_export(args: list[str]) -> None:
     if len(args) < 2:
         raise CamelidError("usage: camelid export RUN_DIR OUT_DIR [dtype=bfloat16]")
     dtype = args[2].split("=", 1)[1] if len(args) > 2 else "auto"
+    from camelid.model import is_reward_model
     from camelid.serve.vllm import vllm_command
 
     out = merge_adapter(args[0], args[1], dtype)
+    if is_reward_model(out):
+        print(f"merged reward model written to {out} (loads with AutoModelForSequenceClassification.from_pretrained)")
+        return
     print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained)\nserve it with vLLM: "
           f"{vllm_command(out)}")
 
@@ -84,13 +125,7 @@ def cmd_eval(args: list[str]) -> None:
 
     before = "--before" in args
     args = [a for a in args if a != "--before"]
-    out = None
-    if "--out" in args:
-        i = args.index("--out")
-        if i + 1 >= len(args):
-            raise CamelidError("--out needs a folder")
-        out = args[i + 1]
-        del args[i:i + 2]
+    out = _pop_option(args, "--out")
     if not args or "=" in args[0]:
         raise CamelidError("usage: camelid eval MODEL_OR_RUN [--before] [--out DIR] [eval.tasks=[mmlu] eval.limit=200 ...]")
     main(load_config(None, args[1:]), args[0], before=before, out=out)
@@ -136,6 +171,49 @@ def cmd_pull(args: list[str]) -> None:
         print(hub.pull(name))
 
 
+TOK_USAGE = """usage: camelid tok train CORPUS... --out DIR [tok.kind=spm_bpe tok.vocab_size=20000 ...]
+       camelid tok extend BASE [DOMAIN_TOKENIZER] --out DIR [tok.train=[CORPUS] tok.eval=[HELD_OUT] ...]
+       camelid tok report TOKENIZER... [tok.eval=[TEXT ...]]
+(a CONFIG.yaml may come first among the arguments; overrides are tok.* keys)"""
+
+
+def cmd_tok(args: list[str]) -> None:
+    from camelid.train import tok
+
+    if not args or args[0] not in ("train", "extend", "report"):
+        raise CamelidError(TOK_USAGE)
+    sub, rest = args[0], args[1:]
+    out = _pop_option(rest, "--out")
+    config = next((a for a in rest if "=" not in a and a.endswith((".yaml", ".yml"))), None)
+    positional = [a for a in rest if "=" not in a and a != config]
+    cfg = load_config(config, [a for a in rest if "=" in a])
+    if sub == "train" and out:
+        cfg.tok.train += positional
+        tok.train(cfg, out)
+    elif sub == "extend" and out and 1 <= len(positional) <= 2:
+        tok.extend_main(cfg, positional[0], positional[1] if len(positional) == 2 else None, out)
+    elif sub == "report" and positional:
+        tok.report_main(cfg, positional)
+    else:
+        raise CamelidError(TOK_USAGE)
+
+
+def cmd_clean(args: list[str]) -> None:
+    from camelid.data.clean import main
+    from camelid.eval.contamination import benchmark_items
+
+    args = list(args)
+    out = _pop_option(args, "--out")
+    config = next((a for a in args if "=" not in a and a.endswith((".yaml", ".yml"))), None)
+    cfg = load_config(config, [a for a in args if "=" in a])
+    cfg.clean.inputs += [a for a in args if "=" not in a and a != config]
+    cfg.clean.out = out or cfg.clean.out
+    if not cfg.clean.inputs:
+        raise CamelidError("usage: camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]")
+    # The benchmark questions are loaded up here: camelid.data may not import camelid.eval.
+    main(cfg, benchmark_items(cfg.clean.decontaminate) if cfg.clean.decontaminate else None)
+
+
 def cmd_quickstart(args: list[str]) -> None:
     from camelid.quickstart import main
 
@@ -145,6 +223,9 @@ def cmd_quickstart(args: list[str]) -> None:
 VERBS = {
     "pt": lambda a: cmd_train("pt", a),
     "sft": lambda a: cmd_train("sft", a),
+    "rm": lambda a: cmd_train("rm", a),
+    "dpo": lambda a: cmd_train("dpo", a),
+    "ppo": lambda a: cmd_train("ppo", a),
     "data": cmd_data,
     "export": cmd_export,
     "eval": cmd_eval,
@@ -153,6 +234,8 @@ VERBS = {
     "serve": cmd_serve,
     "vllm": cmd_vllm,
     "pull": cmd_pull,
+    "tok": cmd_tok,
+    "clean": cmd_clean,
     "quickstart": cmd_quickstart,
 }
 

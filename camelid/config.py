@@ -70,6 +70,35 @@ class PtuningConfig:
 
 
 @dataclass
+class EmbeddingConfig:
+    # Train only the rows `camelid tok extend` added (method embedding): old rows, and so the logits of old tokens
+    # on old-token inputs, stay bit-identical.
+    new_rows_only: bool = False
+    first_new_id: int = 0  # the first added row; 0 = read it from the model folder's camelid_vocab.json
+
+
+@dataclass
+class TokConfig:
+    """`camelid tok train / extend / report`: train a tokenizer, add its vocabulary to a base's."""
+    # auto: spm_bpe for `tok train`; for `tok extend`, what fits the base (spm_bpe for SentencePiece bases,
+    # otherwise byte-level bpe with the base's own pre-tokenizer)
+    kind: Literal["auto", "spm_bpe", "spm_unigram", "bpe", "wordpiece"] = "auto"
+    vocab_size: int = 20000
+    train: list[str] = field(default_factory=list)  # corpus: .txt / .jsonl files, FOLDER@ENTRY, catalog datasets
+    eval: list[str] = field(default_factory=list)  # held-out text for the report (tokens per character before/after)
+    eval_split: float = 0.02  # when tok.eval is empty, lines of tok.train held out for the report
+    max_lines: int = 0  # train on a seeded sample of this many lines; 0 = all
+    seed: int = 0
+    byte_fallback: bool = True  # spm: characters outside the vocabulary become UTF-8 byte pieces, not <unk>
+    split_digits: bool = True  # every digit its own token (Llama, Chinese-LLaMA)
+    character_coverage: float = 0.9995  # spm: rarer characters are left to byte fallback
+    min_frequency: int = 2  # bpe / wordpiece: pairs seen fewer times are not merged
+    threads: int = 1  # spm: more is faster, but unigram results then depend on the thread count
+    max_added: int = 0  # extend: add at most this many domain tokens (in the domain's own order); 0 = all new ones
+    resize_model: bool = True  # extend: when BASE is a model, also write it with embeddings grown to the new vocab
+
+
+@dataclass
 class DataConfig:
     train: list[str] = field(default_factory=list)  # files, folder@name (LLaMA-Factory), or catalog names
     eval: list[str] = field(default_factory=list)
@@ -158,6 +187,91 @@ class EvalConfig:
 
 
 @dataclass
+class RmConfig:
+    margin: float = 0.0  # subtract from the chosen−rejected gap in the loss (a fixed margin, as in Llama 2's RM)
+
+
+@dataclass
+class DpoConfig:
+    beta: float = 0.1  # strength of the KL tie to the reference (DPO's β; IPO's τ)
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    label_smoothing: float = 0.0  # cDPO: the share of pairs assumed to be mislabelled (sigmoid loss only)
+    precompute_ref: bool = False  # score every pair with the reference once before training, then drop it
+
+
+@dataclass
+class PpoConfig:
+    reward_model: str = ""  # a `camelid rm` run or a ...ForSequenceClassification folder
+    layout: Literal["shared", "separate"] = "shared"  # LoRA: actor, critic and reference on one base (adapters on/off)
+    rollout_batch: int = 8  # prompts sampled per PPO update (one "episode" each)
+    mini_batch: int = 4  # episodes per optimizer step inside an update
+    ppo_epochs: int = 4  # passes over each rollout batch
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    kl_coef: float = 0.05  # β of the per-token KL penalty to the reference
+    adaptive_kl: bool = False  # Ziegler et al. 2019: steer β so the KL tracks target_kl
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95  # GAE λ
+    clip_range: float = 0.2  # PPO's ε for the policy ratio
+    value_clip: float = 0.2  # the critic's values move at most this far from the rollout's per update
+    vf_coef: float = 0.1
+    critic_lr: float = 0.0  # 0 = train.lr
+    whiten_rewards: bool = False  # normalise per-token rewards over the batch before GAE
+    reward_clip: float = 10.0  # clip the reward model's score to ±this; 0 = no clipping
+    missing_eos_penalty: float = 0.0  # subtracted from the score of responses cut at max_new_tokens
+    ptx_data: list[str] = field(default_factory=list)  # PPO-ptx (InstructGPT): pretraining / SFT data mixed in
+    ptx_coef: float = 0.0  # weight γ of that language-model loss
+    ptx_batch: int = 4
+
+
+PiiKind = Literal["email", "phone", "id_card", "bank_card"]
+
+
+@dataclass
+class CleanConfig:
+    """`camelid clean`. Documents meet the rules in the order below; the first rule that fires removes one."""
+    inputs: list[str] = field(default_factory=list)  # .txt (a document per line) / .jsonl / .json / .csv / .parquet, or catalog corpora
+    out: str = "runs/clean"  # kept corpus (one file per input), removed.jsonl, summary.md/json; replaced atomically
+    text_field: str = "text"  # the record field holding the document (not used for .txt)
+    on_error: Literal["fail", "skip"] = "fail"  # a bad record (bad JSON, no text): stop, or count it and go on
+    # normalization: rewrites every document
+    nfkc: bool = True  # Unicode NFKC: full-width ASCII (ＡＢＣ１２３，) → half-width, compatibility forms folded
+    t2s: bool = False  # Traditional → Simplified Chinese with OpenCC (the `clean` extra)
+    exact_dedup: bool = True  # the same normalized text seen before
+    # heuristic quality; a "unit" is a CJK character or a word of another script, so one number fits zh and en
+    min_units: int = 10  # ~ a short Chinese sentence or English clause
+    max_units: int = 0  # 0 = no limit
+    max_symbol_share: float = 0.2  # of non-space chars: not letters, digits or common punctuation (markup, emoji walls)
+    max_digit_share: float = 0.4  # of non-space chars (tables of numbers; a zh sentence with a year reaches 0.35)
+    max_repeated_line_share: float = 0.3  # characters in lines repeating an earlier line (Gopher: 0.2)
+    max_repeated_ngram_share: float = 0.3  # `repeat_ngram`-unit windows repeating an earlier window (spam, boilerplate)
+    repeat_ngram: int = 10
+    languages: list[Literal["zh", "en"]] = field(default_factory=lambda: ["zh", "en"])  # zh: Han, en: Latin; [] = any
+    min_language_share: float = 0.5  # of a document's units, in the scripts of `languages`
+    # decontamination: documents sharing an n-gram with a benchmark question go
+    decontaminate: list[str] = field(default_factory=list)  # eval tasks as in eval.tasks: mmlu, mc_jsonl=exam.jsonl
+    decontam_ngram: int = 13  # units, for questions written mostly in words (GPT-3's 13-gram rule)
+    decontam_ngram_zh: int = 25  # for questions mostly in Chinese characters: 13 characters are a common phrase
+    # perplexity under a character n-gram LM (interpolated Kneser-Ney) trained on a reference corpus
+    ppl_reference: list[str] = field(default_factory=list)  # text files or catalog corpora of text you want; [] = off
+    ppl_order: int = 5
+    ppl_max: float = 0.0  # drop documents above this char perplexity; 0 = the ppl_quantile of held-out reference docs
+    ppl_quantile: float = 0.99
+    ppl_min_units: int = 10  # shorter documents are not judged (their perplexity is noise)
+    # near-duplicates: MinHash-LSH over character shingles (datasketch, the `clean` extra); last, as the costliest
+    near_dedup: bool = True
+    near_dedup_threshold: float = 0.8  # estimated Jaccard similarity of the shingle sets
+    minhash_perm: int = 128
+    shingle: int = 5  # characters per shingle (works without word segmentation, so for zh too)
+    # PII: masked in the documents kept
+    pii: list[PiiKind] = field(default_factory=lambda: ["email", "phone", "id_card", "bank_card"])
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: Method = "lora"
@@ -165,12 +279,18 @@ class Config:
     quant: QuantConfig = field(default_factory=QuantConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     ptuning: PtuningConfig = field(default_factory=PtuningConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rm: RmConfig = field(default_factory=RmConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    ppo: PpoConfig = field(default_factory=PpoConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    tok: TokConfig = field(default_factory=TokConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,10 +427,36 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def validate(cfg: Config, stage: str) -> Config:
     t, d, m = cfg.train, cfg.data, cfg.model
     errors = []
-    if stage in ("pt", "sft", "chat") and not m.name:
+    if stage in ("pt", "sft", "rm", "dpo", "ppo", "chat") and not m.name:
         errors.append("model.name is required (a folder, a Hugging Face id, or a catalog name)")
-    if stage in ("pt", "sft") and not d.train:
+    if stage in ("pt", "sft", "rm", "dpo", "ppo") and not d.train:
         errors.append("data.train needs at least one source")
+    if cfg.embedding.new_rows_only and stage in ("pt", "sft", "rm", "dpo", "ppo"):
+        if cfg.method != "embedding":
+            errors.append(f"embedding.new_rows_only trains only the new embedding rows, so it needs method embedding "
+                          f"(method is '{cfg.method}')")
+        if t.weight_decay > 0:
+            # AdamW decays every row of a matrix that has a gradient, masked or not: old rows would shrink.
+            errors.append("embedding.new_rows_only needs train.weight_decay=0: AdamW's decay would move the old rows too")
+    if stage == "rm" and (cfg.eval.tasks or cfg.eval.perplexity or cfg.eval.samples):
+        errors.append("a reward model is evaluated with eval.preference only (it does not generate or score text)")
+    if stage in ("pt", "sft", "dpo", "ppo") and cfg.eval.preference:
+        errors.append("eval.preference scores reward models; it belongs to the rm stage")
+    if stage == "rm" and cfg.method not in ("full", "freeze", "lora", "qlora"):
+        errors.append(f"method '{cfg.method}' cannot train a reward model; use full, freeze, lora or qlora")
+    if stage == "ppo":
+        p = cfg.ppo
+        if cfg.method not in ("full", "freeze", "lora", "qlora"):
+            errors.append(f"method '{cfg.method}' is not supported by ppo; use full, freeze, lora or qlora")
+        if p.rollout_batch % p.mini_batch:
+            errors.append(f"ppo.rollout_batch ({p.rollout_batch}) must be a multiple of ppo.mini_batch ({p.mini_batch})")
+        if p.ptx_coef > 0 and not p.ptx_data:
+            errors.append("ppo.ptx_coef > 0 needs ppo.ptx_data")
+        if p.layout == "shared" and cfg.method not in ("lora", "qlora"):
+            errors.append("ppo.layout=shared needs method lora or qlora (adapters switched on one base); "
+                          "use ppo.layout=separate for full or freeze")
+        if p.layout == "separate" and cfg.method == "qlora":
+            errors.append("ppo.layout=separate would load the reference unquantized; use ppo.layout=shared with qlora")
     if cfg.method == "ptuning" and d.packing and stage == "sft":
         errors.append(
             "method 'ptuning' cannot be combined with data.packing=true: the virtual-token prefix is shared by "
@@ -341,10 +487,42 @@ def validate(cfg: Config, stage: str) -> Config:
         (cfg.eval.k_shot >= 0, "eval.k_shot must be >= 0"),
         (0 < cfg.eval.ppl_stride <= cfg.eval.ppl_window, "eval.ppl_stride must be in [1, eval.ppl_window]"),
         (cfg.engine.max_batch_tokens >= 1, "engine.max_batch_tokens must be >= 1"),
+        (cfg.dpo.beta > 0, "dpo.beta must be > 0"),
+        (0 <= cfg.dpo.label_smoothing < 0.5, "dpo.label_smoothing must be in [0, 0.5)"),
+        (cfg.ppo.rollout_batch >= 1 and cfg.ppo.mini_batch >= 1, "ppo.rollout_batch and ppo.mini_batch must be >= 1"),
+        (cfg.ppo.ppo_epochs >= 1, "ppo.ppo_epochs must be >= 1"),
+        (cfg.ppo.max_new_tokens >= 1, "ppo.max_new_tokens must be >= 1"),
+        (cfg.ppo.kl_coef >= 0, "ppo.kl_coef must be >= 0"),
+        (0 <= cfg.ppo.lam <= 1 and 0 <= cfg.ppo.gamma <= 1, "ppo.lam and ppo.gamma must be in [0, 1]"),
+        (cfg.ppo.clip_range > 0 and cfg.ppo.value_clip > 0, "ppo.clip_range and ppo.value_clip must be > 0"),
         (cfg.engine.max_running >= 1, "engine.max_running must be >= 1"),
         (cfg.serve.max_concurrent_per_key >= 1, "serve.max_concurrent_per_key must be >= 1"),
         (0 < cfg.serve.default_max_tokens <= cfg.serve.max_tokens, "serve.default_max_tokens must be in [1, serve.max_tokens]"),
+        (cfg.embedding.first_new_id >= 0, "embedding.first_new_id must be >= 0"),
+        (cfg.tok.vocab_size >= 2, "tok.vocab_size must be >= 2"),
+        (0 <= cfg.tok.eval_split < 1, "tok.eval_split must be in [0, 1)"),
+        (0 < cfg.tok.character_coverage <= 1, "tok.character_coverage must be in (0, 1]"),
+        (cfg.tok.max_lines >= 0 and cfg.tok.max_added >= 0, "tok.max_lines and tok.max_added must be >= 0"),
+        (cfg.tok.threads >= 1 and cfg.tok.min_frequency >= 1, "tok.threads and tok.min_frequency must be >= 1"),
     ]
+    if stage == "clean":
+        c = cfg.clean
+        checks += [
+            (bool(c.inputs), "clean.inputs needs at least one file (camelid clean FILE ...)"),
+            (c.min_units >= 0 and c.max_units >= 0, "clean.min_units and clean.max_units must be >= 0"),
+            (c.max_units == 0 or c.max_units >= c.min_units, "clean.max_units must be 0 or >= clean.min_units"),
+            (all(0 <= v <= 1 for v in (c.max_symbol_share, c.max_digit_share, c.max_repeated_line_share,
+                                       c.max_repeated_ngram_share, c.min_language_share)),
+             "clean.*_share values must be in [0, 1]"),
+            (c.repeat_ngram >= 2, "clean.repeat_ngram must be >= 2"),
+            (c.decontam_ngram >= 1 and c.decontam_ngram_zh >= 1, "clean.decontam_ngram(_zh) must be >= 1"),
+            (0 < c.near_dedup_threshold <= 1, "clean.near_dedup_threshold must be in (0, 1]"),
+            (c.minhash_perm >= 16, "clean.minhash_perm must be >= 16"),
+            (c.shingle >= 1, "clean.shingle must be >= 1"),
+            (2 <= c.ppl_order <= 8, "clean.ppl_order must be in [2, 8]"),
+            (c.ppl_max >= 0, "clean.ppl_max must be >= 0 (0 = from the reference)"),
+            (0 < c.ppl_quantile < 1, "clean.ppl_quantile must be in (0, 1)"),
+        ]
     errors += [msg for ok, msg in checks if not ok]
     if errors:
         raise ConfigError("; ".join(errors))

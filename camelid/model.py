@@ -7,21 +7,24 @@ Methods (one visible if/elif in `apply_method`):
 - lora       peft LoRA on named or all linear layers (rsLoRA and DoRA switches);
 - qlora      the base quantized to 4-bit NF4 by bitsandbytes, LoRA on top (works on CPU too);
 - ptuning    P-Tuning v2: trained key/value prefixes at every layer (peft prefix tuning);
-- embedding  the input embeddings and output head only (e.g. after extending the vocabulary).
+- embedding  the input embeddings and output head only (e.g. after extending the vocabulary), optionally only
+             the rows `camelid tok extend` added (`embedding.new_rows_only`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from camelid import hub
 from camelid.data.templates import ensure_template
 from camelid.utils import CamelidError, log, require
 
+VOCAB_INFO = "camelid_vocab.json"  # written by `camelid tok extend` beside the resized model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -37,8 +40,10 @@ def load_tokenizer(model_cfg, path: str | None = None):
     return tok
 
 
-def load_model(cfg, path: str | None = None):
-    """The base model with `cfg.method` applied, ready to train."""
+def load_model(cfg, path: str | None = None, reward: bool = False, pad_token_id: int | None = None):
+    """The base model with `cfg.method` applied, ready to train. `reward=True` gives the reward-model shape:
+    the base's decoder with a new scalar head reading the last non-pad token (`...ForSequenceClassification`,
+    one label), so the trained model is a standard HF sequence classifier; `pad_token_id` tells it where rows end."""
     m = cfg.model
     src = path or hub.resolve_model(m.name)
     kwargs = {"dtype": DTYPES[m.dtype], "attn_implementation": m.attn_implementation, "trust_remote_code": m.trust_remote_code}
@@ -46,11 +51,14 @@ def load_model(cfg, path: str | None = None):
         require("flash_attn", "flash")
     if cfg.method == "qlora":
         kwargs["quantization_config"] = _bnb_config(cfg)
-    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    if reward:
+        model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, pad_token_id=pad_token_id, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    return apply_method(model, cfg)
+    return apply_method(model, cfg, task="SEQ_CLS" if reward else "CAUSAL_LM")
 
 
 def _bnb_config(cfg):
@@ -76,7 +84,8 @@ def transformer_blocks(model) -> torch.nn.ModuleList:
     raise CamelidError(f"could not find the {n} transformer blocks of {type(model).__name__}")
 
 
-def apply_method(model, cfg):
+def apply_method(model, cfg, task: str = "CAUSAL_LM"):
+    """`task` is peft's: CAUSAL_LM, or SEQ_CLS for reward models (whose new score head then always trains)."""
     method = cfg.method
     if method == "full":
         model.requires_grad_(True)
@@ -99,6 +108,8 @@ def apply_method(model, cfg):
         head = model.get_output_embeddings()
         if head is not None:
             head.weight.requires_grad_(True)  # same tensor as the embeddings when they are tied
+        if cfg.embedding.new_rows_only:
+            mask_old_rows(model, cfg.embedding.first_new_id or first_new_id(model.name_or_path))
     elif method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -108,7 +119,7 @@ def apply_method(model, cfg):
         target = "all-linear" if lc.target == ["all-linear"] else lc.target
         model = get_peft_model(model, LoraConfig(
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=target,
-            use_rslora=lc.rslora, use_dora=lc.dora, task_type="CAUSAL_LM",
+            use_rslora=lc.rslora, use_dora=lc.dora, task_type=task,
         ))
     elif method == "ptuning":
         from peft import PrefixTuningConfig, get_peft_model
@@ -120,9 +131,63 @@ def apply_method(model, cfg):
         ))
     else:  # config validation keeps this unreachable
         raise CamelidError(f"unknown method '{method}'")
+    if task == "SEQ_CLS" and method in ("freeze", "embedding"):
+        model.score.requires_grad_(True)  # the head is new: a frozen random head would make training meaningless
     trainable, total = count_parameters(model)
     log.info(f"method {method}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.3%})")
     return model
+
+
+def first_new_id(folder: str | Path) -> int:
+    """The first row `camelid tok extend` added to the model in `folder` (from its camelid_vocab.json)."""
+    info = Path(folder) / VOCAB_INFO
+    if not info.is_file():
+        raise CamelidError(f"embedding.new_rows_only: {folder} has no {VOCAB_INFO} saying which rows are new "
+                           "(written by `camelid tok extend`); set embedding.first_new_id")
+    return int(json.loads(info.read_text())["first_new_id"])
+
+
+def mask_old_rows(model, first: int) -> None:
+    """Zero the gradient of embedding and output-head rows below `first` in every backward pass. From the
+    first step on, AdamW then keeps zero moments for those rows and (with weight decay 0, which config validation
+    demands) moves them by exactly 0: old tokens keep their vectors bit for bit."""
+    rows = model.get_input_embeddings().num_embeddings
+    if not 0 < first < rows:
+        raise CamelidError(f"embedding.new_rows_only: first new row {first} is not inside the {rows} embedding rows")
+    head = model.get_output_embeddings()
+    weights = {id(w): w for w in [model.get_input_embeddings().weight] + ([head.weight] if head is not None else [])}
+    for w in weights.values():  # tied embeddings are one tensor: one hook
+        keep = torch.zeros(w.shape[0], 1, dtype=w.dtype, device=w.device)
+        keep[first:] = 1
+        w.register_hook(lambda grad, keep=keep: grad * keep)
+    log.info(f"training embedding rows {first:,}..{rows - 1:,} only; rows below stay fixed")
+
+
+@torch.no_grad()
+def resize_embeddings(model, old_tok, new_tok) -> int:
+    """Grow the input embeddings and output head to `len(new_tok)` rows. Each new row starts as the mean of the old
+    rows of the pieces the old tokenizer cuts that token's text into (the output head likewise, tied or not), so a
+    new token starts out meaning what its pieces meant. Old rows are untouched: old-token logits stay the same.
+    Rows the model already had beyond `len(old_tok)` (vocabularies padded to a multiple of 64) are reused.
+    Returns the number of rows initialised."""
+    first, n = len(old_tok), len(new_tok)
+    emb = model.get_input_embeddings()
+    if n < first:
+        raise CamelidError(f"the new tokenizer ({n}) is smaller than the old one ({first})")
+    if n > emb.num_embeddings:
+        model.resize_token_embeddings(n, mean_resizing=False)  # rows overwritten below
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    tied = head is not None and head.weight is emb
+    old_model = old_tok.backend_tokenizer.model
+    for i in range(first, n):
+        pieces = [t.id for t in old_model.tokenize(new_tok.convert_ids_to_tokens(i))]
+        pieces = [p for p in pieces if p < first] or list(range(first))  # nothing spells it: the mean of all rows
+        emb[i] = emb[pieces].mean(0)
+        if head is not None and not tied:
+            head.weight[i] = head.weight[pieces].mean(0)
+            if head.bias is not None:
+                head.bias[i] = head.bias[pieces].mean(0)
+    return n - first
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -150,6 +215,9 @@ def save_trained(model, tokenizer, out: Path, cfg, state_dict: dict | None = Non
     tokenizer.save_pretrained(str(out))
     info = {"method": cfg.method, "base_model": cfg.model.name, "base_path": hub.resolve_model(cfg.model.name)}
     (out / "camelid_model.json").write_text(json.dumps(info, indent=2))
+    vocab_info = Path(info["base_path"]) / VOCAB_INFO
+    if vocab_info.is_file():  # which rows a vocabulary extension added, for a later embedding.new_rows_only run
+        shutil.copyfile(vocab_info, out / VOCAB_INFO)
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -175,8 +243,46 @@ def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True
     return model, tok
 
 
+def is_reward_model(path: str | Path) -> bool:
+    """A sequence-classification folder, or a peft adapter trained on one (a `camelid rm` LoRA run)."""
+    path = Path(path)
+    if (path / "final").is_dir():
+        path = path / "final"
+    if is_adapter(path):
+        return json.loads((path / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or [])
+
+
+def load_reward_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+    """(reward model, tokenizer): a sequence classifier whose logits[:, 0] is the reward of each row.
+    A LoRA reward model is merged into its base on load."""
+    path = Path(hub.resolve_model(str(path)))
+    if (path / "final").is_dir():
+        path = path / "final"
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    ensure_template(tok)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if is_adapter(path):
+        from peft import PeftModel
+
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, pad_token_id=tok.pad_token_id, **kwargs)
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    if model.config.num_labels != 1:
+        raise CamelidError(f"{path}: a reward model has one output, this classifier has {model.config.num_labels}")
+    return model.eval(), tok
+
+
 def merge_adapter(path: str | Path, out: str | Path, dtype: str = "auto") -> Path:
-    """A LoRA run → a plain HF folder (weights + tokenizer + template) that transformers and vLLM load."""
+    """A LoRA run → a plain HF folder (weights + tokenizer + template) that transformers and vLLM load;
+    a LoRA reward model → a plain `...ForSequenceClassification` folder."""
     from camelid.utils import atomic_dir
 
     src = Path(path)
@@ -187,7 +293,10 @@ def merge_adapter(path: str | Path, out: str | Path, dtype: str = "auto") -> Pat
     cfg = json.loads((src / "adapter_config.json").read_text())
     if cfg.get("peft_type") != "LORA":
         raise CamelidError(f"{src}: a {cfg.get('peft_type')} adapter cannot be merged into weights; serve it as an adapter")
-    model, tok = load_for_inference(src, dtype=dtype, merge=True)
+    if cfg.get("task_type") == "SEQ_CLS":
+        model, tok = load_reward_model(src, dtype=dtype)
+    else:
+        model, tok = load_for_inference(src, dtype=dtype, merge=True)
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
@@ -212,4 +321,5 @@ def decoder_and_head(model):
     if any(getattr(base.config, k, None) not in (None, 1, 1.0) for k in _LOGIT_POSTPROCESSING):
         return None
     head = base.get_output_embeddings()
-    return (base.get_decoder(), head) if isinstance(head, torch.nn.Linear) else None
+    linear = isinstance(head, torch.nn.Linear) or isinstance(getattr(head, "base_layer", None), torch.nn.Linear)  # LoRA on it
+    return (base.get_decoder(), head) if linear else None

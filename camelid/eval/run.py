@@ -119,32 +119,12 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def is_reward_model(model_path: str) -> bool:
-    config = Path(model_path) / "config.json"
-    if not config.is_file():
-        return False
-    return any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or [])
-
-
-def load_reward_model(model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from camelid.data.templates import ensure_template
-
-    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    ensure_template(tok)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, dtype=getattr(torch, dtype) if dtype != "auto" else "auto", trust_remote_code=trust_remote_code)
-    return model.eval(), tok
-
-
 def is_run(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "final").is_dir()
 
 
 def main(cfg: Config, target: str, before: bool = False, out: str | None = None) -> Path:
-    from camelid.model import load_for_inference
+    from camelid.model import is_reward_model, load_for_inference, load_reward_model
 
     e = cfg.eval
     if not (e.tasks or e.perplexity or e.samples or e.preference):

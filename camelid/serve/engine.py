@@ -60,6 +60,7 @@ class Completion:
     cached_tokens: int  # prompt tokens whose KV came from the prefix cache
     logprobs: list[dict]
     error: str | None = None
+    stop_token: int | None = None  # the end-of-sequence token that ended it (not in token_ids): PPO trains on it
 
     @property
     def completion_tokens(self) -> int:
@@ -81,6 +82,7 @@ class Request:
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.generator = None
+        self.stop_token: int | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
         self.arrived = time.perf_counter()
@@ -100,7 +102,7 @@ class Request:
         if not self._done.wait(timeout):
             raise TimeoutError(f"request {self.id} still running after {timeout}s")
         return Completion(self.text, list(self.generated), self.finish_reason, len(self.prompt), self.cached_tokens,
-                          self.logprobs, self.error)
+                          self.logprobs, self.error, self.stop_token)
 
     def __iter__(self) -> Iterator[Output]:
         """Outputs as they come (only for requests submitted without `on_output`)."""
@@ -481,6 +483,7 @@ class Engine:
             req.first_token_at = time.perf_counter()
         self.counters["generated_tokens"] += 1
         if token in self.eos:
+            req.stop_token = token
             self._finish(req, "stop")
             return
         req.tokens.append(token)

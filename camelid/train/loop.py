@@ -37,6 +37,9 @@ from camelid.data.loader import batch_order
 from camelid.utils import CamelidError, atomic_dir, log, write_json
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+# Entries of a loss's metrics dict that weigh eval averages (tokens for LM losses, pairs for preference losses)
+# rather than being metrics themselves.
+WEIGHTS = ("n_tokens", "n_pairs")
 _SHARDED = (DistributedType.DEEPSPEED, DistributedType.FSDP)
 
 
@@ -50,16 +53,22 @@ def make_accelerator(cfg) -> Accelerator:
                        kwargs_handlers=handlers)
 
 
-def _optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+def param_groups(params, weight_decay: float, lr: float) -> list[dict]:
+    """AdamW groups for the trainable `params`: weight decay on matrices only (decaying norms and biases only hurts,
+    AdamW paper practice)."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if p.requires_grad:
-            # Weight decay on matrices only: decaying norms and biases only hurts (AdamW paper practice).
             (decay if p.ndim >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    return [g for g in groups if g["params"]]
+
+
+def _optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    groups = param_groups(model.parameters(), cfg.weight_decay, cfg.lr)
+    if not groups:
         raise CamelidError("the model has no trainable parameters; check method and its options")
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 class _Stream:
@@ -119,20 +128,20 @@ def fit(
     state = {"step": 0, "tokens": 0}
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
-        state = _load_checkpoint(ckpt, acc, model, optimizer)
+        state = load_checkpoint(ckpt, acc, model, optimizer)
         with warnings.catch_warnings():  # fast-forwarding the schedule without optimizer steps is intended
             warnings.simplefilter("ignore")
             for _ in range(state["step"]):
                 scheduler.step()
-        _truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
         log.info(f"resumed from {ckpt} at step {state['step']}")
 
     stream = _Stream(len(train_units), cfg, acc.process_index, acc.num_processes).from_index(state["step"] * cfg.grad_accum)
-    writer = _tensorboard(run_dir, cfg) if acc.is_main_process else None
+    writer = tensorboard_writer(run_dir, cfg) if acc.is_main_process else None
     bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
     metrics: dict = {}
     if eval_units and state["step"] == 0:  # the baseline every later eval is read against
-        _log(run_dir, writer, {"step": 0, **evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)}, acc)
+        log_metrics(run_dir, writer, {"step": 0, **evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)}, acc)
     t0, tok0 = time.perf_counter(), state["tokens"]
     model.train()
     while state["step"] < steps:
@@ -152,7 +161,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
             step_loss += loss.detach().float() / cfg.grad_accum
             for k, v in extra.items():
-                if k == "n_tokens":  # a weight for eval averaging, not a metric
+                if k in WEIGHTS:
                     continue
                 step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
         scheduler.step()
@@ -171,18 +180,18 @@ def fit(
             metrics |= evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
             model.train()
         if state["step"] % cfg.log_every == 0 or state["step"] == steps:
-            _log(run_dir, writer, metrics, acc)
+            log_metrics(run_dir, writer, metrics, acc)
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
         bar.update(1)
         if on_step is not None:  # e.g. per-step timing in benchmarks/
             on_step(state["step"], metrics)
         if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
-            _save_checkpoint(run_dir, state, acc, model, optimizer, cfg.keep_last)
+            save_checkpoint(run_dir, state, acc, model, optimizer, cfg.keep_last)
     bar.close()
     if eval_units:
         final = evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
         metrics |= final
-        _log(run_dir, writer, {"step": state["step"], **final}, acc)
+        log_metrics(run_dir, writer, {"step": state["step"], **final}, acc)
     if writer is not None:
         writer.close()
     return model, metrics
@@ -190,32 +199,39 @@ def fit(
 
 @torch.no_grad()
 def evaluate(model, loss_fn: LossFn, units: list, collate_fn, batch_size: int, acc: Accelerator) -> dict:
-    """Token-weighted mean loss over `units` (sharded over ranks) and its perplexity."""
+    """Weighted means over `units` (sharded over ranks) of the loss and every metric the loss reports, as
+    eval_<name>; weights are the loss's n_tokens (then eval_ppl too) or n_pairs, else 1 per batch."""
     model.eval()
-    total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+    sums: dict[str, torch.Tensor] = {}
+    count = torch.zeros((), device=acc.device)
     # Every rank must run the same number of forwards (ZeRO-3 gathers weights collectively), so the
     # eval set is cut to a multiple of the world size (or, if smaller, evaluated whole on every rank).
     usable = len(units) // acc.num_processes * acc.num_processes
     mine = units[acc.process_index : usable : acc.num_processes] if usable else units
+    token_weighted = False
     for i in range(0, len(mine), batch_size):
         batch = collate_fn(mine[i : i + batch_size])
         batch.pop("num_tokens")
         batch = {k: v.to(acc.device) for k, v in batch.items()}
         with acc.autocast():
             loss, extra = loss_fn(model, batch)
-        n = extra.get("n_tokens", 1)
-        total += loss.float() * n
+        token_weighted = "n_tokens" in extra
+        n = next((extra[k] for k in WEIGHTS if k in extra), 1)
+        for k, v in {"loss": loss, **{k: v for k, v in extra.items() if k not in WEIGHTS}}.items():
+            sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + torch.as_tensor(v, device=acc.device).float() * n
         count += n
-    total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
-    mean = (total / count.clamp(min=1)).item()
-    return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50))}
+    count = acc.reduce(count, "sum").clamp(min=1)
+    out = {f"eval_{k}": (acc.reduce(v, "sum") / count).item() for k, v in sorted(sums.items())}
+    if token_weighted:
+        out["eval_ppl"] = math.exp(min(out["eval_loss"], 50))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # logging
 
 
-def _tensorboard(run_dir: Path, cfg):
+def tensorboard_writer(run_dir: Path, cfg):
     if not cfg.tensorboard:
         return None
     try:
@@ -226,7 +242,7 @@ def _tensorboard(run_dir: Path, cfg):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _log(run_dir: Path, writer, metrics: dict, acc: Accelerator) -> None:
+def log_metrics(run_dir: Path, writer, metrics: dict, acc: Accelerator) -> None:
     if not acc.is_main_process:
         return
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -237,7 +253,7 @@ def _log(run_dir: Path, writer, metrics: dict, acc: Accelerator) -> None:
                 writer.add_scalar(k, v, metrics["step"])
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop log lines past the resumed checkpoint: those steps are about to be run again."""
     if not path.exists():
         return
@@ -262,7 +278,7 @@ def _trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model, optimizer, keep_last: int) -> None:
+def save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model, optimizer, keep_last: int) -> None:
     final = run_dir / f"checkpoint-{state['step']}"
     acc.wait_for_everyone()
     if acc.distributed_type in _SHARDED:
@@ -292,7 +308,7 @@ def _save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model, optimi
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(ckpt: Path, acc: Accelerator, model, optimizer) -> dict:
+def load_checkpoint(ckpt: Path, acc: Accelerator, model, optimizer) -> dict:
     state = json.loads((ckpt / "state.json").read_text())
     if (ckpt / "accelerate").exists():
         acc.load_state(str(ckpt / "accelerate"))
@@ -315,7 +331,8 @@ def _load_checkpoint(ckpt: Path, acc: Accelerator, model, optimizer) -> dict:
             torch.cuda.set_rng_state(rng["cuda"])
         if "python_random" in state:
             random.setstate(_tuplify(state.pop("python_random")))
-    return {"step": state["step"], "tokens": state.get("tokens", 0)}
+    state.setdefault("tokens", 0)
+    return state
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -2,8 +2,8 @@
 
 Features: text from .txt / .jsonl / LLaMA-Factory folders / catalog corpora, tokenized once and
 cached, joined with EOS and cut into blocks of `data.max_length`; any method (`embedding` trains
-only embeddings and head, the usual first phase after extending the vocabulary); resume; eval
-loss and perplexity on held-out blocks.
+only embeddings and head, the usual first phase after extending the vocabulary with `camelid tok extend`;
+`embedding.new_rows_only` only the added rows); resume; eval loss and perplexity on held-out blocks.
 
     camelid pt configs/pt_lora.yaml data.train=[c4_demo] train.max_steps=100
 """
