@@ -223,3 +223,22 @@ def test_partial_and_odd_results_render(tmp_path):
     assert "<td>law</td><td>—</td><td>0.4000</td><td>—</td>" in page
     assert "<td>a.txt</td><td>—</td><td>—</td></tr>" in page  # tokens unknown too
     assert "No perplexity for the trained model" in page and "No sample generations for the trained model" in page
+
+
+def test_ppo_and_preference_runs_get_their_curves(tmp_path):
+    ppo = tmp_path / "ppo"
+    ppo.mkdir()
+    (ppo / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "score": 0.1 * s, "kl": 0.5 * s, "entropy": 6 - 0.1 * s}) + "\n" for s in range(1, 6)))
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 0.7 - 0.1 * s, "eval_loss": 0.7, "eval_accuracy": 0.5 + 0.1 * s,
+                    "eval_margin": s}) + "\n" for s in (0, 2, 4)))
+    index = write_report([ppo, rm], tmp_path / "out")
+    page = index.read_text(encoding="utf-8")
+    assert "<h2>Alignment</h2>" in page
+    assert 'alt="score: ppo"' in page and 'alt="eval_accuracy: rm"' in page
+    assert {"score.png", "kl.png", "entropy.png", "eval_accuracy.png", "eval_margin.png"} <= set(images(index))
+    plain = make_run(tmp_path, "plain")  # an sft run has no alignment section
+    assert "<h2>Alignment</h2>" not in write_report([plain], tmp_path / "out2").read_text(encoding="utf-8")

@@ -49,6 +49,7 @@ class Run:
     config: dict = field(default_factory=dict)  # config.yaml as plain YAML
     train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), one per step
     evals: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_loss), one per step
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # ALIGNMENT_CURVES key → (step, value)
     results: dict[str, dict] = field(default_factory=dict)  # label → eval/<label>.json, in comparison order
     sources: list[str] = field(default_factory=list)  # the files read, for the header
     notes: list[str] = field(default_factory=list)  # files present that could not be used
@@ -90,6 +91,7 @@ def _read_metrics(run: Run) -> None:
         return
     train: dict[int, float] = {}
     evals: dict[int, float] = {}
+    curves: dict[str, dict[int, float]] = {}
     skipped = 0
     for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
         if not line.strip():
@@ -109,7 +111,11 @@ def _read_metrics(run: Run) -> None:
             train[step] = float(row["loss"])
         if _is_num(row.get("eval_loss")):
             evals[step] = float(row["eval_loss"])
+        for key in ALIGNMENT_CURVES:
+            if _is_num(row.get(key)):
+                curves.setdefault(key, {})[step] = float(row[key])
     run.train, run.evals = sorted(train.items()), sorted(evals.items())
+    run.curves = {k: sorted(v.items()) for k, v in curves.items()}
     extra = f", {skipped} unreadable lines skipped" if skipped else ""
     run.sources.append(f"metrics.jsonl ({len(train)} training steps, {len(evals)} eval points{extra})")
 
@@ -351,6 +357,26 @@ def _loss_section(runs: list[Run], out: Path) -> str:
         rows.append([_td(r.name), _td(r.train[-1][0]), _td(_num(losses[0])), _td(_num(losses[-1])),
                      _td(_num(smooth(losses)[-1])), _td(f"{_num(best)} (step {best_step})")])
     parts.append(_table(["run", "last step", "first loss", "final loss", "final smoothed", "lowest"], rows))
+    return "\n".join(parts)
+
+
+# What rm / dpo / ppo runs log beyond a loss, each drawn as its own figure when a run has it.
+ALIGNMENT_CURVES = {
+    "score": "PPO: reward-model score of the rollouts", "kl": "PPO: KL to the reference (per answer)",
+    "entropy": "PPO: policy entropy (per token)", "eval_accuracy": "rm / dpo: held-out pairwise accuracy",
+    "eval_margin": "rm / dpo: held-out chosen − rejected reward margin",
+}
+
+
+def _alignment_section(runs: list[Run], out: Path) -> str:
+    keys = [k for k in ALIGNMENT_CURVES if any(r.curves.get(k) for r in runs)]
+    if not keys:
+        return ""
+    parts = ["<h2>Alignment</h2>"]
+    for key in keys:
+        legend = _line_figure({r.name: r.curves.get(key, []) for r in runs}, out / f"{key}.png", key,
+                              smoothed=not key.startswith("eval_"))
+        parts.append(_img(f"{key}.png", f"{key}: " + ", ".join(legend), ALIGNMENT_CURVES[key]))
     return "\n".join(parts)
 
 
@@ -614,7 +640,7 @@ def write_report(runs: list[Path], out: Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     body = [_header(loaded), _loss_section(loaded, out), _eval_loss_section(loaded, out),
-            _benchmark_section(loaded, out), _perplexity_section(loaded), _samples_section(loaded)]
+            _alignment_section(loaded, out), _benchmark_section(loaded, out), _perplexity_section(loaded), _samples_section(loaded)]
     title = "camelid report: " + ", ".join(r.name for r in loaded)
     page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
