@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import json
 import resource
+import subprocess
+import sys
+import time
 import re
 from pathlib import Path
 
@@ -45,6 +49,27 @@ def busy_cpu_s() -> float | None:
 def children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def run_worker(cmd: list[str], spec: dict, label: str, cpu_only: bool) -> dict:
+    """Run a benchmark's worker subprocess with `spec["threads"]` threads, offline, and read back the JSON it
+    writes to spec["result"], adding its wall time (process_s) and the CPU the rest of the machine used meanwhile
+    (others_cores): with 2 cores, another busy process oversubscribes torch's threads and makes steps slower."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
+               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if cpu_only:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # on CPU even where a GPU exists
+    print(f"--- {label}: running in a subprocess", flush=True)
+    busy0, kids0, t0 = busy_cpu_s(), children_cpu_s(), time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=str(Path(__file__).resolve().parents[1]))
+    if proc.returncode != 0:
+        sys.exit(f"{label} failed with exit code {proc.returncode}")
+    wall = time.perf_counter() - t0
+    result = json.loads(Path(spec["result"]).read_text())
+    result["process_s"] = wall
+    if busy0 is not None:
+        result["others_cores"] = max(0.0, (busy_cpu_s() - busy0 - (children_cpu_s() - kids0)) / wall)
+    return result
 
 
 def write_results(out: Path, section: str, intro: str, key: str, body: str) -> None:

@@ -31,14 +31,13 @@ import resource
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import weakref
 from pathlib import Path
 
-from common import busy_cpu_s, children_cpu_s, machine, write_results
+from common import machine, run_worker, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere without installing camelid
@@ -186,26 +185,13 @@ def worker(spec: dict) -> None:
 # the parent
 
 
-def run_worker(spec: dict, work: Path) -> dict:
+def run_method(spec: dict, work: Path) -> dict:
     name = spec["method"]
     spec = dict(spec, run_dir=str(work / f"run-{name}"), result=str(work / f"result-{name}.json"))
     spec_path = work / f"spec-{name}.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    print(f"--- {name}: running in a subprocess", flush=True)
-    busy0, kids0, t0 = busy_cpu_s(), children_cpu_s(), time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "--spec", str(spec_path)],
-                          env=env, cwd=str(ROOT))
-    if proc.returncode != 0:
-        sys.exit(f"{name} failed with exit code {proc.returncode}")
-    wall = time.perf_counter() - t0
-    result = json.loads(Path(spec["result"]).read_text())
-    result["process_s"] = wall
-    if busy0 is not None:
-        # CPU the rest of the machine used meanwhile, in cores: a busy neighbour slows torch's threads down
-        result["others_cores"] = max(0.0, (busy_cpu_s() - busy0 - (children_cpu_s() - kids0)) / wall)
-    return result
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--spec", str(spec_path)]
+    return run_worker(cmd, spec, name, cpu_only=True)
 
 
 def summarize(r: dict) -> dict:
@@ -302,7 +288,7 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="camelid-bench-dpo-"))
     t0 = time.perf_counter()
     try:
-        results = [run_worker(dict(base, method=m.strip()), work) for m in args.methods.split(",") if m.strip()]
+        results = [run_method(dict(base, method=m.strip()), work) for m in args.methods.split(",") if m.strip()]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - t0

@@ -43,13 +43,12 @@ import os
 import resource
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import busy_cpu_s, children_cpu_s, machine, write_results
+from common import machine, run_worker, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere without installing camelid
@@ -355,24 +354,8 @@ def run_side(side: str, spec: dict, work: Path) -> dict:
     spec = dict(spec, run_dir=str(work / f"run-{side}"), result=str(work / f"result-{side}.json"))
     spec_path = work / f"spec-{side}.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    if spec["device"] == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # both sides on CPU even where a GPU exists
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--spec", str(spec_path)]
-    print(f"--- {side}: running in a subprocess", flush=True)
-    busy0, kids0, t0 = busy_cpu_s(), children_cpu_s(), time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=str(ROOT))
-    if proc.returncode != 0:
-        sys.exit(f"{side} failed with exit code {proc.returncode}")
-    wall = time.perf_counter() - t0
-    result = json.loads(Path(spec["result"]).read_text())
-    result["process_s"] = wall
-    if busy0 is not None:
-        # CPU the rest of the machine used meanwhile (in cores): with 2 cores, another busy process
-        # oversubscribes torch's OpenMP threads and makes steps several times slower.
-        result["others_cores"] = max(0.0, (busy_cpu_s() - busy0 - (children_cpu_s() - kids0)) / wall)
-    return result
+    return run_worker(cmd, spec, side, cpu_only=spec["device"] == "cpu")
 
 
 def table(results: list[dict], device: str) -> str:

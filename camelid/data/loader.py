@@ -67,11 +67,16 @@ def _split(units: list, fraction: float, seed: int) -> tuple[list, list]:
 # supervised chats
 
 
+def with_system(messages: list[dict], system: str) -> list[dict]:
+    """`messages` with the data.system prompt in front, unless empty or the chat brings its own."""
+    if system and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system}] + messages
+    return messages
+
+
 def render_one(tokenizer, messages: list[dict], data_cfg) -> Rendered | str:
     """A chat rendered with its loss mask and cut to data.max_length, or the reason it cannot be trained on."""
-    if data_cfg.system and messages[0]["role"] != "system":
-        messages = [{"role": "system", "content": data_cfg.system}] + messages
-    r = render(tokenizer, messages)
+    r = render(tokenizer, with_system(messages, data_cfg.system))
     if len(r.input_ids) > data_cfg.max_length:
         if data_cfg.truncation == "drop":
             return "longer than data.max_length"

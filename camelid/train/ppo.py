@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from camelid.config import Config, validate
-from camelid.data.loader import batch_order, collate, load_records, prepare_pt
+from camelid.data.loader import batch_order, collate, load_records, prepare_pt, with_system
 from camelid.data.templates import prompt_ids, render
 from camelid.hub import camelid_home
 from camelid.model import decoder_and_head, load_model, load_reward_model, load_tokenizer
@@ -139,13 +139,10 @@ class RewardModel:
 
     @torch.no_grad()
     def __call__(self, prompts: list[list[dict]], answers: list[str]) -> list[float]:
-        rows = [render(self.tok, p + [{"role": "assistant", "content": a}]).input_ids for p, a in zip(prompts, answers)]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), self.tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits[:, 0].float().tolist()
+        rows = [render(self.tok, p + [{"role": "assistant", "content": a}]) for p, a in zip(prompts, answers)]
+        batch = collate(rows, self.tok.pad_token_id)  # right-padded: the head reads each row's last non-pad token
+        return self.model(input_ids=batch["input_ids"].to(self.device),
+                          attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0].float().tolist()
 
 
 def load_prompts(tokenizer, cfg: Config) -> list[tuple[list[dict], list[int]]]:
@@ -155,9 +152,7 @@ def load_prompts(tokenizer, cfg: Config) -> list[tuple[list[dict], list[int]]]:
     room = cfg.data.max_length - cfg.ppo.max_new_tokens
     out, too_long = [], 0
     for rec in records:
-        messages = rec["prompt"]
-        if cfg.data.system and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": cfg.data.system}] + messages
+        messages = with_system(rec["prompt"], cfg.data.system)
         ids = prompt_ids(tokenizer, messages)
         if len(ids) > room:
             too_long += 1
