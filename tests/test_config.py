@@ -58,5 +58,5 @@ def test_saved_config_round_trips(tmp_path):
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
     stage = path.name.split("_")[0]
-    stage = stage if stage in ("pt", "rm", "dpo", "ppo") else "sft"
+    stage = stage if stage in ("pt", "rm", "dpo", "ppo", "kb") else "sft"
     validate(cfg, stage)

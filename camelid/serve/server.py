@@ -3,6 +3,7 @@
     camelid serve runs/quickstart                          # http://127.0.0.1:8000/v1, model id "quickstart"
     camelid serve runs/quickstart serve.port=9000 engine.max_running=32
     CAMELID_API_KEYS=secret camelid serve runs/quickstart serve.host=0.0.0.0
+    camelid serve runs/quickstart serve.kb=[handbook]       # + model "kb:handbook": answers from that knowledge base
 
 The engine loop runs in the main thread (see Engine.run) and HTTP in a second one. SIGINT/SIGTERM stop taking
 connections, give in-flight requests `serve.shutdown_grace` seconds to finish, abort the rest, then exit.
@@ -50,6 +51,26 @@ def model_id(cfg: Config, target: str) -> str:
     return path.resolve().name if path.exists() else target
 
 
+def open_kbs(cfg: Config) -> dict:
+    """The knowledge bases named in serve.kb, opened and warmed (encoder, vector index, segmenter) so the first
+    question is not the one that waits for them."""
+    from camelid.rag.store import KnowledgeBase, kb_folder
+    from camelid.rag.terms import terms
+
+    kbs = {}
+    for name in cfg.serve.kb:
+        kb = KnowledgeBase.open(kb_folder(name, cfg.rag))
+        if kb.name in kbs:
+            raise CamelidError(f"serve.kb names two knowledge bases called '{kb.name}'")
+        if cfg.rag.retriever != "bm25":
+            kb.encoder(cfg.rag.embedding_batch)
+        kb.index()
+        kbs[kb.name] = kb
+    if kbs:
+        terms("预热 warm-up")
+    return kbs
+
+
 def main(cfg: Config, target: str) -> None:
     import uvicorn
 
@@ -61,10 +82,11 @@ def main(cfg: Config, target: str) -> None:
     if not is_loopback(cfg.serve.host) and not keys:
         raise CamelidError(f"serve.host={cfg.serve.host} is reachable from other machines: set API keys first "
                            "(serve.api_keys_file or CAMELID_API_KEYS)")
+    kbs = open_kbs(cfg)
     engine = Engine.load(target, cfg.engine, trust_remote_code=cfg.model.trust_remote_code)
     store = SessionStore(cfg.serve.sessions_db)
     name = model_id(cfg, target)
-    app = create_app(engine, cfg.serve, name, store, keys)
+    app = create_app(engine, cfg.serve, name, store, keys, kbs, cfg.rag)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.serve.host, port=cfg.serve.port, log_level="warning",
                                            timeout_graceful_shutdown=int(cfg.serve.shutdown_grace) + 5))
     http = threading.Thread(target=server.run, name="camelid-http", daemon=True)
@@ -86,10 +108,13 @@ def main(cfg: Config, target: str) -> None:
         raise CamelidError(f"could not listen on {cfg.serve.host}:{cfg.serve.port} (in use?)")
     # when HTTP ends (after a graceful shutdown, or by failing), the engine loop ends too
     threading.Thread(target=lambda: (http.join(), engine.shutdown(0)), daemon=True).start()
-    print(f"serving '{name}' at http://{cfg.serve.host}:{cfg.serve.port}/v1 "
+    served = "".join(f", 'kb:{k}'" for k in kbs)
+    print(f"serving '{name}'{served} at http://{cfg.serve.host}:{cfg.serve.port}/v1 "
           f"({'API keys required' if keys else 'no API keys'}; sessions in {cfg.serve.sessions_db})", flush=True)
     engine.run()
     server.should_exit = True
     http.join(timeout=cfg.serve.shutdown_grace + 10)
     store.close()
+    for kb in kbs.values():
+        kb.close()
     print("server stopped", flush=True)
