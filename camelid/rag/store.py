@@ -130,9 +130,8 @@ class KnowledgeBase:
         meta_file = folder / "kb.json"
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text())
-            if create is not None and create.embedding_model != meta["embedding_model"] and create.embedding_model != RagConfig.embedding_model:
-                raise CamelidError(f"knowledge base '{folder.name}' was built with encoder '{meta['embedding_model']}', "
-                                   f"not '{create.embedding_model}': make a new one to change encoders")
+            if create is not None:
+                _check_settings(folder.name, meta, create)
             return cls(folder, meta)
         if create is None:
             raise CamelidError(f"no knowledge base at {folder} (make one with `camelid kb add {folder.name} FILE...`)")
@@ -177,8 +176,9 @@ class KnowledgeBase:
             return {}
         marks = ",".join("?" * len(ids))
         with self.lock:
-            rows = self.db.execute(f"SELECT c.id, d.name, c.ord, c.text, c.heading, c.kind, c.start, c.end, c.n_tokens "
-                                   f"FROM chunks c JOIN docs d ON d.id = c.doc_id WHERE c.id IN ({marks})", ids).fetchall()
+            rows = self.db.execute("SELECT c.id, d.name, c.ord, c.text, c.heading, c.kind, c.start, c.end, c.n_tokens "
+                                   f"FROM chunks c JOIN docs d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+                                   ids).fetchall()
         return {r[0]: {"id": r[0], "source": r[1], "chunk": r[2], "text": r[3], "heading": json.loads(r[4]),
                        "kind": r[5], "start": r[6], "end": r[7], "n_tokens": r[8]} for r in rows}
 
@@ -219,7 +219,8 @@ class KnowledgeBase:
         enc = self.encoder(cfg.embedding_batch)
         with self.writing():
             index = self.index()
-            for src, name in tqdm(files, desc=f"kb add {self.name}", unit="file", disable=not progress or len(files) < 2):
+            bar = tqdm(files, desc=f"kb add {self.name}", unit="file", disable=not progress or len(files) < 2)
+            for src, name in bar:
                 digest = sha256_file(src)
                 with self.lock:
                     old = self.db.execute("SELECT id, sha256 FROM docs WHERE name = ?", (name,)).fetchone()
@@ -228,7 +229,8 @@ class KnowledgeBase:
                     continue
                 try:
                     blocks = read_blocks(src, name)
-                    chunks = chunk_blocks(blocks, enc.count_tokens, self.meta["chunk_tokens"], self.meta["chunk_overlap"])
+                    chunks = chunk_blocks(blocks, enc.count_tokens, self.meta["chunk_tokens"],
+                                          self.meta["chunk_overlap"])
                 except (CamelidError, ValueError) as e:
                     report.failed[name] = str(e)
                     log.error(str(e))
@@ -319,6 +321,18 @@ class KnowledgeBase:
         os.close(fd)
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
+
+
+def _check_settings(name: str, meta: dict, cfg: RagConfig) -> None:
+    """An existing knowledge base keeps the encoder and chunking it was built with."""
+    asked = cfg.embedding_model
+    if asked != meta["embedding_model"] and asked != RagConfig.embedding_model:  # a default is not a request
+        raise CamelidError(f"knowledge base '{name}' was built with encoder '{meta['embedding_model']}', not "
+                           f"'{asked}': make a new one to change encoders")
+    if (cfg.chunk_tokens, cfg.chunk_overlap) != (meta["chunk_tokens"], meta["chunk_overlap"]):
+        # one knowledge base, one chunking: mixed chunk sizes would skew BM25's length normalisation
+        log.warning(f"knowledge base '{name}' keeps its chunking ({meta['chunk_tokens']} tokens, overlap "
+                    f"{meta['chunk_overlap']}); rag.chunk_tokens and rag.chunk_overlap apply to new ones")
 
 
 def _like_prefix(prefix: str) -> str:
