@@ -373,6 +373,13 @@ def test_api_answers_from_a_knowledge_base(tiny_model, rag, corpus, tmp_path):
             {"role": "user", "content": "zzzz qqqq xxxx"}], max_tokens=8)
         assert nothing.model_extra["citations"] == [] and "could not find" in nothing.choices[0].message.content
 
+        status, body = http(url, "/v1/kb/handbook/ask", {"question": q[0]["content"], "max_tokens": 8})
+        assert status == 200 and body["found"] and body["answer"] == r.choices[0].message.content.strip()
+        assert body["citations"] == cites and body["usage"]["prompt_tokens"] == r.usage.prompt_tokens
+        status, body = http(url, "/v1/kb/handbook/ask", {"question": "zzzz qqqq xxxx"})
+        assert status == 200 and not body["found"] and body["citations"] == [] and "could not find" in body["answer"]
+        status, body = http(url, "/v1/kb/handbook/ask", {"question": "x", "max_tokens": 100000})
+        assert status == 400 and body["error"]["param"] == "max_tokens"
         status, body = http(url, "/v1/kb/handbook/search", {"query": "大熊猫 竹子", "retriever": "bm25"})
         assert status == 200 and body["data"][0]["source"] == "docs/sub/panda.txt"
         status, body = http(url, "/v1/kb", key=KEYS[1])

@@ -8,7 +8,8 @@ Beyond OpenAI's request fields: `top_k`, `repetition_penalty`, `ignore_eos`, and
 Knowledge bases (`serve.kb`): a chat completion with model "kb:<name>" (or the model's own id and the field
 `"kb": "<name>"`) answers its last user turn from that knowledge base: the reply carries `citations`, numbered as
 the sources in the prompt (on the first chunk when streaming), and is the "not found" sentence, without
-generating, when nothing relevant is retrieved. /v1/kb/{name}/search returns the passages alone.
+generating, when nothing relevant is retrieved. /v1/kb/{name}/ask answers one question as `camelid kb ask` does;
+/v1/kb/{name}/search returns the passages alone.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from camelid.rag.store import KnowledgeBase
 from camelid.serve.engine import Completion, Engine
 from camelid.serve.kb import ground, prompt_budget
 from camelid.serve.sampling import SamplingParams
-from camelid.serve.schemas import (IGNORED_FIELDS, ApiError, ChatRequest, CompletionRequest, KbSearch, SessionCreate,
-                                   SamplingFields)
+from camelid.serve.schemas import (IGNORED_FIELDS, ApiError, ChatRequest, CompletionRequest, KbAsk, KbSearch,
+                                   SamplingFields, SessionCreate)
 from camelid.serve.sessions import SessionStore
 from camelid.utils import CamelidError
 
@@ -387,6 +388,34 @@ class Api:
         hits = await asyncio.to_thread(search, kb, r.query, self.rag, r.retriever, r.top_k)
         return {"object": "list", "kb": name, "query": r.query, "data": citations(hits)}
 
+    async def kb_ask(self, name: str, request: Request):
+        """One grounded answer, the way `camelid kb ask` gives it: {answer, found, citations, usage}."""
+        owner = self.authorize(request)
+        kb = self.knowledge_base(name, "name")
+        r = await self.read(request, KbAsk)
+        max_tokens = r.max_tokens or min(self.rag.max_new_tokens, self.cfg.max_tokens)
+        if max_tokens > self.cfg.max_tokens:
+            raise ApiError(400, f"'max_tokens' must be <= {self.cfg.max_tokens} on this server", param="max_tokens")
+        sp = SamplingParams(max_tokens=max_tokens, temperature=self.rag.temperature if r.temperature is None
+                            else r.temperature, seed=r.seed, repetition_penalty=r.repetition_penalty)
+        try:
+            grounded, used = await asyncio.to_thread(
+                ground, kb, self.rag, [{"role": "user", "content": r.question}], lambda m: len(self.render(m)),
+                [prompt_budget(self.engine, self.rag, max_tokens)])
+        except CamelidError as e:
+            raise ApiError(400, str(e), param="question", code="context_length_exceeded") from None
+        head = {"object": "kb.answer", "kb": name, "question": r.question}
+        if grounded is None:
+            return {**head, "answer": not_found(r.question), "found": False, "citations": [],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+        ids = self.render(grounded)
+        done = await self.collect(request, *self.start(owner, [ids], [sp]), owner)
+        if done is None:  # the client went away
+            return JSONResponse({}, status_code=499)
+        text = done[0].text.strip()
+        return {**head, "answer": text, "found": True, "citations": citations(used, text),
+                "usage": self.usage(len(ids), done)}
+
     @staticmethod
     def _seeded(sp: SamplingParams, n: int) -> list[SamplingParams]:
         """n choices with a seed: seeds seed, seed+1, ... so choices differ yet the request is reproducible."""
@@ -540,6 +569,7 @@ def create_app(engine: Engine, cfg: ServeConfig, model_id: str, store: SessionSt
             for name, kb in api.kbs.items() for docs in [kb.documents()]]}
 
     app.post("/v1/kb/{name}/search")(api.kb_search)
+    app.post("/v1/kb/{name}/ask")(api.kb_ask)
 
     app.post("/v1/chat/completions")(api.chat)
     app.post("/v1/completions")(api.completions)

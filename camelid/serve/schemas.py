@@ -83,6 +83,14 @@ class KbSearch(_Strict):
     retriever: Literal["hybrid", "bm25", "dense"] | None = None
 
 
+class KbAsk(_Strict):
+    question: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)  # default rag.temperature (greedy)
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int | None = None
+
+
 class SessionCreate(_Strict):
     messages: list[Message] = Field(default_factory=list)
     session_id: str | None = Field(None, min_length=1, max_length=128)
