@@ -47,6 +47,13 @@ def _pop_option(args: list[str], flag: str) -> str | None:
     return value
 
 
+def _config_and_positional(args: list[str]):
+    """For verbs whose arguments mix one optional CONFIG.yaml, key=value overrides and plain arguments:
+    the loaded config and the plain arguments, in order."""
+    config = next((a for a in args if "=" not in a and a.endswith((".yaml", ".yml"))), None)
+    return load_config(config, [a for a in args if "=" in a]), [a for a in args if "=" not in a and a != config]
+
+
 def cmd_train(stage: str, args: list[str]) -> None:
     path, overrides = _split_args(args)
     cfg = load_config(path, overrides)
@@ -185,9 +192,7 @@ def cmd_tok(args: list[str]) -> None:
         raise CamelidError(TOK_USAGE)
     sub, rest = args[0], args[1:]
     out = _pop_option(rest, "--out")
-    config = next((a for a in rest if "=" not in a and a.endswith((".yaml", ".yml"))), None)
-    positional = [a for a in rest if "=" not in a and a != config]
-    cfg = load_config(config, [a for a in rest if "=" in a])
+    cfg, positional = _config_and_positional(rest)
     if sub == "train" and out:
         cfg.tok.train += positional
         tok.train(cfg, out)
@@ -205,9 +210,8 @@ def cmd_clean(args: list[str]) -> None:
 
     args = list(args)
     out = _pop_option(args, "--out")
-    config = next((a for a in args if "=" not in a and a.endswith((".yaml", ".yml"))), None)
-    cfg = load_config(config, [a for a in args if "=" in a])
-    cfg.clean.inputs += [a for a in args if "=" not in a and a != config]
+    cfg, inputs = _config_and_positional(args)
+    cfg.clean.inputs += inputs
     cfg.clean.out = out or cfg.clean.out
     if not cfg.clean.inputs:
         raise CamelidError("usage: camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]")
@@ -228,12 +232,11 @@ def cmd_kb(args: list[str]) -> None:
     from camelid.config import validate
     from camelid.rag.store import KnowledgeBase, kb_folder, kb_root, list_kbs
 
-    config = next((a for a in args[1:] if "=" not in a and a.endswith((".yaml", ".yml"))), None)
-    positional = [a for a in args if "=" not in a and a != config]
+    cfg, positional = _config_and_positional(args)
     if not positional or positional[0] not in ("add", "rm", "ls", "search", "ask"):
         raise CamelidError(KB_USAGE)
     sub, rest = positional[0], positional[1:]
-    cfg = validate(load_config(config, [a for a in args if "=" in a]), "kb")
+    cfg = validate(cfg, "kb")
     if sub == "ls" and not rest:
         names = list_kbs(cfg.rag)
         print("\n".join(names) if names else f"no knowledge bases under {kb_root(cfg.rag)}")

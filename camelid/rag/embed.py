@@ -4,18 +4,11 @@ folder or id. The catalog's all-MiniLM-L6-v2 works offline; any sentence-transfo
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from camelid.hub import CATALOG, resolve_model
+from camelid.hub import resolve_model
 from camelid.utils import CamelidError, require
-
-
-def _where(name: str) -> str:
-    if name in CATALOG:
-        return resolve_model(name, kind="encoder")
-    return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
 
 
 class Encoder:
@@ -26,7 +19,8 @@ class Encoder:
         self.name, self.batch = name, batch
         try:
             # trust_remote_code stays off: a model that needs its own code is refused, not run.
-            self.model = st.SentenceTransformer(_where(name), device=device or "cpu", trust_remote_code=False)
+            self.model = st.SentenceTransformer(resolve_model(name, kind="encoder"), device=device or "cpu",
+                                                trust_remote_code=False)
         except OSError as e:
             raise CamelidError(f"could not load the sentence encoder '{name}': {e}") from None
         self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
@@ -67,7 +61,8 @@ class Reranker:
     def __init__(self, name: str, device: str | None = None):
         st = require("sentence_transformers", "rag")
         try:
-            self.model = st.CrossEncoder(_where(name), device=device or "cpu", trust_remote_code=False)
+            self.model = st.CrossEncoder(resolve_model(name, kind="encoder"), device=device or "cpu",
+                                         trust_remote_code=False)
         except OSError as e:
             raise CamelidError(f"could not load the cross-encoder '{name}': {e}") from None
 

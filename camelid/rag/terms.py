@@ -7,6 +7,7 @@ import logging
 import re
 import unicodedata
 
+from camelid.data.quality import HAN
 from camelid.utils import require
 
 # Function words that match almost every chunk: in a question they only add noise to BM25 and to the
@@ -23,6 +24,7 @@ only own same just also up down out off per vs via don doesn didn isn aren wasn 
 
 _WORD = re.compile(r"[0-9a-z\u3400-\u9fff\uf900-\ufaff]")
 _LETTER = re.compile(r"[a-z]")
+_HAN = re.compile(f"[{HAN}]")
 _jieba = None
 
 
@@ -51,4 +53,4 @@ def query_terms(text: str) -> list[str]:
 
 
 def has_cjk(text: str) -> bool:
-    return re.search(r"[\u3400-\u9fff]", text) is not None
+    return _HAN.search(text) is not None
