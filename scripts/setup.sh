@@ -1,15 +1,48 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install camelid with everything its tests and quickstart need. Idempotent.
-# Works offline except for the package index. Override the torch pin with TORCH_SPEC (e.g. a CUDA build).
+# Create the virtual environment (once) and install camelid with everything its tests and quickstart need, at the
+# exact versions of constraints.txt. Idempotent. Works offline except for the package index.
+#   bash scripts/setup.sh            .venv, locked versions (what the tests last passed with)
+#   bash scripts/setup.sh --latest   .venv-latest, the newest versions pyproject.toml allows (finds drift early)
+# Override the torch pin with TORCH_SPEC (e.g. a CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-# shellcheck disable=SC1091
-. .venv/bin/activate
+VENV=.venv
+LOCK=(-c constraints.txt)
+if [ "${1:-}" = "--latest" ]; then
+  VENV=.venv-latest
+  LOCK=(--upgrade --upgrade-strategy eager)
+fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# pip's full log is long; show what it fetches and installs, so a first run is not minutes of silence.
+pip_install() {
+  "$VENV/bin/python" -m pip install --progress-bar off "$@" 2>&1 \
+    | { grep -E --line-buffered '^(Collecting|Successfully installed|ERROR)' | sed -u 's/^/  /' || true; }
+  return "${PIPESTATUS[0]}"
+}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
 # torch first and pinned: an unpinned `torch` pulls a multi-GB CUDA build onto CPU machines.
-python -m pip show torch >/dev/null 2>&1 || python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" 2>&1 | grep -v "is ignored" || true
-# DeepSpeed builds its CUDA ops lazily; DS_BUILD_OPS=0 lets it install (and run ZeRO on CPU) without CUDA.
-DS_BUILD_OPS=0 python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
-python -c "import camelid, torch, transformers, peft" 
+if ! "$VENV/bin/python" -m pip show torch >/dev/null 2>&1; then
+  echo "setup: installing ${TORCH_SPEC:-torch==2.13.0} (CPU build)"
+  pip_install "${TORCH_SPEC:-torch==2.13.0}"
+fi
+echo "setup: installing camelid[test] into $VENV (${LOCK[*]})"
+# DeepSpeed builds its C++/CUDA ops lazily; DS_BUILD_OPS=0 lets it install (and run ZeRO on CPU) without a compiler.
+DS_BUILD_OPS=0 pip_install "${LOCK[@]}" -e ".[test]"
+# On a CPU-only host DeepSpeed JIT-compiles its shared-memory all-reduce op the first time a ZeRO process group
+# starts (~1.5 min of g++): build it here, once, so a training run or the ZeRO test never stalls on a compiler.
+"$VENV/bin/python" - <<'PY' 2>&1 | grep -vE "real_accelerator|^$" || true
+import importlib.util
+if importlib.util.find_spec("deepspeed"):
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    b = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if b is not None and deepspeed.ops.__compatible_ops__.get(b.NAME, False):
+        print("setup: DeepSpeed's CPU shared-memory op (compiled once, ~1-2 min the first time)", flush=True)
+        b.load(verbose=False)
+PY
+"$VENV/bin/python" -c "import camelid, torch, transformers; from importlib.metadata import version as v
+print('setup: ready:', ', '.join(f'{p} {v(p)}' for p in ('torch', 'transformers', 'peft', 'accelerate')))"
