@@ -428,12 +428,29 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file by path, or a shipped one by name (`sft_lora`, `configs/sft_lora.yaml`): the README's commands
+    then work from any directory and from a wheel install, where no `configs/` folder sits beside the user."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
+    shipped = SHIPPED_CONFIGS / (p.parent.name if p.parent.name == "accelerate" else "") / name
+    if shipped.is_file() and (len(p.parts) == 1 or p.parent.name in ("configs", "accelerate")):
+        return shipped
+    names = sorted(x.stem for x in SHIPPED_CONFIGS.glob("*.yaml"))
+    close = difflib.get_close_matches(p.stem, names, n=3)
+    hint = f" (shipped configs with a close name: {', '.join(close)})" if close else f" (shipped: {', '.join(names)})"
+    raise ConfigError(f"config file not found: {p}{hint}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     data: dict = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        p = find_config(path)
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:

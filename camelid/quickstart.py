@@ -2,7 +2,7 @@
 
 SmolLM2-135M-Instruct (from the offline catalog) learns from LLaMA-Factory's real bilingual demo
 instructions (alpaca zh + en). It prints the model's answers to held-out prompts before and after,
-and the eval loss before and after. Everything lands in runs/quickstart (configs/quickstart.yaml
+and the eval loss before and after. Everything lands in runs/quickstart (camelid/configs/quickstart.yaml
 holds the recipe; any key can be overridden: `camelid quickstart train.max_steps=20`).
 """
 
@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from camelid.config import load_config
+from camelid.config import SHIPPED_CONFIGS, load_config
 from camelid.data.formats import load_source
 from camelid.serve.chat import answers
 from camelid.serve.engine import Engine
@@ -20,7 +20,7 @@ from camelid.serve.sampling import SamplingParams
 from camelid.train import sft
 from camelid.utils import CamelidError
 
-RECIPE = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+RECIPE = SHIPPED_CONFIGS / "quickstart.yaml"
 
 
 def _held_out(n_each: int = 2) -> list[str]:

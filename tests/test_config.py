@@ -60,3 +60,13 @@ def test_shipped_configs_are_valid(path):
     stage = path.name.split("_")[0]
     stage = stage if stage in ("pt", "rm", "dpo", "ppo", "kb") else "sft"
     validate(cfg, stage)
+
+
+def test_shipped_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here, as after a wheel install
+    assert load_config("configs/sft_lora.yaml") == load_config(REPO_CONFIGS / "sft_lora.yaml")
+    assert load_config("sft_lora") == load_config(REPO_CONFIGS / "sft_lora.yaml")
+    with pytest.raises(ConfigError, match=r"config file not found: sft_lroa.*close name: sft_lora"):
+        load_config("sft_lroa")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("elsewhere/sft_lora.yaml")  # a path into another folder is never swapped for a shipped file
