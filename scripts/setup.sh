@@ -11,7 +11,11 @@ VENV=.venv
 LOCK=(-c constraints.txt)
 if [ "${1:-}" = "--latest" ]; then
   VENV=.venv-latest
-  LOCK=(--upgrade --upgrade-strategy eager)
+  # Everything to its newest allowed version except torch: an upgraded torch from the index is a CUDA build.
+  TORCH_PIN=$(mktemp)
+  trap 'rm -f "$TORCH_PIN"' EXIT
+  echo "${TORCH_SPEC:-torch==2.13.0}" > "$TORCH_PIN"
+  LOCK=(--upgrade --upgrade-strategy eager -c "$TORCH_PIN")
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # pip's full log is long; show what it fetches and installs, so a first run is not minutes of silence.
