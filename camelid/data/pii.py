@@ -9,9 +9,9 @@ A number is masked only when it has its kind's shape and check, and stands alone
   exchange; international numbers start with '+' and hold 9-15 digits in groups; cards are 14-19 digits, unbroken
   or grouped as cards are printed (4-4-4-4[-3], 4-6-5);
 - check: the check digit of a mainland resident ID, the Luhn digit and a known issuer prefix (IIN) of a card;
-- alone: no letter, digit, decimal point, thousands separator, time or date separator joined to either end
-  (275.43397884615385, 978-7-111-54742-6), no currency or unit around it (13800000000元, ¥4111111111111111),
-  and no arithmetic around it (12345 × 6789 = 83810205, "the answer is ...").
+- alone: not part of a longer token (a letter, digit or '+' beside it, a decimal point, a sign or hyphen:
+  275.43397884615385, -16666579378, 978-7-111-54742-6), no currency or unit around it (13800000000元,
+  ¥4111111111111111), and no arithmetic around it (7408 × 2079889 = 15407817712, "the answer is ...").
 
 Kinds run in the order of `PII` so that longer numbers are claimed first: an 18-digit ID is never read as a card,
 a card never as a phone. Patterns expect normalized text (NFKC: full-width digits already ASCII).
@@ -78,7 +78,7 @@ def _id_ok(m: re.Match) -> bool:
 
 
 # Boundaries are ASCII letters/digits only: Chinese writes numbers right after characters (手机13812345678).
-_ND = r"(?<![0-9A-Za-z+_])"  # no ASCII letter, digit or '+' just before: never a match inside a longer token
+_ND = r"(?<![0-9A-Za-z+_])"  # no ASCII letter, digit, '_' or '+' just before: never a match inside a longer token
 _NA = r"(?![0-9A-Za-z_])"  # and none just after
 _ZH_ID = r"[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]"
 _US_SSN = r"(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}"
