@@ -194,9 +194,17 @@ def test_decontamination_removes_planted_benchmark_questions(tmp_path):
     cli.main(["clean", str(src), "--out", str(tmp_path / "out"), f"clean.decontaminate=[mc_jsonl={tmp_path / 'exam.jsonl'}]"])
     removed = [json.loads(x) for x in (tmp_path / "out" / "removed.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(r["line"], r["rule"]) for r in removed] == [(1, "benchmark"), (2, "benchmark")]
-    assert removed[0]["detail"] == "shares a 13-gram with mc_jsonl/test/0"
+    assert removed[0]["detail"] == "shares a 13-gram with mc_jsonl_exam/test/0"  # named as camelid eval names it
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["benchmark_items"] == 3 and summary["benchmark_items_unchecked"] == 1
+    # two exams: both sets of questions count, though their item ids within each file are the same
+    from camelid.eval.contamination import benchmark_items
+
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "quiz.jsonl").write_text(json.dumps(exam[0]) + "\n")
+    both = benchmark_items([f"mc_jsonl={tmp_path / 'exam.jsonl'}", f"mc_jsonl={tmp_path / 'more' / 'quiz.jsonl'}"])
+    assert sorted(both) == ["mc_jsonl_exam/test/0", "mc_jsonl_exam/test/1", "mc_jsonl_exam/test/2",
+                            "mc_jsonl_quiz/test/0"]
 
 
 def test_decontamination_against_catalog_mmlu(tmp_path):
