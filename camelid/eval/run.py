@@ -183,7 +183,8 @@ def main(cfg: Config, target: str, before: bool = False, out: str | None = None)
         model, tok = load_for_inference(model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
     log.info(f"evaluating {model_path} as '{label}'")
     result = evaluate(model, tok, e, label, str(model_path), folder, tasks)
-    if earlier:  # add to what an earlier call measured (other tasks, files) instead of erasing it
+    if dest.is_file():  # add to what an earlier call measured (other tasks, files) instead of erasing it
+        earlier = json.loads(dest.read_text(encoding="utf-8"))  # again: another call may have added to it meanwhile
         for key in ("tasks", "perplexity", "reward"):
             result[key] = {**earlier.get(key, {}), **result[key]}
         result["samples"] = result["samples"] or earlier.get("samples", [])
