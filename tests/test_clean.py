@@ -3,6 +3,7 @@ the outputs and their counts, bad input errors, and the Kneser-Ney LM's normaliz
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +12,11 @@ from camelid import cli, hub
 from camelid.config import ConfigError, load_config
 from camelid.data import clean, quality
 from camelid.data.ngram_lm import CharNgramLM
-from camelid.data.pii import mask_pii, zh_id_ok
+from camelid.data.pii import card_ok, luhn_ok, mask_pii, zh_id_ok
 from camelid.data.readers import DataError
 
+FIXTURES = Path(__file__).parent / "fixtures" / "pii"
+ALL_PII = ["email", "phone", "id_card", "bank_card"]
 GOOD_EN = [
     "Llamas were domesticated in the Andes thousands of years ago and still carry loads across the mountains.",
     "The committee met on Tuesday to discuss the budget, and most members agreed to fund the new library.",
@@ -69,6 +72,19 @@ def test_each_quality_rule_removes_its_planted_lines(tmp_path):
     assert kept == GOOD_EN + GOOD_ZH
 
 
+def test_circle_zero_in_chinese_numerals_is_a_character(tmp_path):
+    headline = "二○○○年长城将竖立倒计时钟"  # ○ (U+25CB) written for 〇, the Chinese zero, as People's Daily does
+    assert quality.symbol_heavy(headline, 0.2) is None
+    assert len(quality.units(headline)) == 14 and quality.script_counts(headline)["zh"] == 14
+    assert len(quality.units("二〇〇〇年")) == 5  # 〇 itself is a Han character
+    assert quality.read_zeros("一九九○年，○表示合格") == "一九九〇年，○表示合格"  # a lone circle is a mark
+    assert quality.symbol_heavy("○○○ ☆☆☆ 好的", 0.2) is not None
+    summary, removed, out = run(tmp_path, [headline, "一九九○年十月一日○时起执行新标准。", *GOOD_ZH],
+                                overrides=["clean.near_dedup=false"])
+    assert removed == {}
+    assert (out / "corpus.txt").read_text(encoding="utf-8").splitlines()[0] == headline  # written unchanged
+
+
 def test_repeated_lines_rule(tmp_path):
     menu = "Home\nAbout us\nContact\nHome\nAbout us\nContact\nHome\nAbout us\nContact\nA real sentence is here at last."
     doc = "\n".join(GOOD_EN)
@@ -112,17 +128,42 @@ def test_pii_masked_in_zh_and_en():
     assert zh_id_ok(valid_id) and not zh_id_ok(invalid_id)
     zh = (f"联系人张三，手机13812345678，座机010-62751234，国际+86 139 1234 5678，邮箱zhang.san@example.com.cn，"
           f"身份证号{valid_id}，银行卡4111 1111 1111 1111。")
-    masked, found = mask_pii(zh, ["email", "phone", "id_card", "bank_card"])
+    masked, found = mask_pii(zh, ALL_PII)
     assert masked == ("联系人张三，手机[PHONE]，座机[PHONE]，国际[PHONE]，邮箱[EMAIL]，身份证号[ID]，银行卡[CARD]。")
     assert found == {"phone": 3, "email": 1, "id_card": 1, "bank_card": 1}
-    en = "Call (555) 123-4567 or +44 20 7946 0958, write to john.doe+news@mail.example.org; SSN 123-45-6789."
-    masked, found = mask_pii(en, ["email", "phone", "id_card", "bank_card"])
+    en = "Call (415) 555-2671 or +44 20 7946 0958, write to john.doe+news@mail.example.org; SSN 123-45-6789."
+    masked, found = mask_pii(en, ALL_PII)
     assert masked == "Call [PHONE] or [PHONE], write to [EMAIL]; SSN [ID]."
-    # Not PII: a bad ID checksum, a card failing Luhn, dates, versions, prices, years, long order numbers.
+    # Not PII: a bad ID checksum, a card failing Luhn, dates, versions, prices, years, long order numbers, and
+    # the numbers North America never assigns (area or exchange starting 0/1: the 555-123-4567 of examples).
     clean_text = (f"号码{invalid_id}有误。Card 4111 1111 1111 1112. On 2024-01-15, v1.2.3.4 cost 79553 yuan in 1998; "
-                  "订单号20231201123456789。")
-    assert mask_pii(clean_text, ["email", "phone", "id_card", "bank_card"]) == (clean_text, {})
+                  "订单号20231201123456789。Call (555) 123-4567.")
+    assert mask_pii(clean_text, ALL_PII) == (clean_text, {})
     assert mask_pii(zh, ["email"])[0].count("[") == 1  # only the kinds asked for
+
+
+def test_pii_leaves_ordinary_numbers_alone():
+    """Prices, decimals, ISBNs, arithmetic, IDs of products, versions, dates, coordinates, ranges, amounts in 元:
+    none is PII, though many have a phone's or a card's digits (275.43397884615385 hid a Luhn-valid 43397884615385;
+    13800000000元 is a mobile's shape)."""
+    lines = [x for x in (FIXTURES / "ordinary.txt").read_text(encoding="utf-8").splitlines()
+             if x.strip() and not x.startswith("# ")]
+    assert len(lines) >= 200
+    changed = {line: mask_pii(line, ALL_PII)[0] for line in lines}
+    assert {a: b for a, b in changed.items() if a != b} == {}
+
+
+def test_pii_masks_real_shaped_pii():
+    rows = [json.loads(x) for x in (FIXTURES / "positives.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 40
+    got = {r["text"]: mask_pii(r["text"], ALL_PII)[0] for r in rows}
+    assert got == {r["text"]: r["masked"] for r in rows}
+    # a mobile next to an amount, an operator or more digits is no phone; on its own it is
+    assert mask_pii("13800000000元", ["phone"])[0] == "13800000000元"
+    assert mask_pii("13800000000", ["phone"])[0] == "[PHONE]"
+    assert mask_pii("275.43397884615385 and 43397884615385", ["bank_card"])[0] == "275.43397884615385 and 43397884615385"
+    assert luhn_ok("43397884615385") and not card_ok("43397884615385")  # Visa numbers have 16 or 19 digits
+    assert card_ok("4358124074789841") and not card_ok("9782364056220")  # Luhn-valid ISBN-13: no issuer 97x
 
 
 def test_pipeline_masks_pii_in_kept_documents_only(tmp_path):
@@ -153,9 +194,17 @@ def test_decontamination_removes_planted_benchmark_questions(tmp_path):
     cli.main(["clean", str(src), "--out", str(tmp_path / "out"), f"clean.decontaminate=[mc_jsonl={tmp_path / 'exam.jsonl'}]"])
     removed = [json.loads(x) for x in (tmp_path / "out" / "removed.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(r["line"], r["rule"]) for r in removed] == [(1, "benchmark"), (2, "benchmark")]
-    assert removed[0]["detail"] == "shares a 13-gram with mc_jsonl/test/0"
+    assert removed[0]["detail"] == "shares a 13-gram with mc_jsonl_exam/test/0"  # named as camelid eval names it
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["benchmark_items"] == 3 and summary["benchmark_items_unchecked"] == 1
+    # two exams: both sets of questions count, though their item ids within each file are the same
+    from camelid.eval.contamination import benchmark_items
+
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "quiz.jsonl").write_text(json.dumps(exam[0]) + "\n")
+    both = benchmark_items([f"mc_jsonl={tmp_path / 'exam.jsonl'}", f"mc_jsonl={tmp_path / 'more' / 'quiz.jsonl'}"])
+    assert sorted(both) == ["mc_jsonl_exam/test/0", "mc_jsonl_exam/test/1", "mc_jsonl_exam/test/2",
+                            "mc_jsonl_quiz/test/0"]
 
 
 def test_decontamination_against_catalog_mmlu(tmp_path):

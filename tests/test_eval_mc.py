@@ -50,7 +50,28 @@ def test_scores_equal_summed_logprobs_by_hand(model_tok, path, monkeypatch):
         want = [by_hand(model, tok, c, t) for c, t in zip(item.contexts, item.continuations)]
         assert s.loglik == pytest.approx(want, abs=1e-4), item.id
         assert s.n_tokens == [len(mc.encode_pair(tok, c, t)[1]) for c, t in zip(item.contexts, item.continuations)]
-        assert s.n_chars == [len(t) for t in item.continuations]
+        assert s.n_chars == item.norm_lengths()
+
+
+def test_norm_lengths_are_lm_evals_choice_lengths():
+    # the choice without the space before it (lm-eval's len(doc_to_choice)); a partial item's choices are its contexts
+    assert [it.norm_lengths() for it in items()] == [[6, 2, 17], [1, 10], [len("The quick brown dog"), 19], [5, 2]]
+    given = MCItem("x", "t", "", ["Q:"] * 2, [" A", " B"], 0, ["Paris", "Rome"], ["A", "B"])
+    assert given.norm_lengths() == [1, 1]
+
+
+def test_acc_norm_divides_by_the_choice_without_its_leading_space():
+    """By hand: log-likelihoods -2.0 for " ab" and -2.9 for " abc". lm-eval's acc_norm: -2.0/2 = -1.000 against
+    -2.9/3 = -0.967, so the second choice; counting the space: -2.0/3 = -0.667 against -2.9/4 = -0.725, the first."""
+    from camelid.eval.run import summarize
+
+    item = MCItem("x", "t", "", ["Q:"] * 2, [" ab", " abc"], 1)
+    s = mc.ItemScore("x", "", 1, loglik=[-2.0, -2.9], n_tokens=[2, 2], n_chars=item.norm_lengths())
+    assert s.n_chars == [2, 3] and s.pred("char") == 1 and s.pred() == 0
+    with_space = mc.ItemScore("x", "", 1, loglik=[-2.0, -2.9], n_tokens=[2, 2], n_chars=[3, 4])
+    assert with_space.pred("char") == 0  # the old definition picked the other choice
+    got = summarize([s], k_shot=0)
+    assert got["acc"] == 0.0 and got["acc_norm"] == 1.0 and "acc_norm_char" not in got
 
 
 def test_normalized_predictions_differ_as_they_should():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from camelid.data.readers import DataError
-from camelid.eval.tasks import TASKS, description, fewshot_prefix, load_task, with_fewshot
+from camelid.eval.tasks import TASKS, TaskSpec, description, fewshot_prefix, load_task, task_specs, with_fewshot
 from camelid.utils import CamelidError
 
 FX = Path(__file__).parent / "fixtures" / "eval"
@@ -37,6 +37,7 @@ def test_mmlu_release_layout():
     assert it.contexts == [MMLU_DESC.format("astronomy") + "Which planet has the shortest year, measured in Earth "
                            "days?\nA. Mercury\nB. Venus\nC. Mars\nD. Jupiter, the \"giant\"\nAnswer:"] * 4
     assert it.continuations == ABCD and it.choice_texts == ["Mercury", "Venus", "Mars", 'Jupiter, the "giant"']
+    assert it.norm_texts == ["A", "B", "C", "D"] and it.norm_lengths() == [1, 1, 1, 1]  # lm-eval's choices: letters
     multiline = by_id(items)["mmlu/astronomy/2"]  # a quoted CSV cell spanning lines
     assert multiline.contexts[0].endswith('Read the statement:\n"Stars twinkle because of the air."\nIs it true?\n'
                                           "A. Only in winter\nB. Yes\nC. No\nD. Only at the poles\nAnswer:")
@@ -188,6 +189,8 @@ def test_winogrande_partial_scoring():
     shot = with_fewshot(it, pool[:1], 1, seed=0)
     assert shot.contexts == ["The cup broke when it fell on the floor because the cup was fragile.\n\n" + c
                              for c in it.contexts]
+    # acc_norm divides by lm-eval's doc_to_choice: the partial sentences, not the few-shot text before them
+    assert shot.norm_lengths() == it.norm_lengths() == [len(c) for c in it.contexts]
 
 
 def test_arc_release_and_parquet_export(tmp_path):
@@ -195,6 +198,7 @@ def test_arc_release_and_parquet_export(tmp_path):
     assert easy[0].id == "arc_easy/test/0"
     assert easy[0].contexts == ["Question: Which gas do plants take in from the air?\nAnswer:"] * 4
     assert easy[0].continuations == [" oxygen", " carbon dioxide", " helium", " neon"] and easy[0].gold == 1
+    assert easy[0].norm_lengths() == [6, 14, 6, 4]  # "oxygen", not " oxygen"
     assert len(easy[1].continuations) == 5 and easy[1].gold == 2 and len(pool) == 2
     challenge, _ = load_task("arc_challenge", FX / "arc" / "ARC-Challenge")  # numeric labels 1-4
     assert challenge[0].gold == 1 and challenge[0].continuations[1] == " evaporation"
@@ -352,3 +356,23 @@ def test_names_and_specs():
     assert load_task("piqa", FX / "piqa", split="valid")[0][0].id == "piqa/validation/0"
     for name, spec in TASKS.items():
         assert spec["split"] in spec["splits"] and spec["layout"] and len(spec["doc"]) > 80, name
+
+
+def test_task_specs_name_results():
+    assert task_specs(["mmlu", "arc_easy=/data/ARC", "social_iqa", "mc_jsonl=exams/law.jsonl",
+                       "mc_jsonl=exams/medicine/", "mc_jsonl:law_v2=new/law.jsonl", "mmlu:mmlu_local=/data/mmlu"]) == [
+        TaskSpec("mmlu", "mmlu", None), TaskSpec("arc_easy", "arc_easy", "/data/ARC"), TaskSpec("siqa", "siqa", None),
+        TaskSpec("mc_jsonl_law", "mc_jsonl", "exams/law.jsonl"),
+        TaskSpec("mc_jsonl_medicine", "mc_jsonl", "exams/medicine/"),
+        TaskSpec("law_v2", "mc_jsonl", "new/law.jsonl"), TaskSpec("mmlu_local", "mmlu", "/data/mmlu")]
+    with pytest.raises(CamelidError, match="'mc_jsonl=a/exam.jsonl' and 'mc_jsonl=b/exam.jsonl' would both be "
+                                           "reported as 'mc_jsonl_exam'.*mc_jsonl:LABEL=b/exam.jsonl"):
+        task_specs(["mc_jsonl=a/exam.jsonl", "mc_jsonl=b/exam.jsonl"])
+    with pytest.raises(CamelidError, match="both be reported as 'arc_easy'"):
+        task_specs(["arc_easy", "arc_easy=/data/ARC"])
+    with pytest.raises(CamelidError, match="both be reported as 'x'"):
+        task_specs(["mmlu:x", "piqa:x=/data/piqa"])
+    with pytest.raises(CamelidError, match="label 'a/b'"):
+        task_specs(["mc_jsonl:a/b=exam.jsonl"])
+    with pytest.raises(CamelidError, match="did you mean hellaswag"):
+        task_specs(["hellaswg"])

@@ -19,8 +19,9 @@ from typing import Callable
 
 import numpy as np
 
-# Han ideographs: the URO, extension A, compatibility ideographs, and extensions B-F in plane 2.
-HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+# Han ideographs: 〇 (the ideographic zero), the URO, extension A, compatibility ideographs, and extensions B-F in
+# plane 2.
+HAN = "\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
 UNIT = re.compile(rf"[{HAN}]|[^\W_{HAN}]+")
 _HAN = re.compile(rf"[{HAN}]")
 _LATIN_WORD = re.compile(r"[0-9]*[A-Za-z\u00c0-\u024f][0-9A-Za-z\u00c0-\u024f]*")
@@ -34,6 +35,11 @@ _SYMBOL = re.compile(rf"[^\w\s{_PROSE_PUNCT}]|_")
 # Invisible characters that break matching and dedup without showing: C0 controls but tab/newline, DEL,
 # zero-width spaces/joiners, direction marks, BOM.
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u2060\ufeff]")
+# Chinese writes the zero of years and numbers as 〇 (a Han character) and very often as ○ (U+25CB, a white circle
+# from the geometric shapes): 二○○○年. The rules read a circle inside a run of Chinese numerals as 〇, so it counts
+# as a character, not a symbol; a circle elsewhere (○○○ bullets, ○ marks in a table) stays a symbol.
+_ZH_NUMERALS = "〇零一二三四五六七八九十百千万亿两"
+_CIRCLE_ZERO = re.compile(f"○+(?=[{_ZH_NUMERALS}])|(?<=[{_ZH_NUMERALS}])○+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 
@@ -56,11 +62,17 @@ def normalize(text: str, nfkc: bool = True, t2s: Callable[[str], str] | None = N
     return _BLANK_LINES.sub("\n\n", _TRAILING_SPACE.sub("\n", text)).strip()
 
 
+def read_zeros(text: str) -> str:
+    """`text` with each ○ in a run of Chinese numerals read as 〇 (二○○○年 → 二〇〇〇年); same length, so shares of
+    characters do not move. What the rules see; the document itself is written out unchanged."""
+    return _CIRCLE_ZERO.sub(lambda m: "〇" * len(m.group()), text) if "○" in text else text
+
+
 @functools.lru_cache(maxsize=4)  # several rules ask for the same document's units in a row; the result is shared
 def units(text: str) -> list[str]:
     """CJK characters and words of other scripts, lowercased: what lengths, repeats and n-grams count.
     The list is cached and shared: do not modify it."""
-    return UNIT.findall(text.lower())
+    return UNIT.findall(read_zeros(text).lower())
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -85,7 +97,7 @@ def _share(pattern: re.Pattern, text: str) -> float:
 
 
 def symbol_heavy(text: str, max_share: float) -> str | None:
-    share = _share(_SYMBOL, text)
+    share = _share(_SYMBOL, read_zeros(text))
     return f"symbols {share:.2f} > {max_share}" if share > max_share else None
 
 
@@ -131,7 +143,7 @@ def repeated_ngrams(text: str, n: int, max_share: float) -> str | None:
 def script_counts(text: str) -> Counter:
     """Units per script: zh (Han characters), en (Latin-script words), other (words of other scripts); numbers
     count for none. Cached and shared: do not modify it."""
-    han = len(_HAN.findall(text))
+    han = len(_HAN.findall(read_zeros(text)))
     latin = len(_LATIN_WORD.findall(text))
     numbers = len(_DIGITS_ONLY.findall(text))
     other = len(units(text)) - han - latin - numbers

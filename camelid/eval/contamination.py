@@ -4,23 +4,23 @@
 
 Each item is the question as the model sees it, without the task's description (the same "The following are
 multiple choice questions ..." line starts every MMLU context and would match everywhere), followed by its gold
-answer; specs are eval.tasks' (NAME or NAME=PATH). The eval split is used, as `camelid eval` scores it.
+answer; specs are eval.tasks' (NAME, NAME=PATH, NAME:LABEL=PATH). The eval split is used, as `camelid eval` scores
+it. Ids start with the name `camelid eval` reports the task under, so two exams' questions never share an id.
 """
 
 from __future__ import annotations
 
-from camelid.eval.tasks import description, load_task
+from camelid.eval.tasks import description, load_task, task_specs
 
 
 def benchmark_items(specs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
-    # NAME=PATH parsed as eval.run.task_specs does; not imported from there, which would load torch for nothing
-    for name, path in (s.split("=", 1) if "=" in s else (s, None) for s in specs):
-        items, _ = load_task(name, path)
+    for spec in task_specs(specs):
+        items, _ = load_task(spec.task, spec.path)
         for item in items:
             context = item.contexts[item.gold]
             desc = description(item.task, item.subject)
             if desc and context.startswith(desc):
                 context = context[len(desc):]
-            out[item.id] = context + item.continuations[item.gold]
+            out[spec.name + item.id[len(item.task):]] = context + item.continuations[item.gold]  # "<task>/..." ids
     return out

@@ -42,11 +42,12 @@ class ItemScore:
     subject: str
     gold: int
     loglik: list[float]
-    n_tokens: list[int]
-    n_chars: list[int]
+    n_tokens: list[int]  # of each continuation
+    n_chars: list[int]  # of each choice as lm-eval's acc_norm counts them (MCItem.norm_lengths: no leading space)
 
     def pred(self, norm: str = "") -> int:
-        """argmax of log-likelihood, raw, per character ("char") or per token ("token") of the continuation."""
+        """argmax of log-likelihood: raw, per character of the choice ("char": lm-eval's acc_norm) or per token of
+        the continuation ("token")."""
         div = {"": [1] * len(self.loglik), "char": self.n_chars, "token": self.n_tokens}[norm]
         scores = [ll / max(d, 1) for ll, d in zip(self.loglik, div)]
         return max(range(len(scores)), key=scores.__getitem__)
@@ -209,5 +210,5 @@ def score_items(model, tok, items: list[MCItem], batch_tokens: int = 4096, max_l
     for idx, item in enumerate(items):
         got = [per_item[idx][j] for j in range(len(item.continuations))]
         out.append(ItemScore(item.id, item.subject, item.gold, [ll for ll, _ in got], [n for _, n in got],
-                             [len(c) for c in item.continuations]))
+                             item.norm_lengths()))
     return out

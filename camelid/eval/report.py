@@ -34,7 +34,10 @@ from camelid.utils import CamelidError
 _EVAL_OPTIONS = {"tasks": ("benchmark scores", "eval.tasks", "[mmlu,arc_easy]"),
                  "perplexity": ("perplexity", "eval.perplexity", "[FILE.txt]"),
                  "samples": ("sample generations", "eval.samples", "PROMPTS.jsonl")}
-SCORES = ("acc", "acc_norm_char", "acc_norm_token")
+SCORES = ("acc", "acc_norm", "acc_norm_token")
+# Results written before acc_norm followed lm-eval (per character of the choice without its leading space) carry
+# acc_norm_char instead, which counted that space; shown as its own row, never as acc_norm.
+_OLD_SCORES = ("acc_norm_char",)
 _BEFORE, _AFTER = "before", "after"
 
 
@@ -486,14 +489,19 @@ def _run_benchmarks(run: Run, out: Path, png: str) -> str:
 
 
 def _task_table(task: str, labels: list[str], entries: list[Any]) -> str:
-    """acc, acc_norm_char and acc_norm_token for each label, then the per-subject acc if the task has subjects."""
+    """acc, acc_norm and acc_norm_token for each label, then the per-subject acc if the task has subjects."""
     head = ["score"] + labels + ([_delta_head(labels)] if len(labels) > 1 else [])
     rows = []
-    for key in SCORES:
+    old = [k for k in _OLD_SCORES if any(isinstance(e, dict) and k in e for e in entries)]
+    for key in SCORES + tuple(old):
         values = [_score(e, key) for e in entries]
         delta = [_delta_td(values[0], values[-1])] if len(labels) > 1 else []
         rows.append([_td(key)] + [_td(_num(v)) for v in values] + delta)
     parts = [f"<h4>{_e(task)}</h4>", f'<p class="meta">{_e(_sizes(labels, entries))}</p>', _table(head, rows)]
+    if old:
+        parts.append('<p class="meta">acc_norm_char comes from results written by an older camelid, whose '
+                     "per-character normalization counted the space before each choice; run camelid eval again for "
+                     "acc_norm as lm-evaluation-harness defines it.</p>")
     subjects = [e.get("subjects") if isinstance(e, dict) and isinstance(e.get("subjects"), dict) else {}
                 for e in entries]
     if any(subjects):

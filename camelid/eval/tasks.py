@@ -5,7 +5,8 @@ prompt formats, so that camelid's 0-shot (context, continuation) pairs are chara
     items, pool = load_task("arc_easy", "~/data/ARC-V1-Feb2018-2")
     shots = [with_fewshot(item, pool, k=5, seed=1234) for item in items]
 
-`load_task(name, path, split, limit)` returns (eval items, few-shot pool). Each task reads its dataset's original
+`task_specs(eval.tasks)` parses the config's entries (NAME, NAME=PATH, NAME:LABEL=PATH) into what to load and the
+name results go under. `load_task(name, path, split, limit)` returns (eval items, few-shot pool). Each task reads its dataset's original
 release and its Hugging Face export (jsonl/json from `Dataset.to_json`, or the hub's parquet files), telling
 them apart by file names and fields; missing files raise a `CamelidError` naming the files to put where, bad
 records a `DataError` naming file, line and field. `TASKS[name]` gives the default split, the layouts read and
@@ -344,6 +345,61 @@ _ALIASES = {"social_iqa": "siqa", "arc-easy": "arc_easy", "arc-challenge": "arc_
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
 
+def canonical_task(name: str) -> str:
+    """The key of TASKS that `name` (or an alias of it: social_iqa, arc-easy, obqa) names; unknown names fail."""
+    task = _ALIASES.get(name, name)
+    if task not in TASKS:
+        close = difflib.get_close_matches(name, list(TASKS) + list(_ALIASES), n=3, cutoff=0.5)
+        raise CamelidError(f"unknown task '{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                           + f"; known: {', '.join(TASKS)}")
+    return task
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One entry of eval.tasks: what to load, and the name its results and per-item file go under."""
+
+    name: str  # the key in results["tasks"] and the <label>.<name>.jsonl file
+    task: str  # a key of TASKS
+    path: str | None  # a local copy; None: the catalog's copy or the task's default place
+
+
+_LABEL = re.compile(r"[\w.-]+")
+
+
+def task_specs(specs: list[str]) -> list[TaskSpec]:
+    """eval.tasks entries → TaskSpecs, checked before any model loads.
+
+    `NAME` and `NAME=PATH` are called NAME (aliases by their canonical name): a local copy of a benchmark is the same
+    benchmark, so before/after and runs line up. `mc_jsonl=PATH` is called mc_jsonl_<stem>, from the file's stem or
+    the folder's name (mc_jsonl=exams/law.jsonl → mc_jsonl_law), since two exams are two tasks. `NAME:LABEL[=PATH]`
+    is called LABEL. Two entries with one name would overwrite each other's results: that is an error."""
+    out: list[TaskSpec] = []
+    given: dict[str, str] = {}  # name → the entry that took it
+    for spec in specs:
+        head, path = spec.split("=", 1) if "=" in spec else (spec, None)
+        task_name, label = head.split(":", 1) if ":" in head else (head, None)
+        task = canonical_task(task_name.strip())
+        if path is not None and not path.strip():
+            raise CamelidError(f"eval.tasks: '{spec}' has an empty path after '='")
+        if label is not None and not _LABEL.fullmatch(label):
+            raise CamelidError(f"eval.tasks: label '{label}' in '{spec}' must be letters, digits, '_', '.' or '-' "
+                               "(it names a results file)")
+        if label is not None:
+            name = label
+        elif task == "mc_jsonl" and path is not None:
+            name = f"mc_jsonl_{Path(path).expanduser().stem or Path(path).expanduser().resolve().name}"
+        else:
+            name = task
+        if name in given:
+            raise CamelidError(f"eval.tasks: '{given[name]}' and '{spec}' would both be reported as '{name}', the "
+                               f"second replacing the first; give one a name of its own: "
+                               f"{task}:LABEL{'=' + path if path else ''}")
+        given[name] = spec
+        out.append(TaskSpec(name, task, path))
+    return out
+
+
 def load_task(name: str, path: str | Path | None = None, split: str | None = None,
               limit: int = 0) -> tuple[list[MCItem], list[MCItem]]:
     """(eval items, few-shot pool) of benchmark `name` read from `path` (a folder, or a single file).
@@ -351,11 +407,7 @@ def load_task(name: str, path: str | Path | None = None, split: str | None = Non
     `split` defaults to `TASKS[name]["split"]`; the pool is the task's few-shot split (a `FewshotPool`, empty with
     `.missing` set when its files are absent). `limit` > 0 keeps the first `limit` items (per subject for the
     subject tasks mmlu, ceval and cmmlu)."""
-    task = _ALIASES.get(name, name)
-    if task not in TASKS:
-        close = difflib.get_close_matches(name, list(TASKS), n=3, cutoff=0.5)
-        raise CamelidError(f"unknown task '{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
-                           + f"; known: {', '.join(TASKS)}")
+    task = canonical_task(name)
     if not isinstance(limit, int) or limit < 0:
         raise CamelidError(f"limit must be a whole number >= 0 (0 = all), got {limit!r}")
     split = _canon_split(task, split)
@@ -580,7 +632,8 @@ def _letter_item(task: str, subject: str, iid: str, question: str, options: list
                  answer_prompt: str = "Answer:") -> MCItem:
     ctx = _lettered(description(task, subject), question, options, answer_prompt)
     n = len(options)
-    return MCItem(iid, task, subject, [ctx] * n, [TARGET_DELIMITER + x for x in LETTERS[:n]], gold, list(options))
+    return MCItem(iid, task, subject, [ctx] * n, [TARGET_DELIMITER + x for x in LETTERS[:n]], gold, list(options),
+                  list(LETTERS[:n]))
 
 
 def _subject(name: str) -> str:
@@ -787,10 +840,12 @@ class _Layout:
 
 def _mc_item(task: str, iid: str, subject: str, ctx: str | list[str], choices: list[str], gold: int,
              shown: list[str] | None = None) -> MCItem:
+    # norm_texts: lm-eval's doc_to_choice, what its acc_norm divides by the length of (the partial contexts for
+    # WinoGrande, before any few-shot prefix goes in front of them)
     if isinstance(ctx, list):  # partial scoring: one context per choice, `choices` holds the one continuation
-        return MCItem(iid, task, subject, ctx, [TARGET_DELIMITER + choices[0]] * len(ctx), gold, shown)
+        return MCItem(iid, task, subject, ctx, [TARGET_DELIMITER + choices[0]] * len(ctx), gold, shown, list(ctx))
     return MCItem(iid, task, subject, [ctx] * len(choices), [TARGET_DELIMITER + c for c in choices], gold,
-                  shown or list(choices))
+                  shown or list(choices), list(choices))
 
 
 def _boolq(r: _Rec):
