@@ -1,6 +1,7 @@
 """Converters, readers and LLaMA-Factory folders: exact canonical outputs and exact error locations."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -278,7 +279,7 @@ def test_cut_chats_lose_their_opening_assistant_and_closing_user_turns():
     assert stats["trimmed"] == {"leading_assistant_turns": 2, "trailing_user_turns": 2}
     assert (stats["kept"], stats["skipped"]) == (4, 0)
     # The same shapes in OpenAI messages.
-    notes = F.Counter()
+    notes = Counter()
     assert F.to_messages({"messages": [sys_("S"), bot("cut"), user("q"), bot("a"), user("cut")]}, notes=notes) == {
         "messages": [sys_("S"), user("q"), bot("a")]}
     assert notes == {"leading_assistant_turns": 1, "trailing_user_turns": 1}
