@@ -1,6 +1,7 @@
 """Converters, readers and LLaMA-Factory folders: exact canonical outputs and exact error locations."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,64 @@ def test_load_source_bad_specs(tmp_path):
         F.load_source(str(tmp_path / "nope.jsonl"), "messages")
     with pytest.raises(CamelidError, match="unknown data kind 'sft'"):
         F.load_source(str(EXAMPLES / "alpaca.csv"), "sft")
+
+
+# ------------------------------------------------------------------- chats cut from longer ones
+
+CUT = Path(__file__).resolve().parent / "fixtures" / "sharegpt_cut.jsonl"
+
+
+def test_cut_chats_lose_their_opening_assistant_and_closing_user_turns():
+    recs, stats = F.load_source(str(CUT), "messages")  # on_error=fail: none of these is an error
+    assert recs == [
+        {"messages": [user("And at sunset?"),
+                      bot("Light crosses more air at sunset, so the blue scatters away and red remains.")]},
+        {"messages": [user("Translate 'good morning' into Chinese."), bot("早上好。")]},
+        {"messages": [sys_("You are a patient tutor."), user("What is step three?"), bot("Divide both sides by 3.")]},
+        {"messages": [user("Name a prime number."), bot("7")]}]
+    assert stats["trimmed"] == {"leading_assistant_turns": 2, "trailing_user_turns": 2}
+    assert (stats["kept"], stats["skipped"]) == (4, 0)
+    # The same shapes in OpenAI messages.
+    notes = Counter()
+    assert F.to_messages({"messages": [sys_("S"), bot("cut"), user("q"), bot("a"), user("cut")]}, notes=notes) == {
+        "messages": [sys_("S"), user("q"), bot("a")]}
+    assert notes == {"leading_assistant_turns": 1, "trailing_user_turns": 1}
+    # Prompts (PPO, preference pairs) lose an opening assistant turn too; they end with their user turn.
+    assert F.to_prompt({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "q"}]}) == {
+        "prompt": [user("q")]}
+    assert F.to_preference({"messages": [bot("x"), user("q")], "chosen": "a", "rejected": "b"})["prompt"] == [user("q")]
+
+
+@pytest.mark.parametrize("turns, field, reason", [
+    ([bot("a"), bot("b"), user("q"), bot("c")], "messages[1]", "expected a user turn, got assistant"),
+    ([user("q"), bot("a"), user("q2"), user("q3")], "messages[3]", "expected an assistant turn, got user"),
+    ([bot("cut")], None, "no user turn"),
+    ([sys_("S"), bot("cut")], None, "no user turn"),
+    ([bot("cut"), user("q")], "messages[1]", "must end with an assistant answer"),
+    ([user("q"), {"role": "robot", "content": "x"}], "messages[1].role", "unknown role 'robot'"),
+])
+def test_broken_chats_still_fail(turns, field, reason):
+    with pytest.raises(DataError) as e:
+        F.to_messages({"messages": turns})
+    assert e.value.field == field and reason in e.value.reason, str(e.value)
+
+
+def test_trimmed_turns_are_counted_in_what_a_run_saves():
+    from camelid.config import load_config
+    from camelid.data.loader import prepare_sft
+    from conftest import build_tokenizer
+
+    cfg = load_config(None, [f"data.train=[{CUT}]", "data.eval_split=0"])
+    prepared = prepare_sft(build_tokenizer("chatml"), cfg.data, 0)
+    # A run's data.json holds these source stats as they are (train/run.py: record_data).
+    assert prepared.sources[0]["trimmed"] == {"leading_assistant_turns": 2, "trailing_user_turns": 2}
+    assert len(prepared.train) == 1 and sum(len(row) for row in prepared.train) == 4  # packed into one row
+
+
+def test_reasoning_stays_with_its_assistant_turn():
+    rec = {"messages": [user("q"), {"role": "assistant", "content": "a", "reasoning_content": "think"}]}
+    assert F.to_messages(rec)["messages"][1] == {"role": "assistant", "content": "a", "reasoning_content": "think"}
+    with pytest.raises(DataError, match=r"field 'messages\[0\]\.reasoning_content': only assistant"):
+        F.to_messages({"messages": [{"role": "user", "content": "q", "reasoning_content": "x"}, bot("a")]})
+    with pytest.raises(DataError, match="expected a string, got int"):
+        F.to_messages({"messages": [user("q"), {"role": "assistant", "content": "a", "reasoning_content": 1}]})

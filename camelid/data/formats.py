@@ -7,7 +7,9 @@ Every stage consumes one canonical kind of record (plain dicts):
     preference  {"prompt": [messages ending with user], "chosen": str, "rejected": str}   RM, DPO
     prompt      {"prompt": [messages ending with user]}                    PPO
 
-Roles are system (optional, first), then user/assistant alternating. Source formats (Alpaca, ShareGPT,
+Roles are system (optional, first), then user/assistant alternating; an assistant message may carry its
+`reasoning_content`. A chat cut from a longer one (opening with an assistant turn, or ending with a user
+turn) loses those end turns, counted in the load stats. Source formats (Alpaca, ShareGPT,
 OpenAI messages, LLaMA-Factory `dataset_info.json` folders; jsonl/json/csv/parquet/txt files) convert at
 the edge by small pure functions. A bad record raises `DataError` naming file, line, field and reason;
 `load_source(..., on_error="skip")` skips and counts instead -- never silently.
@@ -105,7 +107,15 @@ def _message_list(msgs: Any, name: str, table: dict, path: Any, line: int | None
         # ShareGPT writes {from, value}; OpenAI writes {role, content}. Accept either in both.
         rk, ck = ("from", "value") if "from" in m else ("role", "content")
         role = _role(m.get(rk), table, path, line, f"{field}.{rk}")
-        pairs.append(({"role": role, "content": _str(m, ck, path, line, f"{field}.{ck}")}, field))
+        msg = {"role": role, "content": _str(m, ck, path, line, f"{field}.{ck}")}
+        # The reasoning an assistant wrote before its answer stays with that turn: the model's own template
+        # decides where it is shown (Qwen3 keeps it only after the last user query).
+        reasoning = _str(m, "reasoning_content", path, line, f"{field}.reasoning_content", optional=True)
+        if reasoning:
+            if role != "assistant":
+                raise DataError(path, line, f"{field}.reasoning_content", "only assistant messages carry reasoning")
+            msg["reasoning_content"] = reasoning
+        pairs.append((msg, field))
     return pairs
 
 
@@ -158,6 +168,17 @@ def _pairs(rec: dict, style: str, path: Any, line: int | None, answer: bool | No
     raise DataError(path, line, None, f"a '{style}' record holds no conversation")
 
 
+def _drop_opening_assistant(pairs: Pairs, notes: Counter | None) -> Pairs:
+    """A chat cut out of a longer one can open with the assistant's reply to a question it no longer holds: that
+    turn is dropped (one turn: two assistant turns in a row are a broken record and fail in _check_order)."""
+    head = 1 if pairs and pairs[0][0]["role"] == "system" else 0
+    if len(pairs) > head and pairs[head][0]["role"] == "assistant":
+        pairs = pairs[:head] + pairs[head + 1:]
+        if notes is not None:
+            notes["leading_assistant_turns"] += 1
+    return pairs
+
+
 def _check_order(pairs: Pairs, path: Any, line: int | None) -> list[dict]:
     expect = "user"
     for i, (m, field) in enumerate(pairs):
@@ -196,9 +217,11 @@ def _answer(rec: dict, key: str, path: Any, line: int | None) -> str:
 
 # ------------------------------------------------------------------------------------ converters
 
-def to_text(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None) -> dict:
+def to_text(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None,
+            notes: Counter | None = None) -> dict:
     """Pretraining text. A chat record becomes its turns' contents joined by "\\n" -- without the system
-    prompt, which instructs the model rather than being text to learn -- so any SFT set can feed `pt`."""
+    prompt, which instructs the model rather than being text to learn -- so any SFT set can feed `pt`.
+    `notes` is unused (text keeps every turn); it is there so every converter takes the same arguments."""
     style = _style(record, fmt, path, line)
     if style == "text":
         text = _str(record, "text", path, line)
@@ -212,8 +235,11 @@ def to_text(record: dict, fmt: str = "auto", *, path: Any = None, line: int | No
     return {"text": text}
 
 
-def to_messages(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None) -> dict:
-    """An SFT conversation: optional system, then user/assistant alternating, ending with assistant."""
+def to_messages(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None,
+                notes: Counter | None = None) -> dict:
+    """An SFT conversation: optional system, then user/assistant alternating, ending with assistant.
+
+    A chat cut from a longer one loses an opening assistant turn and a closing user turn (counted in `notes`)."""
     style = _style(record, fmt, path, line)
     if "chosen" in record and "rejected" in record:
         raise DataError(path, line, None, "a preference pair (chosen/rejected) is not an SFT example: "
@@ -221,27 +247,37 @@ def to_messages(record: dict, fmt: str = "auto", *, path: Any = None, line: int 
     # LLaMA-Factory's KTO sets mark undesirable answers with label false; those must not be imitated.
     if record.get("kto_label") is False:
         raise DataError(path, line, "kto_tag", "an answer labelled undesirable (KTO false) is not an SFT example")
-    pairs = _pairs(record, style, path, line, True)
+    pairs = _drop_opening_assistant(_pairs(record, style, path, line, True), notes)
     messages = _check_order(pairs, path, line)
+    if messages[-1]["role"] == "user" and any(m["role"] == "assistant" for m in messages):
+        # A closing question whose answer was cut off teaches nothing; the turns before it still do.
+        messages = messages[:-1]
+        if notes is not None:
+            notes["trailing_user_turns"] += 1
     if messages[-1]["role"] != "assistant":
         raise DataError(path, line, pairs[-1][1], "the conversation must end with an assistant answer")
     return {"messages": messages}
 
 
-def to_prompt(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None) -> dict:
-    """A PPO prompt. A final assistant turn (a reference answer) is dropped: the policy writes its own."""
+def to_prompt(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None,
+              notes: Counter | None = None) -> dict:
+    """A PPO prompt. A final assistant turn (a reference answer) is dropped: the policy writes its own;
+    so is an opening assistant turn (counted in `notes`)."""
     pairs = _pairs(record, _style(record, fmt, path, line), path, line, False)
     if pairs and pairs[-1][0]["role"] == "assistant":
         pairs = pairs[:-1]
+    pairs = _drop_opening_assistant(pairs, notes)
     prompt = _check_order(pairs, path, line)
     if prompt[-1]["role"] != "user":
         raise DataError(path, line, None, "the prompt must end with a user turn")
     return {"prompt": prompt}
 
 
-def to_preference(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None) -> dict:
-    """A preference pair: prompt messages ending with user, and the chosen and rejected answers."""
-    pairs = _pairs(record, _style(record, fmt, path, line), path, line, False)
+def to_preference(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None,
+                  notes: Counter | None = None) -> dict:
+    """A preference pair: prompt messages ending with user, and the chosen and rejected answers.
+    An opening assistant turn of the prompt is dropped (counted in `notes`)."""
+    pairs = _drop_opening_assistant(_pairs(record, _style(record, fmt, path, line), path, line, False), notes)
     prompt = _check_order(pairs, path, line)
     if prompt[-1]["role"] != "user":
         raise DataError(path, line, pairs[-1][1], "the prompt of a preference pair must end with a user turn")
@@ -250,6 +286,9 @@ def to_preference(record: dict, fmt: str = "auto", *, path: Any = None, line: in
         raise DataError(path, line, "rejected", "identical to chosen")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
+
+# What load_source counts in its stats' "trimmed" (saved in a run's data.json): end turns of cut chats.
+TRIMMED = ("leading_assistant_turns", "trailing_user_turns")
 
 KINDS: dict[str, Callable[..., dict]] = {
     "text": to_text, "messages": to_messages, "preference": to_preference, "prompt": to_prompt,
@@ -381,6 +420,7 @@ def load_source(spec: str, kind: str, on_error: str = "fail", max_samples: int |
     """Canonical records of `kind` from a file, FOLDER@ENTRY or catalog dataset name, and stats.
 
     on_error="fail" raises the first DataError; "skip" skips bad records and counts them by reason.
+    stats["trimmed"] counts the turns dropped from the ends of chats cut from longer ones.
     max_samples caps the records kept (reading stops there).
     """
     convert = KINDS.get(kind)
@@ -393,20 +433,26 @@ def load_source(spec: str, kind: str, on_error: str = "fail", max_samples: int |
     files, records, fmt = _open_source(spec, fmt)
     stats: dict[str, Any] = {"source": spec, "files": [{"path": str(f.resolve()), "sha256": sha256_file(f)} for f in files],
                              "read": 0, "kept": 0, "skipped": 0, "reasons": {}}
-    out, reasons = [], Counter()
+    out, reasons, trimmed = [], Counter(), Counter({k: 0 for k in TRIMMED})
     for path, line, rec in records:
         if max_samples is not None and len(out) >= max_samples:
             break
         stats["read"] += 1
+        notes = Counter()
         try:
             if isinstance(rec, DataError):
                 raise rec
-            out.append(convert(rec, fmt, path=path, line=line))
+            out.append(convert(rec, fmt, path=path, line=line, notes=notes))
+            trimmed.update(notes)  # kept records only: a skipped record is counted once, by its reason
         except DataError as e:
             if on_error == "fail":
                 raise
             reasons[f"field '{e.field}': {e.reason}" if e.field else e.reason] += 1
-    stats.update(kept=len(out), skipped=sum(reasons.values()), reasons=dict(reasons.most_common()))
+    stats.update(kept=len(out), skipped=sum(reasons.values()), reasons=dict(reasons.most_common()),
+                 trimmed=dict(trimmed))
+    if any(trimmed.values()):
+        log.info(f"{spec}: dropped {trimmed['leading_assistant_turns']} opening assistant turns and "
+                 f"{trimmed['trailing_user_turns']} closing user turns of chats cut from longer ones")
     if reasons:
         top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
         log.warning(f"{spec}: skipped {stats['skipped']} of {stats['read']} records as {kind}: {top}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from camelid.data.formats import load_source
-from camelid.data.templates import IGNORE, Rendered, render
+from camelid.data.templates import IGNORE, Rendered, render, render_examples
 from camelid.utils import CamelidError, log
 
 
@@ -75,8 +75,12 @@ def with_system(messages: list[dict], system: str) -> list[dict]:
 
 
 def render_one(tokenizer, messages: list[dict], data_cfg) -> Rendered | str:
-    """A chat rendered with its loss mask and cut to data.max_length, or the reason it cannot be trained on."""
-    r = render(tokenizer, with_system(messages, data_cfg.system))
+    """A chat as the model sees it writing its last answer, with its loss mask, cut to data.max_length, or the
+    reason it cannot be trained on."""
+    return _fit(render(tokenizer, with_system(messages, data_cfg.system)), data_cfg)
+
+
+def _fit(r: Rendered, data_cfg) -> Rendered | str:
     if len(r.input_ids) > data_cfg.max_length:
         if data_cfg.truncation == "drop":
             return "longer than data.max_length"
@@ -93,14 +97,20 @@ def _report_dropped(dropped: dict, total: int, what: str) -> None:
 
 
 def render_all(tokenizer, records: list[dict], data_cfg) -> tuple[list[Rendered], dict]:
-    out, dropped = [], {}
+    """Every chat as its training examples: one per chat, or one per turn where the template rewrites history."""
+    out, dropped, total = [], {}, 0
     for rec in records:
-        r = render_one(tokenizer, rec["messages"], data_cfg)
-        if isinstance(r, str):
-            dropped[r] = dropped.get(r, 0) + 1
-        else:
-            out.append(r)
-    _report_dropped(dropped, len(records), "chats")
+        for r in render_examples(tokenizer, with_system(rec["messages"], data_cfg.system)):
+            total += 1
+            r = _fit(r, data_cfg)
+            if isinstance(r, str):
+                dropped[r] = dropped.get(r, 0) + 1
+            else:
+                out.append(r)
+    if total > len(records):
+        log.info(f"{len(records)} chats gave {total} examples: the chat template renders past turns differently, "
+                 f"so each turn is trained after the prefix the model sees for it")
+    _report_dropped(dropped, total, "chat examples" if total > len(records) else "chats")
     if not out:
         raise CamelidError("no trainable chats left after rendering; raise data.max_length or check the data")
     return out, dropped
