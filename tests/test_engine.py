@@ -423,3 +423,51 @@ def test_shutdown_grace_lets_short_requests_finish(model_dirs, prompts):
     finally:
         engine.shutdown(grace=0)
         thread.join(timeout=30)
+
+
+# ---------------------------------------------------------------- one request's failure stays its own
+
+
+def test_sampling_ranges_are_what_float32_can_compute(model_dirs, prompts):
+    """temperature 1e-300 and repetition_penalty 1e-320 used to pass validation, then make inf/NaN probabilities
+    in the shared step. A temperature too small to divide by samples greedily (its limit); the penalty is refused."""
+    with pytest.raises(ValueError, match="'repetition_penalty' must be in"):
+        SamplingParams(repetition_penalty=1e-320).check()
+    with pytest.raises(ValueError, match="'repetition_penalty'"):
+        SamplingParams(repetition_penalty=float("nan")).check()
+    with pytest.raises(ValueError, match="'seed'"):
+        SamplingParams(seed=2**64).check()  # torch's generator would raise inside submit
+    tiny = SamplingParams(max_tokens=12, temperature=1e-300, seed=3, ignore_eos=True)
+    tiny.check()
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
+    [out] = engine.generate([prompts[0]], tiny)
+    [ref] = engine.generate([prompts[0]], greedy(12, ignore_eos=True))
+    assert out.finish_reason == "length" and out.token_ids == ref.token_ids
+
+
+def test_a_request_whose_sampling_fails_finishes_alone(model_dirs, prompts):
+    """Params that bypass `check` (here a penalty that makes the logits inf) fail their own request with an error;
+    the others in the same steps produce exactly what they produce without it."""
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=5, ignore_eos=True)
+    others = [prompts[0], prompts[3], prompts[5]]
+    expected = make_engine(model_dirs, "llama", max_batch_tokens=128).generate(others, params)
+
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=128)
+    good = [engine.submit(p, params) for p in others[:2]]
+    bad_params = SamplingParams(max_tokens=12, temperature=1.0, ignore_eos=True)
+    bad = engine.submit(prompts[1], bad_params)
+    bad_params.repetition_penalty = 1e-320  # after check, as a caller building params by hand could
+    good.append(engine.submit(prompts[5], params))
+    for _ in range(3):
+        engine.step()
+    assert bad.finished and all(not g.finished for g in good)  # failed in the first step it sampled in
+    while not all(g.finished for g in good):
+        engine.step()
+    failed = bad.result(timeout=0)
+    assert failed.finish_reason == "error" and "not finite" in failed.error
+    events = list(bad)
+    assert events[-1].finished and events[-1].finish_reason == "error" and events[-1].error == failed.error
+    assert [g.result().token_ids for g in good] == [e.token_ids for e in expected]
+    assert all(g.result().finish_reason == "length" for g in good)
+    assert engine.counters["requests_error"] == 1
+    assert_pool_empty(engine)

@@ -6,7 +6,8 @@ within `max_batch_tokens`). KV memory comes in blocks from `kv.BlockPool` as a r
 shared through the prefix cache, so a system prompt or a session's earlier turns are computed once while they stay
 cached. When memory runs out, the newest request is preempted: its blocks are released and it is recomputed later
 from its prompt plus what it has generated so far, keeping its sampler state, so its output is what it would have
-been without the interruption.
+been without the interruption. A request whose sampling fails (non-finite logits) finishes alone with an error;
+the others in its step go on.
 
     engine = Engine.load("runs/quickstart")
     [out] = engine.generate([tokenizer_ids], SamplingParams(max_tokens=64, temperature=0))
@@ -383,7 +384,14 @@ class Engine:
             req.computed += n
             self._register_full_blocks(req)
         for row, req in zip(logits, sampling):
-            self._sample(req, row)
+            try:
+                self._sample(req, row)
+            except Exception as e:  # one request's sampling (its params, its logits) fails that request alone
+                log.warning("request %s failed in sampling: %s: %s", req.id, type(e).__name__, e)
+                try:
+                    self._finish(req, "error", f"sampling failed: {type(e).__name__}: {e}")
+                except Exception:  # its own on_output callback raised; the request is finished all the same
+                    log.exception("request %s: delivering its error failed", req.id)
         now = time.perf_counter()
         self._recent.append((now, len(sampling)))
 
