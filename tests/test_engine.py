@@ -471,3 +471,58 @@ def test_a_request_whose_sampling_fails_finishes_alone(model_dirs, prompts):
     assert all(g.result().finish_reason == "length" for g in good)
     assert engine.counters["requests_error"] == 1
     assert_pool_empty(engine)
+
+
+# ---------------------------------------------------------------- fairness between owners
+
+
+def test_one_owners_backlog_does_not_starve_another(model_dirs, prompts):
+    """Owner a queues 30 requests; owner b's one, submitted after a's have started, is admitted at the next free
+    slot instead of after a's whole backlog. Within one owner, first come first served."""
+    engine = make_engine(model_dirs, "llama", max_running=2, max_batch_tokens=64)
+    params = greedy(3, ignore_eos=True)
+    backlog = [engine.submit(prompts[3], params, owner="a") for _ in range(30)]
+    engine.step()
+    engine.step()
+    started_before = sum(r.computed > 0 for r in backlog)
+    late = engine.submit(prompts[0], params, owner="b")
+    steps = 0
+    while late.computed == 0 and not late.finished:
+        engine.step()
+        steps += 1
+    started_meanwhile = sum(r.computed > 0 or r.finished for r in backlog) - started_before
+    assert started_meanwhile <= 1 and steps <= 3  # FIFO admitted all 28 waiting ones first
+    while not all(r.finished for r in backlog):
+        engine.step()
+    starts = [r.first_token_at for r in backlog]
+    assert starts == sorted(starts)  # a's own requests in the order a sent them
+    [alone] = make_engine(model_dirs, "llama", max_batch_tokens=64).generate([prompts[0]], params)
+    assert late.result().token_ids == alone.token_ids
+    assert_pool_empty(engine)
+
+
+def test_preemption_with_several_owners_keeps_greedy_output(model_dirs, prompts):
+    reqs = [prompts[0], prompts[5], prompts[3], prompts[0][:10], prompts[4][:12], prompts[3]]
+    params = greedy(32, ignore_eos=True)
+    calm = make_engine(model_dirs, "llama", kv_cache_tokens=1024, max_batch_tokens=64).generate(reqs, params)
+    tight = make_engine(model_dirs, "llama", kv_cache_tokens=96, block_size=4, max_batch_tokens=64)
+    subs = [tight.submit(p, params, owner="abc"[i % 3]) for i, p in enumerate(reqs)]
+    while not all(r.finished for r in subs):
+        tight.step()
+    assert tight.counters["preemptions"] > 0
+    assert [r.result().token_ids for r in subs] == [o.token_ids for o in calm]
+    assert_pool_empty(tight)
+
+
+def test_cancelling_waiting_requests_of_one_owner(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_running=1, max_batch_tokens=64)
+    a = [engine.submit(prompts[3], greedy(4, ignore_eos=True), owner="a") for _ in range(5)]
+    b = engine.submit(prompts[3], greedy(4, ignore_eos=True), owner="b")
+    engine.step()
+    for r in a[1:]:
+        engine.cancel(r.id)
+    while not (a[0].finished and b.finished):
+        engine.step()
+    assert [r.result().finish_reason for r in a] == ["length"] + ["abort"] * 4
+    assert b.result().finish_reason == "length"
+    assert_pool_empty(engine)

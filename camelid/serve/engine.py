@@ -6,8 +6,9 @@ within `max_batch_tokens`). KV memory comes in blocks from `kv.BlockPool` as a r
 shared through the prefix cache, so a system prompt or a session's earlier turns are computed once while they stay
 cached. When memory runs out, the newest request is preempted: its blocks are released and it is recomputed later
 from its prompt plus what it has generated so far, keeping its sampler state, so its output is what it would have
-been without the interruption. A request whose sampling fails (non-finite logits) finishes alone with an error;
-the others in its step go on.
+been without the interruption. Waiting requests are admitted fairly between owners (API keys): one from each in
+turn, so one owner's backlog cannot starve another's. A request whose sampling fails (non-finite logits) finishes
+alone with an error; the others in its step go on.
 
     engine = Engine.load("runs/quickstart")
     [out] = engine.generate([tokenizer_ids], SamplingParams(max_tokens=64, temperature=0))
@@ -32,6 +33,7 @@ from camelid.config import EngineConfig
 from camelid.serve import paged
 from camelid.serve.kv import BlockPool, KVCache, chain_hash
 from camelid.serve.sampling import SamplingParams, choose, penalize, token_logprobs
+from camelid.serve.waiting import WaitQueue
 from camelid.utils import CamelidError
 
 log = logging.getLogger("camelid")
@@ -69,8 +71,9 @@ class Completion:
 
 
 class Request:
-    def __init__(self, rid: str, prompt: list[int], params: SamplingParams, on_output: Callable | None):
-        self.id, self.prompt, self.params = rid, list(prompt), params
+    def __init__(self, rid: str, prompt: list[int], params: SamplingParams, on_output: Callable | None,
+                 owner: str = ""):
+        self.id, self.prompt, self.params, self.owner = rid, list(prompt), params, owner
         self.tokens = list(prompt)  # prompt + generated; KV exists for tokens[:computed]
         self.generated: list[int] = []
         self.computed = 0
@@ -168,7 +171,7 @@ class Engine:
         self.max_model_len = min(limits + ([cfg.max_model_len] if cfg.max_model_len else []))
         self.eos = self._eos_ids(model, tokenizer)
         self.vocab = self.step_model.get_input_embeddings().num_embeddings
-        self.waiting: collections.deque[Request] = collections.deque()
+        self.waiting = WaitQueue()
         self.running: list[Request] = []
         self._incoming: queue.SimpleQueue = queue.SimpleQueue()
         self._cancelled: set[str] = set()
@@ -217,11 +220,13 @@ class Engine:
     # ------------------------------------------------------------------ public API (any thread)
 
     def submit(self, prompt: list[int], params: SamplingParams | None = None,
-               on_output: Callable[[Output], None] | None = None, request_id: str | None = None) -> Request:
-        """Queue a request. ValueError (the reason, for a 400) when it cannot run; RuntimeError when shutting down."""
+               on_output: Callable[[Output], None] | None = None, request_id: str | None = None,
+               owner: str = "") -> Request:
+        """Queue a request. ValueError (the reason, for a 400) when it cannot run; RuntimeError when shutting down.
+        `owner` (the API key's owner id): waiting requests are admitted in turn between owners."""
         params = params or SamplingParams()
         self.check(prompt, params)
-        req = Request(request_id or f"req-{next(self._ids)}", prompt, params, on_output)
+        req = Request(request_id or f"req-{next(self._ids)}", prompt, params, on_output, owner)
         self._incoming.put(req)
         with self._wake:
             self._wake.notify()
@@ -351,9 +356,9 @@ class Engine:
 
     def _drain_all(self) -> list[Request]:
         while not self._incoming.empty():
-            self.waiting.append(self._incoming.get())
+            self.waiting.push(self._incoming.get())
         reqs = list(self.running) + list(self.waiting)
-        self.running, self.waiting = [], collections.deque()
+        self.running, self.waiting = [], WaitQueue()
         return reqs
 
     @torch.inference_mode()
@@ -397,10 +402,10 @@ class Engine:
 
     def _reap_cancelled(self) -> None:
         while not self._incoming.empty():
-            self.waiting.append(self._incoming.get())
+            self.waiting.push(self._incoming.get())
         if self._cancelled:
             cancelled, self._cancelled = self._cancelled, set()
-            for req in [r for r in list(self.running) + list(self.waiting) if r.id in cancelled]:
+            for req in [r for r in self.running if r.id in cancelled] + self.waiting.take(lambda r: r.id in cancelled):
                 self._finish(req, "abort")
 
     def _schedule(self) -> list[tuple[Request, int]]:
@@ -416,9 +421,9 @@ class Engine:
             plan.append((req, n))
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_running:
-            req = self.waiting[0]
+            req = self.waiting.peek()
             if req.params.max_tokens == 0:
-                self.waiting.popleft()
+                self.waiting.pop()
                 self._finish(req, "length")
                 continue
             if self.cfg.prefix_cache and not req.blocks:
@@ -432,7 +437,7 @@ class Engine:
             need = math.ceil((req.computed + n) / bs) - len(req.blocks)
             if not self.pool.can_allocate(need):
                 if not self.running:  # nothing to wait for: the request can never fit
-                    self.waiting.popleft()
+                    self.waiting.pop()
                     self._finish(req, "error", "the KV cache is too small for this request")
                     continue
                 self.pool.release(req.blocks)
@@ -441,7 +446,7 @@ class Engine:
             req.blocks.extend(self.pool.allocate() for _ in range(need))
             if not req.generated:
                 self.counters["prompt_tokens_cached"] += req.cached_tokens
-            self.waiting.popleft()
+            self.waiting.pop()
             self.running.append(req)
             plan.append((req, n))
             budget -= n
@@ -462,7 +467,7 @@ class Engine:
         self.running.remove(req)
         self.pool.release(req.blocks)
         req.blocks, req.computed, req.hashed, req.last_hash = [], 0, 0, b""
-        self.waiting.appendleft(req)
+        self.waiting.push_front(req)
         self.counters["preemptions"] += 1
 
     def _slots(self, blocks: list[int], upto: int) -> list[int]:
@@ -523,14 +528,13 @@ class Engine:
 
     def _finish(self, req: Request, reason: str, error: str | None = None, tokens: list[int] | None = None,
                 logprobs: list[dict] | None = None) -> None:
-        """The request's last Output carries its last token (if any), the rest of its text, and why it ended."""
+        """The request's last Output carries its last token (if any), the rest of its text, and why it ended.
+        A waiting request is taken off the queue by the caller (a scan of a long backlog per request is quadratic)."""
         if req.finished:
             return
         req.finish_reason, req.error = reason, error
         if req in self.running:
             self.running.remove(req)
-        elif req in self.waiting:
-            self.waiting.remove(req)
         self.pool.release(req.blocks)
         req.blocks = []
         self.counters[f"requests_{reason}"] += 1
