@@ -526,3 +526,36 @@ def test_cancelling_waiting_requests_of_one_owner(model_dirs, prompts):
     assert [r.result().finish_reason for r in a] == ["length"] + ["abort"] * 4
     assert b.result().finish_reason == "length"
     assert_pool_empty(engine)
+
+
+# ---------------------------------------------------------------- threads
+
+
+def test_engine_threads_is_applied_and_logged(model_dirs):
+    import logging
+
+    from camelid.utils import CamelidError
+
+    before = torch.get_num_threads()
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger = logging.getLogger("camelid")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        want = before + 1
+        make_engine(model_dirs, "llama", threads=want)
+        assert torch.get_num_threads() == want
+        assert any(f"{want} CPU threads" in m for m in records)
+        torch.set_num_threads(before)
+        make_engine(model_dirs, "llama")  # 0: torch's default stays
+        assert torch.get_num_threads() == before
+        assert "torch's default" in records[-1]
+        with pytest.raises(CamelidError, match="engine.threads"):
+            make_engine(model_dirs, "llama", threads=-1)
+    finally:
+        torch.set_num_threads(before)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
