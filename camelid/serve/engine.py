@@ -8,7 +8,7 @@ cached. When memory runs out, the newest request is preempted: its blocks are re
 from its prompt plus what it has generated so far, keeping its sampler state, so its output is what it would have
 been without the interruption. Waiting requests are admitted fairly between owners (API keys): one from each in
 turn, so one owner's backlog cannot starve another's. A request whose sampling fails (non-finite logits) finishes
-alone with an error; the others in its step go on.
+alone with an error; the others in its step go on. Text comes out in whole characters (`detok`).
 
     engine = Engine.load("runs/quickstart")
     [out] = engine.generate([tokenizer_ids], SamplingParams(max_tokens=64, temperature=0))
@@ -31,6 +31,7 @@ import torch
 
 from camelid.config import EngineConfig
 from camelid.serve import paged
+from camelid.serve.detok import Detokenizer, TokenBytes
 from camelid.serve.kv import BlockPool, KVCache, chain_hash
 from camelid.serve.sampling import SamplingParams, choose, penalize, token_logprobs
 from camelid.serve.waiting import WaitQueue
@@ -72,7 +73,7 @@ class Completion:
 
 class Request:
     def __init__(self, rid: str, prompt: list[int], params: SamplingParams, on_output: Callable | None,
-                 owner: str = ""):
+                 detok: Detokenizer, owner: str = ""):
         self.id, self.prompt, self.params, self.owner = rid, list(prompt), params, owner
         self.tokens = list(prompt)  # prompt + generated; KV exists for tokens[:computed]
         self.generated: list[int] = []
@@ -82,7 +83,7 @@ class Request:
         self.cached_tokens = 0
         self.counts: collections.Counter = collections.Counter()
         self.logprobs: list[dict] = []
-        self.text, self.sent = "", 0
+        self.text, self.sent, self.detok = "", 0, detok  # text only grows (whole characters); sent: chars delivered
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.generator = None
@@ -172,6 +173,7 @@ class Engine:
         self.max_model_len = min(limits + ([cfg.max_model_len] if cfg.max_model_len else []))
         self.eos = self._eos_ids(model, tokenizer)
         self.vocab = self.step_model.get_input_embeddings().num_embeddings
+        self.token_bytes = TokenBytes(tokenizer)  # token id → its raw bytes: for the text and for logprobs
         self.waiting = WaitQueue()
         self.running: list[Request] = []
         self._incoming: queue.SimpleQueue = queue.SimpleQueue()
@@ -229,7 +231,8 @@ class Engine:
         `owner` (the API key's owner id): waiting requests are admitted in turn between owners."""
         params = params or SamplingParams()
         self.check(prompt, params)
-        req = Request(request_id or f"req-{next(self._ids)}", prompt, params, on_output, owner)
+        req = Request(request_id or f"req-{next(self._ids)}", prompt, params, on_output, Detokenizer(self.token_bytes),
+                      owner)
         self._incoming.put(req)
         with self._wake:
             self._wake.notify()
@@ -510,7 +513,7 @@ class Engine:
             lp, top = token_logprobs(logits, token, p.top_logprobs)
             entries = [{"token": token, "logprob": lp, "top": top}]
             req.logprobs.extend(entries)
-        req.text = self.tokenizer.decode(req.generated, skip_special_tokens=True)
+        req.text += req.detok.add(token)
         stop_at = min((i for i in (req.text.find(s) for s in p.stop) if i >= 0), default=-1)
         if stop_at >= 0:
             req.text = req.text[:stop_at]
@@ -521,11 +524,9 @@ class Engine:
             self._emit(req, [token], entries)
 
     def _emit(self, req: Request, tokens: list[int], logprobs: list[dict]) -> None:
-        # hold back an incomplete UTF-8 character and anything that could still become a stop string
+        # hold back anything that could still become a stop string (an incomplete character never reaches req.text)
         hold = max((len(s) - 1 for s in req.params.stop), default=0)
         end = max(req.sent, len(req.text) - hold)
-        while end > req.sent and req.text[end - 1] == "\ufffd":
-            end -= 1
         text, req.sent = req.text[req.sent:end], end
         req._on_output(Output(req.id, text, tokens, logprobs=logprobs))
 
