@@ -114,15 +114,16 @@ def test_generated_text_never_holds_a_replacement_character(tiny_model, tok):
     prompts = [tok.encode(CORPUS[i]) for i in (2, 3)] + [tok.encode("分成为一组🙂")]
     engine = Engine(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), tok,
                     EngineConfig(dtype="float32", block_size=4, kv_cache_tokens=2048, max_batch_tokens=64))
-    broken = 0
-    for seed in range(4):
-        params = SamplingParams(max_tokens=40, temperature=1.0, seed=seed, ignore_eos=True)
-        for p in prompts:
-            [out] = engine.generate([p], params)
-            deltas = [o.text for o in engine.stream(p, params)]
-            broken += "\ufffd" in tok.decode(out.token_ids)
-            assert "\ufffd" not in out.text and "".join(deltas) == out.text
-    assert broken > 0  # the case arose: decoding the same tokens whole shows U+FFFD
+    deltas: dict[str, list[str]] = {}
+    reqs = [engine.submit(p, SamplingParams(max_tokens=40, temperature=1.0, seed=seed, ignore_eos=True),
+                          on_output=lambda o: deltas.setdefault(o.request_id, []).append(o.text))
+            for p in prompts for seed in range(4)]
+    while not all(r.finished for r in reqs):
+        engine.step()
+    outs = [r.result() for r in reqs]
+    assert sum("\ufffd" in tok.decode(o.token_ids) for o in outs) > 0  # decoding the tokens whole shows U+FFFD
+    for r, out in zip(reqs, outs):
+        assert "\ufffd" not in out.text and "".join(deltas[r.id]) == out.text and len(out.token_ids) == 40
 
 
 def test_logprob_bytes_rebuild_the_text(tiny_model, tok):

@@ -77,7 +77,7 @@ def _build(tokenizer) -> tuple[list[bytes], frozenset[int], int] | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    spec = json.loads(backend.to_str()).get("decoder") or {}
+    spec = json.loads(backend.decoder.__getstate__()) if backend.decoder is not None else {}
     steps = spec.get("decoders", []) if spec.get("type") == "Sequence" else [spec]
     kinds = [s.get("type") for s in steps]
     size = backend.get_vocab_size(with_added_tokens=True)
