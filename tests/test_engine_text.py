@@ -158,3 +158,38 @@ def test_token_bytes_agree_with_decode():
     assert vocab[tok.convert_tokens_to_ids("<|im_end|>")] == b"<|im_end|>"  # shown by name in logprobs
     detok = Detokenizer(vocab)
     assert detok.add(tok.convert_tokens_to_ids("<|im_end|>")) == ""  # but skipped in the text, as decode does
+
+
+@pytest.mark.parametrize("kind", ["spm_bpe", "spm_unigram"])
+def test_sentencepiece_byte_fallback_tokens(kind):
+    """A SentencePiece vocabulary as `camelid tok train` builds it: ▁ for spaces, <0xNN> byte pieces for what it
+    lacks (the emoji here), and the dummy prefix's space stripped from the start of the text, as decode does."""
+    pytest.importorskip("sentencepiece")
+    from camelid.config import TokConfig
+    from camelid.data.tokenizer import train_tokenizer
+
+    tok, _ = train_tokenizer(CORPUS[:5] * 4, TokConfig(vocab_size=380, threads=1), kind)
+    vocab = TokenBytes(tok)
+    assert vocab.table is not None and vocab.strip == 1
+    ids = tok.encode("  北京 hello 🙂 x", add_special_tokens=False)
+    assert "<0xF0>" in tok.convert_ids_to_tokens(ids)
+    detok = Detokenizer(vocab)
+    parts = [detok.add(t) for t in ids]
+    assert "".join(parts) == tok.decode(ids) == "  北京 hello 🙂 x"
+    assert "🙂" in parts  # its four byte pieces arrive as one character
+    assert vocab[ids[0]] == b" "  # logprobs keep the token's own bytes, the dummy prefix's space included
+
+
+def test_other_tokenizers_decode_whole_and_hold_back_a_split_character(tok):
+    """A tokenizer without a byte view (a slow or custom one) decodes the whole output at each token; a trailing
+    U+FFFD (half a character) waits, and is never part of the text."""
+
+    class Slow:  # only what the engine uses: decode
+        def decode(self, ids, skip_special_tokens=False):
+            return tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    vocab = TokenBytes(Slow())
+    assert vocab.table is None
+    detok = Detokenizer(vocab)
+    parts = [detok.add(t) for t in byte_tokens(tok, "分成".encode()) + byte_tokens(tok, "为".encode())[:2]]
+    assert parts == ["", "", "分", "", "", "成", "", ""]
