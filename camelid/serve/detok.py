@@ -74,6 +74,8 @@ class TokenBytes:
 
 
 def _build(tokenizer) -> tuple[list[bytes], frozenset[int], int] | None:
+    """(bytes of every token id, the special ids decode skips, leading spaces it strips) for a fast tokenizer whose
+    decoder concatenates bytes, read from that decoder's own steps; None for any other."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
