@@ -439,3 +439,139 @@ def test_shutdown_grace_lets_short_requests_finish(model_dirs, prompts):
     finally:
         engine.shutdown(grace=0)
         thread.join(timeout=30)
+
+
+# ---------------------------------------------------------------- one request's failure stays its own
+
+
+def test_sampling_ranges_are_what_float32_can_compute(model_dirs, prompts):
+    """temperature 1e-300 and repetition_penalty 1e-320 used to pass validation, then make inf/NaN probabilities
+    in the shared step. A temperature too small to divide by samples greedily (its limit); the penalty is refused."""
+    with pytest.raises(ValueError, match="'repetition_penalty' must be in"):
+        SamplingParams(repetition_penalty=1e-320).check()
+    with pytest.raises(ValueError, match="'repetition_penalty'"):
+        SamplingParams(repetition_penalty=float("nan")).check()
+    with pytest.raises(ValueError, match="'seed'"):
+        SamplingParams(seed=2**64).check()  # torch's generator would raise inside submit
+    tiny = SamplingParams(max_tokens=12, temperature=1e-300, seed=3, ignore_eos=True)
+    tiny.check()
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
+    [out] = engine.generate([prompts[0]], tiny)
+    [ref] = engine.generate([prompts[0]], greedy(12, ignore_eos=True))
+    assert out.finish_reason == "length" and out.token_ids == ref.token_ids
+
+
+def test_a_request_whose_sampling_fails_finishes_alone(model_dirs, prompts):
+    """Params that bypass `check` (here a penalty that makes the logits inf) fail their own request with an error;
+    the others in the same steps produce exactly what they produce without it."""
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=5, ignore_eos=True)
+    others = [prompts[0], prompts[3], prompts[5]]
+    expected = make_engine(model_dirs, "llama", max_batch_tokens=128).generate(others, params)
+
+    engine = make_engine(model_dirs, "llama", max_batch_tokens=128)
+    good = [engine.submit(p, params) for p in others[:2]]
+    bad_params = SamplingParams(max_tokens=12, temperature=1.0, ignore_eos=True)
+    bad = engine.submit(prompts[1], bad_params)
+    bad_params.repetition_penalty = 1e-320  # after check, as a caller building params by hand could
+    good.append(engine.submit(prompts[5], params))
+    for _ in range(3):
+        engine.step()
+    assert bad.finished and all(not g.finished for g in good)  # failed in the first step it sampled in
+    while not all(g.finished for g in good):
+        engine.step()
+    failed = bad.result(timeout=0)
+    assert failed.finish_reason == "error" and "not finite" in failed.error
+    events = list(bad)
+    assert events[-1].finished and events[-1].finish_reason == "error" and events[-1].error == failed.error
+    assert [g.result().token_ids for g in good] == [e.token_ids for e in expected]
+    assert all(g.result().finish_reason == "length" for g in good)
+    assert engine.counters["requests_error"] == 1
+    assert_pool_empty(engine)
+
+
+# ---------------------------------------------------------------- fairness between owners
+
+
+def test_one_owners_backlog_does_not_starve_another(model_dirs, prompts):
+    """Owner a queues 30 requests; owner b's one, submitted after a's have started, is admitted at the next free
+    slot instead of after a's whole backlog. Within one owner, first come first served."""
+    engine = make_engine(model_dirs, "llama", max_running=2, max_batch_tokens=64)
+    params = greedy(3, ignore_eos=True)
+    backlog = [engine.submit(prompts[3], params, owner="a") for _ in range(30)]
+    engine.step()
+    engine.step()
+    started_before = sum(r.computed > 0 for r in backlog)
+    late = engine.submit(prompts[0], params, owner="b")
+    steps = 0
+    while late.computed == 0 and not late.finished:
+        engine.step()
+        steps += 1
+    started_meanwhile = sum(r.computed > 0 or r.finished for r in backlog) - started_before
+    assert started_meanwhile <= 1 and steps <= 3  # FIFO admitted all 28 waiting ones first
+    while not all(r.finished for r in backlog):
+        engine.step()
+    starts = [r.first_token_at for r in backlog]
+    assert starts == sorted(starts)  # a's own requests in the order a sent them
+    [alone] = make_engine(model_dirs, "llama", max_batch_tokens=64).generate([prompts[0]], params)
+    assert late.result().token_ids == alone.token_ids
+    assert_pool_empty(engine)
+
+
+def test_preemption_with_several_owners_keeps_greedy_output(model_dirs, prompts):
+    reqs = [prompts[0], prompts[5], prompts[3], prompts[0][:10], prompts[4][:12], prompts[3]]
+    params = greedy(32, ignore_eos=True)
+    calm = make_engine(model_dirs, "llama", kv_cache_tokens=1024, max_batch_tokens=64).generate(reqs, params)
+    tight = make_engine(model_dirs, "llama", kv_cache_tokens=96, block_size=4, max_batch_tokens=64)
+    subs = [tight.submit(p, params, owner="abc"[i % 3]) for i, p in enumerate(reqs)]
+    while not all(r.finished for r in subs):
+        tight.step()
+    assert tight.counters["preemptions"] > 0
+    assert [r.result().token_ids for r in subs] == [o.token_ids for o in calm]
+    assert_pool_empty(tight)
+
+
+def test_cancelling_waiting_requests_of_one_owner(model_dirs, prompts):
+    engine = make_engine(model_dirs, "llama", max_running=1, max_batch_tokens=64)
+    a = [engine.submit(prompts[3], greedy(4, ignore_eos=True), owner="a") for _ in range(5)]
+    b = engine.submit(prompts[3], greedy(4, ignore_eos=True), owner="b")
+    engine.step()
+    for r in a[1:]:
+        engine.cancel(r.id)
+    while not (a[0].finished and b.finished):
+        engine.step()
+    assert [r.result().finish_reason for r in a] == ["length"] + ["abort"] * 4
+    assert b.result().finish_reason == "length"
+    assert_pool_empty(engine)
+
+
+# ---------------------------------------------------------------- threads
+
+
+def test_engine_threads_is_applied_and_logged(model_dirs):
+    import logging
+
+    from camelid.utils import CamelidError
+
+    before = torch.get_num_threads()
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger = logging.getLogger("camelid")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        want = before + 1
+        make_engine(model_dirs, "llama", threads=want)
+        assert torch.get_num_threads() == want
+        assert any(f"{want} CPU threads" in m for m in records)
+        torch.set_num_threads(before)
+        make_engine(model_dirs, "llama")  # 0: torch's default stays
+        assert torch.get_num_threads() == before
+        assert "torch's default" in records[-1]
+        with pytest.raises(CamelidError, match="engine.threads"):
+            make_engine(model_dirs, "llama", threads=-1)
+    finally:
+        torch.set_num_threads(before)
+        logger.removeHandler(handler)
+        logger.setLevel(level)

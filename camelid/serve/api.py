@@ -208,9 +208,12 @@ class Api:
             self.cancel(reqs)
 
     def logprob_items(self, entries: list[dict]) -> list[dict]:
+        """OpenAI's logprob items. `bytes` are the token's raw bytes, so that text can be rebuilt from tokens that each
+        hold part of a character; `token` is their text, with bytes that are not a whole character written as \\xNN
+        (not U+FFFD, which would make different fragments the same key in top_logprobs)."""
         def tok(t: int, lp: float) -> dict:
-            s = self.tok.decode([t])
-            return {"token": s, "logprob": lp, "bytes": list(s.encode())}
+            raw = self.engine.token_bytes[t]
+            return {"token": raw.decode("utf-8", "backslashreplace"), "logprob": lp, "bytes": list(raw)}
 
         return [{**tok(e["token"], e["logprob"]), "top_logprobs": [tok(t, lp) for t, lp in e["top"]]} for e in entries]
 

@@ -6,7 +6,9 @@ within `max_batch_tokens`). KV memory comes in blocks from `kv.BlockPool` as a r
 shared through the prefix cache, so a system prompt or a session's earlier turns are computed once while they stay
 cached. When memory runs out, the newest request is preempted: its blocks are released and it is recomputed later
 from its prompt plus what it has generated so far, keeping its sampler state, so its output is what it would have
-been without the interruption.
+been without the interruption. Waiting requests are admitted fairly between owners (API keys): one from each in
+turn, so one owner's backlog cannot starve another's. A request whose sampling fails (non-finite logits) finishes
+alone with an error; the others in its step go on. Text comes out in whole characters (`detok`).
 
     engine = Engine.load("runs/quickstart")
     [out] = engine.generate([tokenizer_ids], SamplingParams(max_tokens=64, temperature=0))
@@ -29,8 +31,10 @@ import torch
 
 from camelid.config import EngineConfig
 from camelid.serve import paged
+from camelid.serve.detok import Detokenizer, TokenBytes
 from camelid.serve.kv import BlockPool, KVCache, chain_hash
 from camelid.serve.sampling import SamplingParams, choose, penalize, token_logprobs
+from camelid.serve.waiting import WaitQueue
 from camelid.utils import CamelidError
 
 log = logging.getLogger("camelid")
@@ -68,8 +72,9 @@ class Completion:
 
 
 class Request:
-    def __init__(self, rid: str, prompt: list[int], params: SamplingParams, on_output: Callable | None):
-        self.id, self.prompt, self.params = rid, list(prompt), params
+    def __init__(self, rid: str, prompt: list[int], params: SamplingParams, on_output: Callable | None,
+                 detok: Detokenizer, owner: str = ""):
+        self.id, self.prompt, self.params, self.owner = rid, list(prompt), params, owner
         self.tokens = list(prompt)  # prompt + generated; KV exists for tokens[:computed]
         self.generated: list[int] = []
         self.computed = 0
@@ -78,7 +83,7 @@ class Request:
         self.cached_tokens = 0
         self.counts: collections.Counter = collections.Counter()
         self.logprobs: list[dict] = []
-        self.text, self.sent = "", 0
+        self.text, self.sent, self.detok = "", 0, detok  # text only grows (whole characters); sent: chars delivered
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.generator = None
@@ -127,6 +132,7 @@ def native_bf16_cpu() -> bool:
 class Engine:
     def __init__(self, model, tokenizer, cfg: EngineConfig | None = None):
         self.cfg = cfg = cfg or EngineConfig()
+        set_threads(cfg)
         kind = next(iter(model.peft_config.values())).peft_type.value if hasattr(model, "peft_config") else None
         if kind not in (None, "LORA", "PREFIX_TUNING"):
             raise CamelidError(f"the engine cannot serve a {kind} adapter; train with lora, ptuning or full")
@@ -167,7 +173,8 @@ class Engine:
         self.max_model_len = min(limits + ([cfg.max_model_len] if cfg.max_model_len else []))
         self.eos = self._eos_ids(model, tokenizer)
         self.vocab = self.step_model.get_input_embeddings().num_embeddings
-        self.waiting: collections.deque[Request] = collections.deque()
+        self.token_bytes = TokenBytes(tokenizer)  # token id → its raw bytes: for the text and for logprobs
+        self.waiting = WaitQueue()
         self.running: list[Request] = []
         self._incoming: queue.SimpleQueue = queue.SimpleQueue()
         self._cancelled: set[str] = set()
@@ -178,8 +185,9 @@ class Engine:
         self._accepting, self._stop = True, False
         self.counters = collections.Counter()
         self._recent: collections.deque = collections.deque()  # (time, generated tokens) for tokens/s
-        log.info("engine: %d KV blocks of %d tokens (%.2f GiB), max_model_len %d", num_blocks, bs,
-                 num_blocks * bs * per_token / 2**30, self.max_model_len)
+        log.info("engine: %d KV blocks of %d tokens (%.2f GiB), max_model_len %d, %d CPU threads%s", num_blocks, bs,
+                 num_blocks * bs * per_token / 2**30, self.max_model_len, torch.get_num_threads(),
+                 "" if cfg.threads else " (torch's default; engine.threads sets it)")
 
     @torch.inference_mode()
     def _write_prefix(self, model) -> list[int]:
@@ -199,6 +207,7 @@ class Engine:
         from camelid.model import load_for_inference
 
         cfg = cfg or EngineConfig()
+        set_threads(cfg)  # before loading: dequantizing a GGUF or casting runs on them too
         dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if torch.cuda.is_available() or native_bf16_cpu() else "float32"
         model, tok = load_for_inference(target, dtype=dtype, trust_remote_code=trust_remote_code)
         if torch.cuda.is_available():
@@ -216,11 +225,14 @@ class Engine:
     # ------------------------------------------------------------------ public API (any thread)
 
     def submit(self, prompt: list[int], params: SamplingParams | None = None,
-               on_output: Callable[[Output], None] | None = None, request_id: str | None = None) -> Request:
-        """Queue a request. ValueError (the reason, for a 400) when it cannot run; RuntimeError when shutting down."""
+               on_output: Callable[[Output], None] | None = None, request_id: str | None = None,
+               owner: str = "") -> Request:
+        """Queue a request. ValueError (the reason, for a 400) when it cannot run; RuntimeError when shutting down.
+        `owner` (the API key's owner id): waiting requests are admitted in turn between owners."""
         params = params or SamplingParams()
         self.check(prompt, params)
-        req = Request(request_id or f"req-{next(self._ids)}", prompt, params, on_output)
+        req = Request(request_id or f"req-{next(self._ids)}", prompt, params, on_output, Detokenizer(self.token_bytes),
+                      owner)
         self._incoming.put(req)
         with self._wake:
             self._wake.notify()
@@ -350,9 +362,9 @@ class Engine:
 
     def _drain_all(self) -> list[Request]:
         while not self._incoming.empty():
-            self.waiting.append(self._incoming.get())
+            self.waiting.push(self._incoming.get())
         reqs = list(self.running) + list(self.waiting)
-        self.running, self.waiting = [], collections.deque()
+        self.running, self.waiting = [], WaitQueue()
         return reqs
 
     @torch.inference_mode()
@@ -383,16 +395,23 @@ class Engine:
             req.computed += n
             self._register_full_blocks(req)
         for row, req in zip(logits, sampling):
-            self._sample(req, row)
+            try:
+                self._sample(req, row)
+            except Exception as e:  # one request's sampling (its params, its logits) fails that request alone
+                log.warning("request %s failed in sampling: %s: %s", req.id, type(e).__name__, e)
+                try:
+                    self._finish(req, "error", f"sampling failed: {type(e).__name__}: {e}")
+                except Exception:  # its own on_output callback raised; the request is finished all the same
+                    log.exception("request %s: delivering its error failed", req.id)
         now = time.perf_counter()
         self._recent.append((now, len(sampling)))
 
     def _reap_cancelled(self) -> None:
         while not self._incoming.empty():
-            self.waiting.append(self._incoming.get())
+            self.waiting.push(self._incoming.get())
         if self._cancelled:
             cancelled, self._cancelled = self._cancelled, set()
-            for req in [r for r in list(self.running) + list(self.waiting) if r.id in cancelled]:
+            for req in [r for r in self.running if r.id in cancelled] + self.waiting.take(lambda r: r.id in cancelled):
                 self._finish(req, "abort")
 
     def _schedule(self) -> list[tuple[Request, int]]:
@@ -408,9 +427,9 @@ class Engine:
             plan.append((req, n))
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_running:
-            req = self.waiting[0]
+            req = self.waiting.peek()
             if req.params.max_tokens == 0:
-                self.waiting.popleft()
+                self.waiting.pop()
                 self._finish(req, "length")
                 continue
             if self.cfg.prefix_cache and not req.blocks:
@@ -424,7 +443,7 @@ class Engine:
             need = math.ceil((req.computed + n) / bs) - len(req.blocks)
             if not self.pool.can_allocate(need):
                 if not self.running:  # nothing to wait for: the request can never fit
-                    self.waiting.popleft()
+                    self.waiting.pop()
                     self._finish(req, "error", "the KV cache is too small for this request")
                     continue
                 self.pool.release(req.blocks)
@@ -433,7 +452,7 @@ class Engine:
             req.blocks.extend(self.pool.allocate() for _ in range(need))
             if not req.generated:
                 self.counters["prompt_tokens_cached"] += req.cached_tokens
-            self.waiting.popleft()
+            self.waiting.pop()
             self.running.append(req)
             plan.append((req, n))
             budget -= n
@@ -454,7 +473,7 @@ class Engine:
         self.running.remove(req)
         self.pool.release(req.blocks)
         req.blocks, req.computed, req.hashed, req.last_hash = [], 0, 0, b""
-        self.waiting.appendleft(req)
+        self.waiting.push_front(req)
         self.counters["preemptions"] += 1
 
     def _slots(self, blocks: list[int], upto: int) -> list[int]:
@@ -494,7 +513,7 @@ class Engine:
             lp, top = token_logprobs(logits, token, p.top_logprobs)
             entries = [{"token": token, "logprob": lp, "top": top}]
             req.logprobs.extend(entries)
-        req.text = self.tokenizer.decode(req.generated, skip_special_tokens=True)
+        req.text += req.detok.add(token)
         stop_at = min((i for i in (req.text.find(s) for s in p.stop) if i >= 0), default=-1)
         if stop_at >= 0:
             req.text = req.text[:stop_at]
@@ -505,27 +524,33 @@ class Engine:
             self._emit(req, [token], entries)
 
     def _emit(self, req: Request, tokens: list[int], logprobs: list[dict]) -> None:
-        # hold back an incomplete UTF-8 character and anything that could still become a stop string
+        # hold back anything that could still become a stop string (an incomplete character never reaches req.text)
         hold = max((len(s) - 1 for s in req.params.stop), default=0)
         end = max(req.sent, len(req.text) - hold)
-        while end > req.sent and req.text[end - 1] == "\ufffd":
-            end -= 1
         text, req.sent = req.text[req.sent:end], end
         req._on_output(Output(req.id, text, tokens, logprobs=logprobs))
 
     def _finish(self, req: Request, reason: str, error: str | None = None, tokens: list[int] | None = None,
                 logprobs: list[dict] | None = None) -> None:
-        """The request's last Output carries its last token (if any), the rest of its text, and why it ended."""
+        """The request's last Output carries its last token (if any), the rest of its text, and why it ended.
+        A waiting request is taken off the queue by the caller (a scan of a long backlog per request is quadratic)."""
         if req.finished:
             return
         req.finish_reason, req.error = reason, error
         if req in self.running:
             self.running.remove(req)
-        elif req in self.waiting:
-            self.waiting.remove(req)
         self.pool.release(req.blocks)
         req.blocks = []
         self.counters[f"requests_{reason}"] += 1
         tail, req.sent = req.text[req.sent:], len(req.text)
         req._done.set()  # before the last Output, so whoever receives it can take `result()` at once
         req._on_output(Output(req.id, tail, tokens or [], True, reason, logprobs or [], error))
+
+
+def set_threads(cfg: EngineConfig) -> None:
+    """engine.threads: torch's CPU threads for the process (0 leaves torch's default, one per core). On a host whose
+    cores are busy with other work, fewer threads than cores was faster (2 shared cores: 1 thread 3.5x faster)."""
+    if cfg.threads < 0:
+        raise CamelidError(f"engine.threads must be >= 0 (got {cfg.threads}); 0 leaves torch's default")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)

@@ -4,13 +4,26 @@ Conventions (the same as vLLM, so numbers carry over): `repetition_penalty` acts
 way `transformers.generate` does (positive logits divided, negative multiplied); `presence_penalty` and
 `frequency_penalty` act on output tokens only, as in OpenAI's API. temperature 0 means greedy.
 Returned log-probabilities are those of the model's distribution after penalties, before temperature and top-k/p.
+
+Ranges are what float32 logits can be computed with: a temperature below MIN_TEMPERATURE samples as greedy (its
+limit; dividing by it would overflow to inf), and repetition_penalty is kept to [0.01, 100]. A row that still turns
+out non-finite (the model's own logits overflowing, params built without `check`) raises SamplingError, which
+fails that request alone.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (as in vLLM): logits / 1e-300 are inf in float32
+SEED_RANGE = (-(1 << 63), 1 << 64)  # what torch.Generator.manual_seed accepts
+
+
+class SamplingError(ValueError):
+    """One request's logits cannot be sampled from (NaN or inf): that request fails, not its batch."""
 
 
 @dataclass
@@ -35,10 +48,11 @@ class SamplingParams:
             ("temperature", 0 <= self.temperature <= 100, "must be in [0, 100]"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("top_k", self.top_k >= 0, "must be >= 0"),
-            ("repetition_penalty", self.repetition_penalty > 0, "must be > 0"),
+            ("repetition_penalty", 0.01 <= self.repetition_penalty <= 100, "must be in [0.01, 100]"),
             ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be in [-2, 2]"),
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
             ("top_logprobs", 0 <= self.top_logprobs <= 20, "must be in [0, 20]"),
+            ("seed", self.seed is None or SEED_RANGE[0] <= self.seed < SEED_RANGE[1], "must be in [-2**63, 2**64)"),
             ("stop", len(self.stop) <= 8 and all(isinstance(s, str) and s for s in self.stop),
              "must be up to 8 non-empty strings"),
         ]
@@ -48,7 +62,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def penalize(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, output_counts: dict[int, int]) -> torch.Tensor:
@@ -64,10 +78,14 @@ def penalize(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, o
 
 
 def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token from one row of (already penalized) logits: argmax, or temperature → top-k → top-p → sample."""
+    """One token from one row of (already penalized) logits: argmax, or temperature → top-k → top-p → sample.
+    SamplingError when the row holds NaN or +inf, or nothing finite: argmax would pick a NaN, multinomial raise."""
     if params.greedy:
-        return int(torch.argmax(logits))
+        best, token = torch.max(logits, -1)
+        _check_finite(best)
+        return int(token)
     scores = logits / params.temperature
+    _check_finite(scores.max())
     if params.top_k and params.top_k < scores.numel():
         kth = torch.topk(scores, params.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -78,6 +96,13 @@ def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         scores = scores.scatter(0, order, ordered.masked_fill(drop, float("-inf")))
     probs = torch.softmax(scores, -1)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def _check_finite(best: torch.Tensor) -> None:
+    # `best` is the row's max, which is NaN if any entry is: one reduction checks for NaN, +inf and an all -inf row
+    # (-inf entries alone are fine: masked tokens)
+    if not math.isfinite(float(best)):
+        raise SamplingError(f"the logits are not finite after penalties and temperature (max {float(best)})")
 
 
 def token_logprobs(logits: torch.Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
