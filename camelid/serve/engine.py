@@ -216,11 +216,13 @@ class Engine:
     # ------------------------------------------------------------------ public API (any thread)
 
     def submit(self, prompt: list[int], params: SamplingParams | None = None,
-               on_output: Callable[[Output], None] | None = None, request_id: str | None = None) -> Request:
+               on_output: Callable[[Output], None] | None = None, request_id: str | None = None,
+               owner: str = "") -> Request:
         """Queue a request. ValueError (the reason, for a 400) when it cannot run; RuntimeError when shutting down."""
         params = params or SamplingParams()
         self.check(prompt, params)
         req = Request(request_id or f"req-{next(self._ids)}", prompt, params, on_output)
+        req.owner = owner
         self._incoming.put(req)
         with self._wake:
             self._wake.notify()
