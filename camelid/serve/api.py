@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from camelid.config import RagConfig, ServeConfig
 from camelid.data.templates import prompt_ids
@@ -82,10 +83,14 @@ class Api:
     async def read(self, request: Request, schema: type[BaseModel]):
         check_content_type(request.headers.get("content-type"))
         raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > self.cfg.max_body_bytes:
-                raise ApiError(413, f"request body exceeds {self.cfg.max_body_bytes} bytes", code="request_too_large")
+        try:
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > self.cfg.max_body_bytes:
+                    raise ApiError(413, f"request body exceeds {self.cfg.max_body_bytes} bytes",
+                                   code="request_too_large")
+        except ClientDisconnect:  # gone mid-upload: counted, not logged as an internal error
+            raise ApiError(499, "the client disconnected while sending its request", code="client_disconnected") from None
         return parse(bytes(raw), schema)
 
     def authorize(self, request: Request) -> str:
