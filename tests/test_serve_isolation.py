@@ -295,11 +295,19 @@ def test_metrics_count_every_error_by_status_and_kind(srv):
     http(url, f"/v1/sessions/{sid}", method="DELETE")
     read_all(s)
     s.close()
+    # a client that leaves halfway through sending its body
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS[0]}\r\n"
+              "Content-Length: 100000\r\n\r\n{\"model\": ".encode())
+    time.sleep(0.2)
+    s.close()
+    assert wait_for(lambda: errors(metrics(url), status=499) == errors(before, status=499) + 1, timeout=10)
     after = metrics(url)
     for labels in [dict(status=404, kind="not_found"), dict(status=405, kind="method_not_allowed"),
                    dict(status=400, kind="invalid_json"), dict(status=401, kind="invalid_api_key"),
-                   dict(status=409, kind="session_deleted", sent="stream")]:
+                   dict(status=409, kind="session_deleted", sent="stream"), dict(status=499, kind="client_disconnected")]:
         assert errors(after, **labels) == errors(before, **labels) + 1, labels
+    assert errors(after, status=500) == errors(before, status=500)  # none of it was an internal error
     assert wait_for(lambda: idle(srv))
 
 
