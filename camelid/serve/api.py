@@ -5,6 +5,11 @@ Beyond OpenAI's request fields: `top_k`, `repetition_penalty`, `ignore_eos`, and
 (the server keeps the conversation; the client sends only its new messages). Unknown fields are refused with a
 400 naming them, as OpenAI does.
 
+One client must not hurt another: a call counts each generation it asks for (prompts x n) against its key's
+`serve.max_concurrent_per_key`; a client that disconnects has its generations aborted at once, streaming or not;
+deleting a session aborts its running turn (409 `session_deleted`); a malformed body is a 4xx naming the field
+(schemas.py), and anything unexpected a 500 in OpenAI's shape (`Guard`), each counted in /metrics.
+
 Knowledge bases (`serve.kb`): a chat completion with model "kb:<name>" (or the model's own id and the field
 `"kb": "<name>"`) answers its last user turn from that knowledge base: the reply carries `citations`, numbered as
 the sources in the prompt (on the first chunk when streaming), and is the "not found" sentence, without
