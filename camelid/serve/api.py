@@ -318,7 +318,7 @@ class Api:
                     yield f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
             except ApiError as e:
                 self.count_error(e.status, e.kind, "stream")
-                yield f"data: {json.dumps({'error': {**e.body()['error'], 'param': e.param}})}\n\n"
+                yield f"data: {json.dumps(e.body())}\n\n"
             except Exception:
                 log.exception("internal error in a stream")
                 e = internal_error()
