@@ -21,10 +21,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
+import re
 import sys
 
-from camelid.config import load_config
+from camelid.config import Config, load_config
 from camelid.utils import CamelidError, setup_logging
 
 
@@ -52,6 +55,35 @@ def _config_and_positional(args: list[str]):
     the loaded config and the plain arguments, in order."""
     config = next((a for a in args if "=" not in a and a.endswith((".yaml", ".yml"))), None)
     return load_config(config, [a for a in args if "=" in a]), [a for a in args if "=" not in a and a != config]
+
+
+def _keys(section: str) -> list[tuple[str, str]]:
+    """(`section.key=default`, its comment) for each key of a config section, the comment read where it is declared."""
+    def shown(value) -> str:  # as typed on the command line
+        return value if isinstance(value, str) and value else repr(value)
+
+    obj = getattr(Config(), section)
+    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*(?:#\s*(.*))?$", inspect.getsource(type(obj)), re.M))
+    return [(f"{section}.{f.name}={shown(getattr(obj, f.name))}", comments.get(f.name, ""))
+            for f in dataclasses.fields(obj)]
+
+
+def _help(args: list[str], usage: str, sections: tuple[str, ...]) -> bool:
+    """With -h/--help among a verb's arguments: print its usage and the keys it reads, and say so (the verb then
+    does not run: no model called "--help" gets loaded)."""
+    if not any(a in ("-h", "--help") for a in args):
+        return False
+    rows = [row for section in sections for row in _keys(section)]
+    width = max(len(k) for k, _ in rows)
+    print(usage + "\n\nkeys (section.key=value; the defaults shown):")
+    print("\n".join(f"  {k:{width}}  {c}".rstrip() for k, c in rows))
+    return True
+
+
+def _no_options(args: list[str], usage: str) -> None:
+    """What is left after a verb's own flags starts with its positional argument, never another option."""
+    if args and args[0].startswith("-"):
+        raise CamelidError(f"unknown option '{args[0]}'\n{usage}")
 
 
 def cmd_train(stage: str, args: list[str]) -> None:
@@ -128,14 +160,22 @@ def cmd_export(args: list[str]) -> None:
           f"{vllm_command(out)}")
 
 
+EVAL_USAGE = "usage: camelid eval MODEL_OR_RUN [--before] [--out DIR] [eval.tasks=[mmlu] eval.limit=200 ...]"
+CHAT_USAGE = "usage: camelid chat MODEL_OR_RUN [chat.temperature=0.7 ...]"
+SERVE_USAGE = "usage: camelid serve MODEL_OR_RUN [serve.port=8000 engine.max_running=64 ...]"
+
+
 def cmd_eval(args: list[str]) -> None:
     from camelid.eval.run import main
 
+    if _help(args, EVAL_USAGE, ("eval",)):
+        return
     before = "--before" in args
     args = [a for a in args if a != "--before"]
     out = _pop_option(args, "--out")
+    _no_options(args, EVAL_USAGE)
     if not args or "=" in args[0]:
-        raise CamelidError("usage: camelid eval MODEL_OR_RUN [--before] [--out DIR] [eval.tasks=[mmlu] eval.limit=200 ...]")
+        raise CamelidError(EVAL_USAGE)
     main(load_config(None, args[1:]), args[0], before=before, out=out)
 
 
@@ -148,16 +188,22 @@ def cmd_report(args: list[str]) -> None:
 def cmd_chat(args: list[str]) -> None:
     from camelid.serve.chat import main
 
+    if _help(args, CHAT_USAGE, ("chat", "engine")):
+        return
+    _no_options(args, CHAT_USAGE)
     if not args:
-        raise CamelidError("usage: camelid chat MODEL_OR_RUN [chat.temperature=0.7 ...]")
+        raise CamelidError(CHAT_USAGE)
     main(load_config(None, args[1:]), args[0])
 
 
 def cmd_serve(args: list[str]) -> None:
     from camelid.serve.server import main
 
+    if _help(args, SERVE_USAGE, ("serve", "engine")):
+        return
+    _no_options(args, SERVE_USAGE)
     if not args or "=" in args[0]:
-        raise CamelidError("usage: camelid serve MODEL_OR_RUN [serve.port=8000 engine.max_running=64 ...]")
+        raise CamelidError(SERVE_USAGE)
     main(load_config(None, args[1:]), args[0])
 
 

@@ -167,8 +167,9 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     max_tokens: int = 2048  # the largest max_tokens a request may ask for
     default_max_tokens: int = 512
-    max_concurrent_per_key: int = 16  # in-flight requests per API key; more get 429
+    max_concurrent_per_key: int = 16  # generations in flight per API key, a call counting prompts x n; more get 429
     max_n: int = 8
+    max_prompts_per_request: int = 64  # prompts in one /v1/completions call; more get 400
     request_timeout: float = 300.0  # seconds; a request still running then is aborted (504 / an error event)
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM/SIGINT before abort
     kb: list[str] = field(default_factory=list)  # knowledge bases answered as model "kb:<name>" (names or folders)
