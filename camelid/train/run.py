@@ -160,7 +160,7 @@ def data_changes(run_dir: Path) -> dict[str, dict]:
             path = Path(rec["path"])
             now = sha256_file(path) if path.is_file() else "missing"
             if now != rec.get("sha256"):
-                out[str(path)] = {"old": rec.get("sha256"), "new": now, "kind": "locked"}
+                out[f"data file {path} (sha256)"] = {"old": rec.get("sha256"), "new": now, "kind": "locked"}
     return out
 
 
@@ -171,6 +171,8 @@ def _holds_run(run_dir: Path) -> bool:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+        return v[:12] + "…"  # a sha256: enough to tell them apart
     return json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict, str)) else str(v)
 
 
