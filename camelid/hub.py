@@ -364,7 +364,8 @@ def resolve_model(name_or_path: str, kind: str = "model", pull_catalog: bool = T
             raise CamelidError(f"'{name_or_path}' is a {_KIND_WORDS[found]} in the catalog, not a {_KIND_WORDS[kind]}")
         return str(pull(name_or_path)) if pull_catalog else name_or_path
     if p.exists():
-        raise CamelidError(f"{kind} '{name_or_path}' is a file; give the folder holding it (config.json and weights)")
+        raise CamelidError(f"{_KIND_WORDS[kind]} '{name_or_path}' is a file; give the folder holding it (config.json "
+                           "and weights)")
     if _looks_like_path(name_or_path):
         raise CamelidError(f"{_KIND_WORDS[kind]} '{name_or_path}' not found: no such folder, and not a catalog name"
                            + _suggestions(name_or_path, kind) + _id_hint(kind))
