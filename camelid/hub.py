@@ -465,14 +465,15 @@ def _from_hub(repo_id: str, kind: str) -> str:
     snap = cached_snapshot(repo_id)
     if snap is not None:
         # The loaders would otherwise retry the unreachable Hub for every file before reading the cache.
-        log.info(f"{repo_id}: the Hub is {'off (HF_HUB_OFFLINE)' if offline else 'unreachable'}; using the cached copy {snap}")
+        state = "off (HF_HUB_OFFLINE)" if offline else "unreachable"
+        log.info(f"{repo_id}: the Hub is {state}; using the cached copy {snap}")
         return str(snap)
     why = ("HF_HUB_OFFLINE is set" if offline else
            f"the Hub ({_endpoint()}) cannot be reached (one probe, {HUB_PROBE_S:g} s at most"
            + (f", it answered {status}" if status else "") + ")")
     raise CamelidError(
-        f"{_KIND_WORDS[kind]} '{repo_id}' is not a local folder and looks like a Hugging Face id, but {why} and it is not "
-        f"in the local Hugging Face cache ({_hf_cache()}). To use it here: on a machine with access run "
+        f"{_KIND_WORDS[kind]} '{repo_id}' is not a local folder and looks like a Hugging Face id, but {why} and it "
+        f"is not in the local Hugging Face cache ({_hf_cache()}). To use it here: on a machine with access run "
         f"`huggingface-cli download {repo_id} --local-dir DIR`, copy DIR to this machine and give its path "
         f"instead (or copy that machine's {_hf_cache()}/models--{repo_id.replace('/', '--')} folder into the same "
         f"place here)" + _suggestions(repo_id, kind) + _id_hint(kind))
@@ -496,8 +497,8 @@ def check_data_source(spec: str) -> None:
             return  # the reader reports the bad JSON with its line
         if isinstance(entries, dict) and name not in entries:
             close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
-            raise CamelidError(f"data source '{spec}': no entry '{name}' in {info}"
-                               + (f"; closest: {', '.join(close)}" if close else f"; it has {', '.join(sorted(entries))}"))
+            raise CamelidError(f"data source '{spec}': no entry '{name}' in {info}; "
+                               + (f"closest: {', '.join(close)}" if close else f"it has {', '.join(sorted(entries))}"))
         return
     if spec in dataset_names():
         return

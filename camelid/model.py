@@ -247,7 +247,8 @@ def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True
     if is_adapter(path):
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=DTYPES[dtype],
+                                                    trust_remote_code=trust_remote_code)
         if len(tok) > base.get_input_embeddings().weight.shape[0]:  # as peft's AutoPeftModel does
             base.resize_token_embeddings(len(tok))
         model = PeftModel.from_pretrained(base, str(path))
@@ -286,7 +287,8 @@ def load_reward_model(path: str | Path, dtype: str = "float32", trust_remote_cod
     if is_adapter(path):
         from peft import PeftModel
 
-        model = AutoModelForSequenceClassification.from_pretrained(adapter_base(path), num_labels=1, pad_token_id=tok.pad_token_id, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_base(path), num_labels=1,
+                                                                   pad_token_id=tok.pad_token_id, **kwargs)
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)

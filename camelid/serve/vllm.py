@@ -27,7 +27,8 @@ def _folder(target: str | Path) -> Path:
         path = path / "final"
     if not path.is_dir():  # a Hugging Face id that the Hub serves: nothing here to check
         raise CamelidError(f"{target}: not a local folder; camelid vllm checks a run folder, its final/ folder, an "
-                           f"exported model or a catalog model. For a Hugging Face id run `vllm serve {target}` directly")
+                           "exported model or a catalog model. For a Hugging Face id run "
+                           f"`vllm serve {target}` directly")
     return path
 
 

@@ -143,7 +143,8 @@ def fit(
         log_metrics(run_dir, writer, {"step": 0, **evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)}, acc)
     # The bar starts after the baseline eval, and later evals and checkpoint saves are taken off its clock and off
     # tokens/s: the ETA is training steps only (a slow step-0 eval once made a 9.5 min run show 46 min).
-    bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not acc.is_main_process,
+               dynamic_ncols=True)
     t0, tok0, paused = time.perf_counter(), state["tokens"], 0.0
     model.train()
     while state["step"] < steps:
@@ -339,9 +340,9 @@ def load_checkpoint(ckpt: Path, acc: Accelerator, model, optimizer) -> dict:
         wrong = [(n, tuple(t.shape), tuple(params[n].shape)) for n, t in saved.items() if t.shape != params[n].shape]
         if wrong:
             n, had, want = wrong[0]
-            raise CamelidError(f"{ckpt / 'trainable.safetensors'}: tensor {n} has shape {list(had)} but this model's is "
-                               f"{list(want)} ({len(wrong)} tensors differ; was lora.r or the model changed?). "
-                               "Start over with train.resume=false")
+            raise CamelidError(f"{ckpt / 'trainable.safetensors'}: tensor {n} has shape {list(had)} but this "
+                               f"model's is {list(want)} ({len(wrong)} tensors differ; was lora.r or the model "
+                               "changed?). Start over with train.resume=false")
         with torch.no_grad():
             for n, t in saved.items():
                 params[n].copy_(t)
