@@ -115,12 +115,17 @@ def _holds_pairs(spec: str) -> bool:
 
 
 def cmd_data(args: list[str]) -> None:
+    from camelid import hub
     from camelid.data.loader import load_records, render_all, render_pairs
     from camelid.data.templates import show
     from camelid.model import load_tokenizer
 
     path, overrides = _split_args(args)
     cfg = load_config(path, overrides)
+    if not cfg.data.train:
+        raise CamelidError("data.train needs at least one source")
+    for spec in cfg.data.train:  # a typo fails here, with the closest names, before the tokenizer loads
+        hub.check_data_source(spec)
     tok = load_tokenizer(cfg.model)
     pairs = cfg.data.format == "preference" or _holds_pairs(cfg.data.train[0])
     records, stats = load_records(cfg.data.train, "preference" if pairs else "messages", cfg.data)

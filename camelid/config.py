@@ -130,7 +130,10 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 1
     seed: int = 42
-    resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
+    # true: continue from the newest checkpoint in output_dir if the config changes nothing that trained it (see
+    # camelid/train/run.py); force: continue whatever changed, recorded in config_history.yaml; false: start over,
+    # in a new folder beside output_dir when that one already holds a run
+    resume: bool | Literal["force"] = True
     tensorboard: bool = True
 
 

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import difflib
 import fcntl
+import functools
 import json
 import os
 import re
@@ -27,6 +28,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -332,22 +336,179 @@ def pull(name: str) -> Path:
     return target
 
 
-def resolve_model(name_or_path: str, kind: str = "model") -> str:
-    """A local folder as is; a catalog name of `kind` (model, encoder) → its pulled folder; anything else
-    unchanged (a HF id)."""
+# A Hugging Face id: owner/name, nothing more (a local path has other shapes or exists).
+_HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_PATH_PREFIXES = (".", "/", "~", "runs/")
+HUB_PROBE_S = 3.0  # how long the one reachability probe may take before the Hub counts as unreachable
+_KIND_WORDS = {"model": "model", "encoder": "sentence encoder", "data": "data pack", "eval": "benchmark",
+               "corpus": "corpus"}
+
+
+def resolve_model(name_or_path: str, kind: str = "model", pull_catalog: bool = True) -> str:
+    """Where to load a model (or, kind "encoder", a sentence encoder) from, checked before anything loads:
+
+    - a local folder: as is;
+    - a catalog name of `kind`: its pulled folder (`pull_catalog=False`: the name, nothing downloaded);
+    - a Hugging Face id (owner/name): the id when the Hub answers one short probe; otherwise (or with
+      HF_HUB_OFFLINE set) its folder in the local Hugging Face cache, or an error saying how to get it;
+    - anything else (a path, or a name without the owner/name shape) fails at once with the closest catalog names
+      and folders: it would otherwise reach the Hub, be retried with back-off and end in a traceback."""
+    if not name_or_path.strip():
+        raise CamelidError(f"no {_KIND_WORDS[kind]} given (a folder, a catalog name, or a Hugging Face id)")
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         return str(p)
     if name_or_path in CATALOG:
-        if CATALOG[name_or_path]["kind"] != kind:
-            what = {"model": "model", "encoder": "sentence encoder", "data": "data pack", "eval": "benchmark",
-                    "corpus": "corpus"}
-            raise CamelidError(f"'{name_or_path}' is a {what[CATALOG[name_or_path]['kind']]} in the catalog, "
-                               f"not a {what[kind]}")
-        return str(pull(name_or_path))
-    if name_or_path.startswith(("/", "./", "../", "~")):
-        raise CamelidError(f"model folder '{name_or_path}' does not exist")
-    return name_or_path
+        found = CATALOG[name_or_path]["kind"]
+        if found != kind:
+            raise CamelidError(f"'{name_or_path}' is a {_KIND_WORDS[found]} in the catalog, not a {_KIND_WORDS[kind]}")
+        return str(pull(name_or_path)) if pull_catalog else name_or_path
+    if p.exists():
+        raise CamelidError(f"{_KIND_WORDS[kind]} '{name_or_path}' is a file; give the folder holding it (config.json "
+                           "and weights)")
+    if _looks_like_path(name_or_path):
+        raise CamelidError(f"{_KIND_WORDS[kind]} '{name_or_path}' not found: no such folder, and not a catalog name"
+                           + _suggestions(name_or_path, kind) + _id_hint(kind))
+    return _from_hub(name_or_path, kind)
+
+
+def _looks_like_path(name: str) -> bool:
+    if name.startswith(_PATH_PREFIXES) or not _HF_ID.fullmatch(name):
+        return True
+    # `models/x` where ./models exists is a local path with a typo, not a Hub owner of that name.
+    return Path(name.split("/", 1)[0]).is_dir()
+
+
+def _id_hint(kind: str) -> str:
+    names = [k for k, e in CATALOG.items() if e["kind"] == kind]
+    return (f". A {_KIND_WORDS[kind]} is a local folder, a catalog name ({', '.join(names)}; camelid pull --list), "
+            "or a Hugging Face id (owner/name)")
+
+
+def _suggestions(name: str, kind: str | None = None) -> str:
+    """'; closest: ...' from the catalog names of `kind` and the folders beside where `name` points (run folders)."""
+    p = Path(name).expanduser()
+    if p.parent == Path("."):  # a bare name: folders here and under runs/ are candidates
+        bases = [Path("."), Path("runs")]
+    else:
+        bases = [p.parent]
+    folders = [str(d) for b in bases if b.is_dir() for d in b.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    catalog = [k for k, e in CATALOG.items() if e["kind"] == kind]
+    lower = {c.lower(): c for c in catalog + folders}
+    close = [lower[c] for c in difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.5)]
+    if not close and folders:  # the last part alone: runs/sft-lroa against runs/sft-lora
+        tails = {Path(f).name.lower(): f for f in folders}
+        close = [tails[t] for t in difflib.get_close_matches(p.name.lower(), list(tails), n=3, cutoff=0.5)]
+    return f"; closest: {', '.join(close)}" if close else ""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hf_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The folder of `repo_id`'s main revision in the local Hugging Face cache, if it is there."""
+    repo = _hf_cache() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if not ref.is_file():
+        return None
+    snap = repo / "snapshots" / ref.read_text().strip()
+    return snap if snap.is_dir() else None
+
+
+def _endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(url: str, seconds: float) -> int | None:
+    """The HTTP status of one HEAD request (through the environment's proxies), or None when no answer came within
+    `seconds`; bounded even when name resolution hangs, which socket timeouts do not cover."""
+    got: list[int] = []
+
+    def ask():
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=seconds) as r:
+                got.append(r.status)
+        except urllib.error.HTTPError as e:
+            got.append(e.code)
+        except (OSError, ValueError):  # refused, unresolvable, timed out, TLS failures (URLError is an OSError)
+            pass
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(seconds)
+    return got[0] if got else None
+
+
+def hub_status(repo_id: str) -> int | None:
+    """What the Hub says about `repo_id` (200 there, 401/403 gated or private or unknown without a token, 404 not
+    there), from one short probe per process; None when it cannot be reached."""
+    return _probe(f"{_endpoint()}/api/models/{repo_id}", HUB_PROBE_S)
+
+
+def _from_hub(repo_id: str, kind: str) -> str:
+    offline = _offline()
+    status = None if offline else hub_status(repo_id)
+    if status in (200, 401, 403):
+        return repo_id  # transformers downloads it (or uses its cache), or says why it may not
+    if status == 404:
+        raise CamelidError(f"{_KIND_WORDS[kind]} '{repo_id}' not found: no such folder here, and the Hub "
+                           f"({_endpoint()}) has no model of that name" + _suggestions(repo_id, kind) + _id_hint(kind))
+    snap = cached_snapshot(repo_id)
+    if snap is not None:
+        # The loaders would otherwise retry the unreachable Hub for every file before reading the cache.
+        state = "off (HF_HUB_OFFLINE)" if offline else "unreachable"
+        log.info(f"{repo_id}: the Hub is {state}; using the cached copy {snap}")
+        return str(snap)
+    why = ("HF_HUB_OFFLINE is set" if offline else
+           f"the Hub ({_endpoint()}) cannot be reached (one probe, {HUB_PROBE_S:g} s at most"
+           + (f", it answered {status}" if status else "") + ")")
+    raise CamelidError(
+        f"{_KIND_WORDS[kind]} '{repo_id}' is not a local folder and looks like a Hugging Face id, but {why} and it "
+        f"is not in the local Hugging Face cache ({_hf_cache()}). To use it here: on a machine with access run "
+        f"`huggingface-cli download {repo_id} --local-dir DIR`, copy DIR to this machine and give its path "
+        f"instead (or copy that machine's {_hf_cache()}/models--{repo_id.replace('/', '--')} folder into the same "
+        f"place here)" + _suggestions(repo_id, kind) + _id_hint(kind))
+
+
+def check_data_source(spec: str) -> None:
+    """Fail at once, naming the closest valid names, when a data source (a file, FOLDER@ENTRY of a LLaMA-Factory
+    dataset_info.json folder, or a catalog dataset name) cannot exist; nothing is read or downloaded."""
+    p = Path(spec).expanduser()
+    if p.exists():
+        return  # files, and folders (which the reader refuses with its own advice)
+    if "@" in spec:
+        folder, name = spec.rsplit("@", 1)
+        info = Path(folder).expanduser() / "dataset_info.json"
+        if not info.is_file():
+            raise CamelidError(f"data source '{spec}': {info} not found (FOLDER@ENTRY needs a LLaMA-Factory data "
+                               "folder)" + ("" if Path(folder).expanduser().is_dir() else _suggestions(folder)))
+        try:
+            entries = json.loads(info.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return  # the reader reports the bad JSON with its line
+        if isinstance(entries, dict) and name not in entries:
+            close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
+            raise CamelidError(f"data source '{spec}': no entry '{name}' in {info}; "
+                               + (f"closest: {', '.join(close)}" if close else f"it has {', '.join(sorted(entries))}"))
+        return
+    if spec in dataset_names():
+        return
+    names = dataset_names()
+    parent = p.parent if p.parent.is_dir() else None
+    files = [f for f in parent.iterdir() if f.is_file()] if parent is not None else []
+    by_lower = {n.lower(): n for n in names} | {str(f).lower(): str(f) for f in files}
+    close = [by_lower[c] for c in difflib.get_close_matches(spec.lower(), list(by_lower), n=3, cutoff=0.5)]
+    raise CamelidError(f"data source '{spec}' not found: no such file, not FOLDER@ENTRY, and not a catalog dataset"
+                       + (f"; closest: {', '.join(close)}" if close else f"; catalog datasets: {', '.join(names)}"))
 
 
 def resolve_dataset(name: str) -> tuple[Path, str] | None:

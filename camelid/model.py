@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from camelid import hub
 from camelid.data.templates import ensure_template
-from camelid.utils import CamelidError, log, require
+from camelid.utils import CamelidError, atomic_dir, log, require
 
 VOCAB_INFO = "camelid_vocab.json"  # written by `camelid tok extend` beside the resized model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -209,19 +209,32 @@ def count_parameters(model) -> tuple[int, int]:
 def save_trained(model, tokenizer, out: Path, cfg, state_dict: dict | None = None) -> None:
     """Adapters as peft folders, other methods as full HF folders; the tokenizer (with its chat
     template) is saved beside either, so chat/serve/vLLM use the template training used.
-    `state_dict` is the gathered one when training was sharded."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), **({"state_dict": state_dict} if state_dict is not None else {}))
-    tokenizer.save_pretrained(str(out))
+    `state_dict` is the gathered one when training was sharded. Written to a temp folder and renamed, so a crash
+    never leaves a half-written final/ (nor a stale one with new files mixed in)."""
     info = {"method": cfg.method, "base_model": cfg.model.name, "base_path": hub.resolve_model(cfg.model.name)}
-    (out / "camelid_model.json").write_text(json.dumps(info, indent=2))
-    vocab_info = Path(info["base_path"]) / VOCAB_INFO
-    if vocab_info.is_file():  # which rows a vocabulary extension added, for a later embedding.new_rows_only run
-        shutil.copyfile(vocab_info, out / VOCAB_INFO)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp), **({"state_dict": state_dict} if state_dict is not None else {}))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "camelid_model.json").write_text(json.dumps(info, indent=2))
+        vocab_info = Path(info["base_path"]) / VOCAB_INFO
+        if vocab_info.is_file():  # which rows a vocabulary extension added, for a later embedding.new_rows_only run
+            shutil.copyfile(vocab_info, tmp / VOCAB_INFO)
 
 
 def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
+
+
+def adapter_base(path: Path) -> str:
+    """Where the base model of the adapter folder `path` loads from, checked like model.name (a moved or deleted base
+    folder fails here, naming it, instead of being looked up on the Hub)."""
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise CamelidError(f"{path / 'adapter_config.json'} names no base model (base_model_name_or_path)")
+    try:
+        return hub.resolve_model(base)
+    except CamelidError as e:
+        raise CamelidError(f"{path} is an adapter over {base}, which cannot be loaded: {e}") from None
 
 
 def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True, trust_remote_code: bool = False):
@@ -232,9 +245,13 @@ def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     ensure_template(tok)
     if is_adapter(path):
-        from peft import AutoPeftModelForCausalLM
+        from peft import PeftModel
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=DTYPES[dtype],
+                                                    trust_remote_code=trust_remote_code)
+        if len(tok) > base.get_input_embeddings().weight.shape[0]:  # as peft's AutoPeftModel does
+            base.resize_token_embeddings(len(tok))
+        model = PeftModel.from_pretrained(base, str(path))
         if merge and model.peft_config["default"].peft_type.value == "LORA":
             model = model.merge_and_unload()
     else:
@@ -270,8 +287,8 @@ def load_reward_model(path: str | Path, dtype: str = "float32", trust_remote_cod
     if is_adapter(path):
         from peft import PeftModel
 
-        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, pad_token_id=tok.pad_token_id, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_base(path), num_labels=1,
+                                                                   pad_token_id=tok.pad_token_id, **kwargs)
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
@@ -283,8 +300,6 @@ def load_reward_model(path: str | Path, dtype: str = "float32", trust_remote_cod
 def merge_adapter(path: str | Path, out: str | Path, dtype: str = "auto") -> Path:
     """A LoRA run → a plain HF folder (weights + tokenizer + template) that transformers and vLLM load;
     a LoRA reward model → a plain `...ForSequenceClassification` folder."""
-    from camelid.utils import atomic_dir
-
     src = Path(path)
     if (src / "final").is_dir():
         src = src / "final"

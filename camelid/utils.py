@@ -54,6 +54,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
     try:
         yield tmp
+        follow_umask(tmp)
         _fsync_tree(tmp)
         if final.exists():
             # Swap in two renames so `final` is never missing for longer than one rename.
@@ -67,6 +68,38 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask can only be read by setting it,
+    which would race with threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give `root` and everything under it the modes a plain open()/mkdir() would have had (0666 / 0777 less the
+    umask). Temp-file writers (mkdtemp, and safetensors, which writes through a 0600 temp file and renames it) create
+    private files; renamed into place they would stay 0600 / 0700 while every other file of the folder is 0644."""
+    mask = current_umask()
+    root = Path(root)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        if p.is_dir():
+            want = 0o777 & ~mask
+        else:  # keep execute bits a writer set on purpose
+            want = (0o666 | (mode & 0o111)) & ~mask
+        if mode & 0o7777 != want:
+            p.chmod(want)
 
 
 def _fsync_tree(root: Path) -> None:

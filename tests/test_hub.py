@@ -3,7 +3,9 @@
 import hashlib
 import io
 import json
+import re
 import tarfile
+import time
 
 import pytest
 
@@ -60,15 +62,123 @@ def test_listing_and_dataset_names(home):
     assert hub.resolve_dataset("my_own_set") is None
 
 
-def test_resolve_model(tmp_path, home):
+def test_resolve_model(tmp_path, home, monkeypatch):
     folder = tmp_path / "m"
     folder.mkdir()
     assert hub.resolve_model(str(folder)) == str(folder)
+    monkeypatch.setattr(hub, "hub_status", lambda repo: 200)
     assert hub.resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
-    with pytest.raises(CamelidError, match="does not exist"):
+    with pytest.raises(CamelidError, match="'./no/such/folder' not found"):
         hub.resolve_model("./no/such/folder")
     with pytest.raises(CamelidError, match="data pack"):
         hub.resolve_model("llamafactory-demo")
+    assert hub.resolve_model("smollm2-135m-instruct", pull_catalog=False) == "smollm2-135m-instruct"  # no download
+    with pytest.raises(CamelidError, match="no model given"):
+        hub.resolve_model("")
+
+
+def test_names_that_look_like_paths_fail_at_once_with_the_closest_names(home, tmp_path, monkeypatch):
+    """They never reach the Hub (whose client retried each file 5 times with back-off before a traceback)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "rm-lora").mkdir(parents=True)
+    (tmp_path / "models" / "smollm2-zh").mkdir(parents=True)
+    monkeypatch.setattr(hub, "hub_status", lambda repo: pytest.fail("a path-like name must not reach the Hub"))
+    started = time.perf_counter()
+    cases = {
+        "smollm2-135m-instrcut": "closest: smollm2-135m-instruct",  # a typo of a catalog name (no owner/name shape)
+        "runs/rm-lroa": "closest: runs/rm-lora",  # a run folder: ppo.reward_model=runs/rm-lroa
+        "./runs/rm": "closest: runs/rm-lora",
+        "models/smollm2-zhh": "closest: models/smollm2-zh",  # owner/name shape, but ./models is a local folder
+        "~/no-such-model-folder": "no such folder",
+    }
+    for name, why in cases.items():
+        with pytest.raises(CamelidError, match=f"'{re.escape(name)}' not found.*{why}"):
+            hub.resolve_model(name)
+    assert time.perf_counter() - started < 1.0
+    with pytest.raises(CamelidError, match="closest: all-minilm-l6-v2"):
+        hub.resolve_model("all-MiniLM-L6-v2", kind="encoder")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A local stand-in for the Hub's API: HEAD /api/models/someone/some-model answers 200, any other model 404."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200 if self.path == "/api/models/someone/some-model" else 404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_a_hub_id_gets_one_short_probe_then_the_cache_or_a_clear_error(home, tmp_path, monkeypatch, fake_hub):
+    import socket
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub)
+    assert hub.resolve_model("someone/some-model") == "someone/some-model"  # there: transformers fetches it
+    with pytest.raises(CamelidError, match="'someone/other-modle' not found.*has no model of that name"):
+        hub.resolve_model("someone/other-modle")
+
+    # Unreachable: nothing listens on a closed port (refused at once), or a server takes the connection and never
+    # answers (the probe waits out its bound, no retries).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    monkeypatch.setattr(hub, "HUB_PROBE_S", 0.5)
+    for endpoint in (f"http://127.0.0.1:{closed_port}", f"http://127.0.0.1:{silent.getsockname()[1]}"):
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        started = time.perf_counter()
+        with pytest.raises(CamelidError) as e:
+            hub.resolve_model("someone/some-model")
+        assert time.perf_counter() - started < 2.0
+        msg = str(e.value)
+        assert "cannot be reached" in msg and "huggingface-cli download someone/some-model" in msg
+        assert str(tmp_path / "hf" / "models--someone--some-model") in msg  # where to put the files by hand
+    silent.close()
+
+    # The same id in the local cache: its folder. With HF_HUB_OFFLINE the Hub is not even probed.
+    repo = tmp_path / "hf" / "models--someone--some-model"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    assert hub.resolve_model("someone/some-model") == str(repo / "snapshots" / "abc123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "hub_status", lambda repo: pytest.fail("HF_HUB_OFFLINE: no probe"))
+    assert hub.resolve_model("someone/some-model") == str(repo / "snapshots" / "abc123")
+    with pytest.raises(CamelidError, match="HF_HUB_OFFLINE is set"):
+        hub.resolve_model("someone/other-model")
+
+
+def test_data_sources_are_checked_without_reading_them(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    (tmp_path / "lf").mkdir()
+    (tmp_path / "lf" / "dataset_info.json").write_text(json.dumps({"my_chats": {"file_name": "x.json"}}))
+    for ok in ("data/train.jsonl", "alpaca_zh_demo", "lf@my_chats"):
+        hub.check_data_source(ok)  # a catalog name is known without pulling it
+    assert not (home / "data").exists()
+    for bad, why in (("data/trian.jsonl", "closest: data/train.jsonl"), ("alpaca_zh_dmo", "closest: alpaca_zh_demo"),
+                     ("lf@my_chat", "no entry 'my_chat' in .*closest: my_chats"), ("fl@my_chats", "closest: lf")):
+        with pytest.raises(CamelidError, match=why):
+            hub.check_data_source(bad)
 
 
 def test_download_failure_says_how_to_supply_by_hand(home, monkeypatch):

@@ -333,3 +333,68 @@ def test_rm_resume_matches_an_uninterrupted_run(tiny_model, pairs, tmp_path):
     a = load_file(str(tmp_path / "a" / "run" / "final" / "adapter_model.safetensors"))
     b = load_file(str(run / "final" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------
+# pairs cut by data.max_length
+
+
+def write_cut_pairs(path):
+    """Pairs that data.max_length=64 cuts: before the fix, the three of the first two kinds were kept with identical
+    sides (a multi-turn prompt cut inside an earlier assistant turn, which then passed as the "answer"; answers
+    equal up to the cut), so their rewards were equal and the loss ln 2 whatever the model did."""
+    long_turn = "The history of Paris is long and the city grew along the Seine over many centuries. " * 3
+    rows = [{"messages": [{"role": "user", "content": f"Tell me about Paris. #{i}"},
+                          {"role": "assistant", "content": long_turn},
+                          {"role": "user", "content": "And its capital status?"}],
+             "chosen": "Paris is the capital.", "rejected": "London is the capital."} for i in range(2)]
+    rows.append({"prompt": "Describe the river.", "chosen": long_turn + "It is calm.", "rejected": long_turn + "It is wild."})
+    rows += [{"prompt": f"What is the capital of France? #{i}", "chosen": "Paris is the capital.",
+              "rejected": "London is the capital."} for i in range(12)]
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+class NoTwinSides:
+    """A loss wrapper that fails when a batch (train or eval) holds a pair whose two rows are the same tokens."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn, self.batches = loss_fn, 0
+
+    def __call__(self, model, batch):
+        chosen, rejected = batch["input_ids"].chunk(2)
+        for c, r in zip(chosen, rejected):
+            assert not torch.equal(c, r), "a pair with identical sides reached the loss"
+        self.batches += 1
+        return self.loss_fn(model, batch)
+
+
+@pytest.mark.parametrize("stage", ["rm", "dpo"])
+def test_pairs_identical_after_truncation_are_dropped_and_counted(stage, tiny_model, tmp_path, monkeypatch):
+    data = write_cut_pairs(tmp_path / "cut.jsonl")
+    cfg = tiny_config(tiny_model, data, tmp_path, **{"data.max_length": 64, "train.max_steps": 3,
+                                                     "data.eval_split": 0.2, "train.eval_every": 2})
+    tok = load_tokenizer(cfg.model)
+    from camelid.data.loader import load_records
+
+    records, _ = load_records(cfg.data.train, "preference", cfg.data)
+    pairs_, dropped = render_pairs(tok, records, cfg.data)
+    assert dropped == {"answer cut to nothing by data.max_length": 2,
+                       "chosen and rejected identical within data.max_length": 1}
+    assert len(pairs_) == 12
+    for p in pairs_:  # each side is supervised on its own final answer, and the sides differ
+        assert p.chosen.input_ids != p.rejected.input_ids and p.chosen.n_supervised and p.rejected.n_supervised
+
+    if stage == "rm":
+        spy = NoTwinSides(rm.reward_loss())
+        rm.main(cfg, loss_fn=spy)
+    else:  # DPO's loss needs the reference main builds: wrap the loss main makes
+        spy = NoTwinSides(None)
+        real = dpo.dpo_batch_loss
+        monkeypatch.setattr(dpo, "dpo_batch_loss", lambda ref, dc: setattr(spy, "loss_fn", real(ref, dc)) or spy)
+        dpo.main(cfg)
+    assert spy.batches >= 3
+    recorded = json.loads((tmp_path / "run" / "data.json").read_text())["dropped_after_tokenizing"]
+    assert recorded == dropped

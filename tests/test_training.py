@@ -129,3 +129,45 @@ def test_pt_text_is_tokenized_once_and_cached(tiny_model, text_file, tmp_path, m
     # A different block length reuses the same token stream (the cache holds tokens, not blocks).
     pt.main(tiny_config(tiny_model, text_file, tmp_path / "c", **{"train.max_steps": 1, "data.max_length": 32}))
     assert len(list((tmp_path / "home" / "tokenized").glob("pt-*.npy"))) == 1
+
+
+def test_progress_eta_counts_training_steps_only(tiny_model, chat_file, tmp_path, monkeypatch):
+    """A slow step-0 eval once made a 9.5 min run show 46 min after step 1: evals are now off the bar's clock.
+    Compared with measured step times, not constants: the machine may be busy."""
+    import time
+
+    from camelid.train import loop
+    from camelid.train.losses import lm_loss
+
+    pause = 1.5
+    real_evaluate = loop.evaluate
+
+    def slow_evaluate(*a, **k):
+        time.sleep(pause)
+        return real_evaluate(*a, **k)
+
+    started = []  # when the first training micro-batch began
+
+    def loss(model, batch):
+        if model.training and not started:
+            started.append(time.perf_counter())
+        return lm_loss(model, batch)
+
+    seen = []  # (when, the bar's elapsed seconds, the rate its ETA uses) after each step
+
+    class Bar(loop.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            fd = self.format_dict
+            seen.append((time.perf_counter(), fd["elapsed"], fd["rate"] or fd["n"] / fd["elapsed"]))
+
+    monkeypatch.setattr(loop, "evaluate", slow_evaluate)
+    monkeypatch.setattr(loop, "tqdm", Bar)
+    sft.main(tiny_config(tiny_model, chat_file, tmp_path, **{"train.max_steps": 4, "train.eval_every": 2,
+                                                             "data.eval_split": 0.25}), loss_fn=loss)
+    assert len(seen) == 4
+    step1 = seen[0][0] - started[0]  # the first step's own time
+    (_, elapsed1, rate1), (when4, elapsed4, _) = seen[0], seen[-1]
+    assert elapsed1 < step1 + 0.5  # the step-0 eval came before the bar's clock started
+    assert (4 - 1) / rate1 < 3 * step1 + 1.0  # so the ETA after step 1 is three steps' time
+    assert elapsed4 < (when4 - started[0]) - pause + 0.5  # the eval after step 2 is off its clock too

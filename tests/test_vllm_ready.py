@@ -46,3 +46,25 @@ def test_plain_model_folder(tiny_model):
 def test_not_a_model(tmp_path):
     with pytest.raises(CamelidError, match="neither a model"):
         vllm_command(tmp_path)
+
+
+def test_a_catalog_model_name_is_resolved_as_the_other_verbs_do(tmp_path, monkeypatch, capsys):
+    """A made-up catalog model already pulled into $CAMELID_HOME: nothing is downloaded."""
+    from camelid import hub
+    from camelid.cli import main as cli
+
+    monkeypatch.setenv("CAMELID_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(hub.CATALOG, "tiny-chat", {**hub.CATALOG["smollm2-135m-instruct"], "about": "test model"})
+    folder = tmp_path / "home" / "models" / "tiny-chat"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    (folder / "camelid_source.json").write_text("{}")
+    monkeypatch.setattr(hub, "_fetch", lambda entry: pytest.fail("already pulled: no download"))
+    cli(["vllm", "tiny-chat"])
+    args = shlex.split(capsys.readouterr().out)
+    assert args[:3] == ["vllm", "serve", str(folder.resolve())]
+    assert args[args.index("--served-model-name") + 1] == "tiny-chat"
+    assert args[args.index("--chat-template") + 1] == str((folder / "chat_template.jinja").resolve())
+    with pytest.raises(CamelidError, match="'tiny-caht' not found.*closest: tiny-chat"):
+        vllm_command("tiny-caht")

@@ -182,16 +182,35 @@ def last_turn_only(r: Rendered) -> Rendered:
     return Rendered(r.input_ids, labels)
 
 
+def render_pair_side(tokenizer, prompt: list[dict], answer: str, data_cfg) -> Rendered | str:
+    """One side of a pair: the whole chat rendered, supervised on the final answer only, then cut to
+    data.max_length; or the reason it cannot be trained on. The answer is picked out before the cut: cutting first
+    left an earlier assistant turn of a long multi-turn prompt as the "answer", identical on both sides."""
+    r = render(tokenizer, with_system(prompt + [{"role": "assistant", "content": answer}], data_cfg.system))
+    r = last_turn_only(r)
+    if len(r.input_ids) > data_cfg.max_length:
+        if data_cfg.truncation == "drop":
+            return "longer than data.max_length"
+        r = Rendered(r.input_ids[: data_cfg.max_length], r.labels[: data_cfg.max_length])
+    if r.n_supervised == 0:
+        return "answer cut to nothing by data.max_length"
+    return r
+
+
 def render_pairs(tokenizer, records: list[dict], data_cfg) -> tuple[list[Pair], dict]:
+    """Pairs whose sides can teach a preference; the others dropped and counted by reason (the counts go to the run's
+    data.json): a side whose answer does not fit data.max_length, or two sides that are the same tokens (answers
+    equal, or equal up to where data.max_length cuts them) and so score the same whatever the model learns."""
     pairs, dropped = [], {}
     for rec in records:
-        sides = [render_one(tokenizer, rec["prompt"] + [{"role": "assistant", "content": rec[k]}], data_cfg)
-                 for k in ("chosen", "rejected")]
+        sides = [render_pair_side(tokenizer, rec["prompt"], rec[k], data_cfg) for k in ("chosen", "rejected")]
         reason = next((s for s in sides if isinstance(s, str)), None)
+        if reason is None and sides[0].input_ids == sides[1].input_ids:
+            reason = "chosen and rejected identical within data.max_length"
         if reason:  # a pair with one side unusable teaches nothing: drop both
             dropped[reason] = dropped.get(reason, 0) + 1
         else:
-            pairs.append(Pair(last_turn_only(sides[0]), last_turn_only(sides[1])))
+            pairs.append(Pair(sides[0], sides[1]))
     _report_dropped(dropped, len(records), "preference pairs")
     if not pairs:
         raise CamelidError("no preference pairs left after rendering; raise data.max_length or check the data")

@@ -13,17 +13,22 @@ import json
 import shlex
 from pathlib import Path
 
+from camelid import hub
 from camelid.utils import CamelidError
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
 
 
 def _folder(target: str | Path) -> Path:
-    path = Path(target)
+    """The folder vLLM will load: a run's final/, an exported model, or a catalog model (resolved, and pulled if
+    needed, as the other verbs do)."""
+    path = Path(hub.resolve_model(str(target)))
     if (path / "final").is_dir():
         path = path / "final"
-    if not path.is_dir():
-        raise CamelidError(f"{target}: not a folder (give a run folder, its final/ folder, or an exported model)")
+    if not path.is_dir():  # a Hugging Face id that the Hub serves: nothing here to check
+        raise CamelidError(f"{target}: not a local folder; camelid vllm checks a run folder, its final/ folder, an "
+                           "exported model or a catalog model. For a Hugging Face id run "
+                           f"`vllm serve {target}` directly")
     return path
 
 

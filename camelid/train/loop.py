@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from camelid.data.loader import batch_order
-from camelid.utils import CamelidError, atomic_dir, log, write_json
+from camelid.utils import CamelidError, atomic_dir, follow_umask, log, write_json
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 # Entries of a loss's metrics dict that weigh eval averages (tokens for LM losses, pairs for preference losses)
@@ -138,11 +138,14 @@ def fit(
 
     stream = _Stream(len(train_units), cfg, acc.process_index, acc.num_processes).from_index(state["step"] * cfg.grad_accum)
     writer = tensorboard_writer(run_dir, cfg) if acc.is_main_process else None
-    bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not acc.is_main_process, dynamic_ncols=True)
     metrics: dict = {}
     if eval_units and state["step"] == 0:  # the baseline every later eval is read against
         log_metrics(run_dir, writer, {"step": 0, **evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)}, acc)
-    t0, tok0 = time.perf_counter(), state["tokens"]
+    # The bar starts after the baseline eval, and later evals and checkpoint saves are taken off its clock and off
+    # tokens/s: the ETA is training steps only (a slow step-0 eval once made a 9.5 min run show 46 min).
+    bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not acc.is_main_process,
+               dynamic_ncols=True)
+    t0, tok0, paused = time.perf_counter(), state["tokens"], 0.0
     model.train()
     while state["step"] < steps:
         step_loss, step_metrics, n_tok, grad_norm = 0.0, {}, 0, None
@@ -170,23 +173,25 @@ def fit(
         loss_value = acc.reduce(step_loss.to(acc.device), "mean").item()
         if not math.isfinite(loss_value):
             raise CamelidError(f"loss became {loss_value} at step {state['step']}; lower train.lr or check the data")
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0 - paused
         metrics = {
             "step": state["step"], "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "tokens": state["tokens"], "tokens_per_s": (state["tokens"] - tok0) / max(elapsed, 1e-9), **step_metrics,
         }
+        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
+        bar.update(1)
+        pause_from = time.perf_counter()
         if cfg.eval_every and state["step"] % cfg.eval_every == 0 and eval_units and state["step"] < steps:
             metrics |= evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
             model.train()
         if state["step"] % cfg.log_every == 0 or state["step"] == steps:
             log_metrics(run_dir, writer, metrics, acc)
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-        bar.update(1)
         if on_step is not None:  # e.g. per-step timing in benchmarks/
             on_step(state["step"], metrics)
         if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
             save_checkpoint(run_dir, state, acc, model, optimizer, cfg.keep_last)
+        paused += pause_clock(bar, time.perf_counter() - pause_from)
     bar.close()
     if eval_units:
         final = evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
@@ -195,6 +200,15 @@ def fit(
     if writer is not None:
         writer.close()
     return model, metrics
+
+
+def pause_clock(bar, seconds: float) -> float:
+    """Take `seconds` (spent on evals and saves, not steps) off the progress bar's clock, so its rate and ETA are
+    those of training steps; returns `seconds`."""
+    if not bar.disable:
+        bar.start_t += seconds
+        bar.last_print_t += seconds  # the next rate sample starts after the pause, not before it
+    return seconds
 
 
 @torch.no_grad()
@@ -288,6 +302,7 @@ def save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model, optimiz
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_json(tmp / "state.json", state)
+            follow_umask(tmp)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
     elif acc.is_main_process:
@@ -317,8 +332,17 @@ def load_checkpoint(ckpt: Path, acc: Accelerator, model, optimizer) -> dict:
         saved = load_file(str(ckpt / "trainable.safetensors"))
         params = dict(unwrapped.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
-        if missing or any(n not in params for n in saved):
-            raise CamelidError(f"{ckpt} was written for a different set of trainable weights (e.g. {missing[:3]})")
+        extra = [n for n in saved if n not in params]
+        if missing or extra:
+            raise CamelidError(f"{ckpt} was written for a different set of trainable weights (this model has "
+                               f"{missing[:3] or 'none'} that it lacks, it has {extra[:3] or 'none'} that this model "
+                               "lacks): was method or lora.target changed? Start over with train.resume=false")
+        wrong = [(n, tuple(t.shape), tuple(params[n].shape)) for n, t in saved.items() if t.shape != params[n].shape]
+        if wrong:
+            n, had, want = wrong[0]
+            raise CamelidError(f"{ckpt / 'trainable.safetensors'}: tensor {n} has shape {list(had)} but this "
+                               f"model's is {list(want)} ({len(wrong)} tensors differ; was lora.r or the model "
+                               "changed?). Start over with train.resume=false")
         with torch.no_grad():
             for n, t in saved.items():
                 params[n].copy_(t)

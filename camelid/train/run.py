@@ -1,37 +1,219 @@
 """The run folder every training stage writes: resolved config, data provenance, metrics, weights.
 
     runs/<name>/
-      config.yaml        the fully resolved config
-      data.json          sources with file paths, sha256 and record counts
-      metrics.jsonl      one line per logged step (+ eval lines)
-      tensorboard/       the same metrics for TensorBoard
-      checkpoint-<n>/    resumable state (see loop.py)
-      final/             HF-native weights or peft adapter, tokenizer and chat template
-      summary.json       what the run ended with
+      config.yaml          the fully resolved config
+      config_history.yaml  what changed each time the run was continued with a different config (if ever)
+      data.json            sources with file paths, sha256 and record counts
+      metrics.jsonl        one line per logged step (+ eval lines)
+      tensorboard/         the same metrics for TensorBoard
+      checkpoint-<n>/      resumable state (see loop.py)
+      final/               HF-native weights or peft adapter, tokenizer and chat template
+      summary.json         what the run ended with
+
+Inputs are checked before anything is created: every data source and model named in the config must exist (or be
+a catalog name, or a reachable / cached Hugging Face id), so a typo fails in a moment and leaves no folder behind.
+
+Continuing a run (`train.resume`, default true) compares the config with the folder's config.yaml. Keys that
+change what the checkpoints were trained on (RESUME_LOCKED: learning rate, schedule, batch, data, method and its
+options, ...) refuse to resume and list old → new; keys that only extend or watch the run (RESUME_FREE: max_steps,
+eval/save cadence, logging, ...) are accepted. `train.resume=force` accepts any change; `train.resume=false` starts
+over in a new folder beside this one. Every accepted change is appended to config_history.yaml, so the folder keeps
+saying what trained its checkpoints. A data file whose content changed since data.json recorded it counts as a
+change to the data.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from camelid.config import save_config
-from camelid.train.loop import _SHARDED, make_accelerator
-from camelid.utils import setup_logging, write_json
+from camelid import hub
+from camelid.config import Config, save_config, to_dict
+from camelid.train.loop import _SHARDED, latest_checkpoint, make_accelerator
+from camelid.utils import CamelidError, log, setup_logging, sha256_file, write_json
+
+# What each key means for a run being continued, section by section. Every key of a section that shapes training
+# is named in one of the two tables (a test checks it), so a new key has to be placed on purpose.
+# Locked: a change alters the optimisation or the data the checkpoints were trained on.
+RESUME_LOCKED: dict[str, tuple[str, ...]] = {
+    "": ("method",),
+    "model": ("name", "dtype", "template", "trust_remote_code"),
+    "data": ("train", "eval", "eval_split", "format", "max_length", "max_samples", "packing", "on_error", "truncation",
+             "system"),
+    "train": ("lr", "batch_size", "grad_accum", "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm",
+              "mixed_precision", "seed"),
+    "lora": ("r", "alpha", "dropout", "target", "rslora", "dora"),
+    "quant": ("bits", "quant_type", "double_quant"),
+    "freeze": ("last_n_blocks", "modules", "extra"),
+    "ptuning": ("virtual_tokens", "projection", "projection_hidden"),
+    "embedding": ("new_rows_only", "first_new_id"),
+    "rm": ("margin",),
+    "dpo": ("beta", "loss", "label_smoothing"),
+    "ppo": ("reward_model", "layout", "rollout_batch", "mini_batch", "ppo_epochs", "max_new_tokens", "temperature",
+            "top_p", "top_k", "kl_coef", "adaptive_kl", "target_kl", "kl_horizon", "gamma", "lam", "clip_range",
+            "value_clip", "vf_coef", "critic_lr", "whiten_rewards", "reward_clip", "missing_eos_penalty", "ptx_data",
+            "ptx_coef", "ptx_batch"),
+}
+# Free: a change extends the run (more steps or epochs; the schedule is stretched to the new length), or only
+# changes how it is watched, saved or computed (same maths).
+RESUME_FREE: dict[str, tuple[str, ...]] = {
+    "model": ("attn_implementation", "gradient_checkpointing"),
+    "train": ("output_dir", "max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every", "resume",
+              "tensorboard"),
+    "dpo": ("precompute_ref",),
+}
+# Sections that matter only to the method or stage using them: a method's options change nothing under another
+# method (lora.r under method full), nor dpo.beta in an sft run.
+METHOD_SECTIONS = {"lora": ("lora",), "qlora": ("lora", "quant"), "freeze": ("freeze",), "ptuning": ("ptuning",),
+                   "embedding": ("embedding",), "full": ()}
+STAGE_SECTIONS = {"rm": ("rm",), "dpo": ("dpo",), "ppo": ("ppo",)}
+# Sections that never shape training (evaluation after it, serving, other verbs): changes are recorded only.
+UNRELATED = ("chat", "engine", "serve", "eval", "clean", "tok", "rag")
+
+HISTORY = "config_history.yaml"
+
+
+def check_inputs(cfg: Config, stage: str) -> None:
+    """Every data source and model the stage will read exists (or can be fetched), checked in well under a second
+    before any folder is created or weights load; the error names the missing one and the closest valid names."""
+    for spec in cfg.data.train + cfg.data.eval + (cfg.ppo.ptx_data if stage == "ppo" and cfg.ppo.ptx_coef else []):
+        hub.check_data_source(spec)
+    hub.resolve_model(cfg.model.name, pull_catalog=False)
+    if stage == "ppo" and cfg.ppo.reward_model:
+        hub.resolve_model(cfg.ppo.reward_model, pull_catalog=False)
 
 
 def start(cfg, stage: str):
-    """Create the run folder and the accelerator; only the main process writes files."""
+    """Check the inputs, decide how the run continues (see the module docstring), then create the run folder and the
+    accelerator; only the main process writes files."""
     setup_logging()
+    check_inputs(cfg, stage)
     acc = make_accelerator(cfg.train)
     run_dir = Path(cfg.train.output_dir)
+    # Every rank decides from the folder as it is now; only then does the main process change it.
+    history = plan_resume(cfg, stage, run_dir)
+    run_dir = Path(cfg.train.output_dir)  # resume=false may have moved the run to a new folder
+    acc.wait_for_everyone()
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if latest_checkpoint(run_dir) is None:
+            # Starting at step 0 in a folder a run already wrote to: its metrics would be read as this run's.
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        if history is not None:
+            old = yaml.safe_load((run_dir / HISTORY).read_text()) if (run_dir / HISTORY).is_file() else []
+            (run_dir / HISTORY).write_text(yaml.safe_dump((old or []) + [history], sort_keys=False, allow_unicode=True))
         save_config(cfg, run_dir / "config.yaml")
+    acc.wait_for_everyone()
     torch.manual_seed(cfg.train.seed)
     return run_dir, acc
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def classify(key: str, cfg: Config, stage: str) -> str:
+    """'locked', 'free' or 'unrelated' for a dotted config key, in a run of `stage` with `cfg.method`."""
+    section, _, name = key.rpartition(".")
+    if section in UNRELATED:
+        return "unrelated"
+    if section in {s for m in METHOD_SECTIONS.values() for s in m} and section not in METHOD_SECTIONS[cfg.method]:
+        return "unrelated"
+    if section in {s for m in STAGE_SECTIONS.values() for s in m} and section not in STAGE_SECTIONS.get(stage, ()):
+        return "unrelated"
+    if name in RESUME_FREE.get(section, ()):
+        return "free"
+    # Locked by name, and locked when unknown: a key nobody placed is assumed to matter.
+    return "locked"
+
+
+def config_changes(old: dict, cfg: Config, stage: str) -> dict[str, dict]:
+    """{dotted key: {old, new, kind}} for every key whose value differs from the saved config `old`. Keys the saved
+    config lacks (written by an older camelid) count as holding today's default."""
+    new = _flat(to_dict(cfg))
+    before = _flat(to_dict(Config())) | _flat(old)
+    return {k: {"old": before.get(k), "new": v, "kind": classify(k, cfg, stage)}
+            for k, v in new.items() if before.get(k) != v and k != "train.resume"}  # resume says how, not what
+
+
+def data_changes(run_dir: Path) -> dict[str, dict]:
+    """Data files whose content differs from what the folder's data.json recorded: {path: {old, new}} (sha256)."""
+    f = run_dir / "data.json"
+    if not f.is_file():
+        return {}
+    out = {}
+    for source in json.loads(f.read_text()).get("sources", []):
+        for rec in source.get("files", []):
+            path = Path(rec["path"])
+            now = sha256_file(path) if path.is_file() else "missing"
+            if now != rec.get("sha256"):
+                out[f"data file {path} (sha256)"] = {"old": rec.get("sha256"), "new": now, "kind": "locked"}
+    return out
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Whether a run trained anything in `run_dir` (a checkpoint or final weights), so that it can be continued or
+    would be overwritten."""
+    return latest_checkpoint(run_dir) is not None or (run_dir / "final").is_dir()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+        return v[:12] + "…"  # a sha256: enough to tell them apart
+    return json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict, str)) else str(v)
+
+
+def plan_resume(cfg: Config, stage: str, run_dir: Path) -> dict | None:
+    """Refuse, move or accept; returns the config_history.yaml entry to append (None when nothing changed)."""
+    if not _holds_run(run_dir):
+        return None  # nothing trained here yet: this run starts the folder over
+    if cfg.train.resume is False:
+        n = 2
+        while Path(f"{run_dir}-{n}").exists():
+            n += 1
+        cfg.train.output_dir = f"{run_dir}-{n}"
+        log.warning(f"train.resume=false: {run_dir} holds an earlier run, left as it is; "
+                    f"this run starts over in {cfg.train.output_dir}")
+        return None
+    if not (run_dir / "config.yaml").is_file():
+        log.warning(f"{run_dir} has no config.yaml to compare this config with; continuing as asked")
+        return None
+    old = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    changes = config_changes(old, cfg, stage) | data_changes(run_dir)
+    locked = {k: c for k, c in changes.items() if c["kind"] == "locked"}
+    ckpt = latest_checkpoint(run_dir)
+    where = ckpt.name if ckpt is not None else "final/"
+    if locked and cfg.train.resume != "force":
+        lines = "\n".join(f"  {k}: {_fmt(c['old'])} → {_fmt(c['new'])}" for k, c in locked.items())
+        raise CamelidError(
+            f"{run_dir} holds a run ({where}) trained with a different config; continuing it would mix two trainings:\n"
+            f"{lines}\nEither start over: train.resume=false (a new folder beside this one; this one is kept), or "
+            f"accept the change: train.resume=force (recorded in {run_dir / HISTORY})")
+    if ckpt is None:
+        log.warning(f"{run_dir} holds a finished run and no checkpoint to continue from: training again from step 0 "
+                    "(final/ is replaced)")
+    if not changes:
+        return None
+    for k, c in changes.items():
+        log.info(f"config change on resume: {k}: {_fmt(c['old'])} → {_fmt(c['new'])}"
+                 + (" (forced)" if c["kind"] == "locked" else ""))
+    step = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else 0
+    return {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "stage": stage,
+            "resumed_at_step": step, "resume": cfg.train.resume,
+            "changes": {k: {"old": c["old"], "new": c["new"], "kind": c["kind"]} for k, c in changes.items()}}
 
 
 def record_data(run_dir: Path, prepared, acc) -> None:
