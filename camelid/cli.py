@@ -89,6 +89,10 @@ def _no_options(args: list[str], usage: str) -> None:
 def cmd_train(stage: str, args: list[str]) -> None:
     path, overrides = _split_args(args)
     cfg = load_config(path, overrides)
+    if cfg.eval.after_training and cfg.eval.tasks:
+        from camelid.eval.tasks import task_specs
+
+        task_specs(cfg.eval.tasks)  # two tasks reported under one name: refused now, not after training
     importlib.import_module(f"camelid.train.{stage}").main(cfg)
     e = cfg.eval
     if not e.after_training:
@@ -130,7 +134,9 @@ def cmd_data(args: list[str]) -> None:
     pairs = cfg.data.format == "preference" or _holds_pairs(cfg.data.train[0])
     records, stats = load_records(cfg.data.train, "preference" if pairs else "messages", cfg.data)
     for st in stats:
-        print(f"{st['source']}: read {st['read']}, kept {st['kept']}, skipped {st['skipped']} {st['reasons'] or ''}")
+        cut = {k.replace("_", " "): n for k, n in st.get("trimmed", {}).items() if n}
+        print(f"{st['source']}: read {st['read']}, kept {st['kept']}, skipped {st['skipped']} {st['reasons'] or ''}"
+              + (f"; dropped from cut chats: {cut}" if cut else ""))
     if pairs:  # rm / dpo data: each side as the stage renders it, the final answer supervised
         rendered, dropped = render_pairs(tok, records, cfg.data)
         shown = [(f"{side} #{i}", getattr(p, side)) for i, p in enumerate(rendered[:2]) for side in ("chosen", "rejected")]

@@ -21,6 +21,19 @@ def test_data_verb_shows_the_mask(tiny_model, chat_file, capsys):
     assert "32 chats" in out and "[[Paris.<|im_end|>]]" in out
 
 
+def test_data_verb_counts_the_turns_dropped_from_cut_chats(tiny_model, capsys):
+    cut = __import__("pathlib").Path(__file__).parent / "fixtures" / "sharegpt_cut.jsonl"
+    main(["data", f"model.name={tiny_model}", f"data.train={cut}"])
+    assert "dropped from cut chats: {'leading assistant turns':" in capsys.readouterr().out
+
+
+def test_duplicate_eval_names_are_refused_before_training(tmp_path):
+    proc = run_cli("sft", "model.name=does-not-matter", "data.train=x.jsonl", f"train.output_dir={tmp_path}/run",
+                   "eval.tasks=[mc_jsonl=a/exam.jsonl,mc_jsonl=b/exam.jsonl]")
+    assert proc.returncode == 1 and "would both be reported as 'mc_jsonl_exam'" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_record_is_reported_with_file_line_and_field(tiny_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,20 @@ def test_the_vector_index_is_rebuilt_when_its_file_is_lost(rag, corpus):
     again = KnowledgeBase.open(kb.folder)
     assert again.index().ntotal == kb.size()
     assert [h.id for h in search(again, q, rag, retriever="dense")] == before
+
+
+def test_stored_files_follow_the_umask(rag, corpus):
+    """Copies and the vector index go through mkstemp (0600): they must end as readable as any other file, so a
+    server running as another account can read the knowledge base."""
+    old = os.umask(0o022)
+    try:
+        kb = make_kb(rag)
+        kb.add([str(corpus)], rag, progress=False)
+        kb.index()
+    finally:
+        os.umask(old)
+    files = [*kb.folder.glob("vectors-*.faiss"), *(kb.folder / "files").rglob("*.*")]
+    assert files and {oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {"0o644"}
 
 
 # ------------------------------------------------------------------ retrieval

@@ -34,7 +34,7 @@ from camelid.rag.chunk import chunk_blocks
 from camelid.rag.embed import Encoder, encoder
 from camelid.rag.readers import SUFFIXES, read_blocks
 from camelid.rag.terms import terms
-from camelid.utils import CamelidError, log, require, sha256_file, write_json
+from camelid.utils import CamelidError, follow_umask, log, require, sha256_file, write_json
 
 KB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SCHEMA = """
@@ -306,6 +306,7 @@ class KnowledgeBase:
         fd, tmp = tempfile.mkstemp(prefix=".vectors-", dir=self.folder)
         os.close(fd)
         faiss.write_index(index, tmp)
+        follow_umask(tmp)  # mkstemp's file is 0600: another account serving this knowledge base could not read it
         os.replace(tmp, final)
         for old in self.folder.glob("vectors-*.faiss"):
             if old != final:
@@ -320,6 +321,7 @@ class KnowledgeBase:
         fd, tmp = tempfile.mkstemp(prefix=".copy-", dir=dest.parent)
         os.close(fd)
         shutil.copyfile(src, tmp)
+        follow_umask(tmp)
         os.replace(tmp, dest)
 
 
