@@ -71,6 +71,30 @@ def test_chat_repl_streams_keeps_history_and_resets(tiny_model, monkeypatch):
     assert out.getvalue().count("bot> ") == 3 and "(history cleared)" in out.getvalue()
 
 
+def test_chat_repl_outgrows_the_context_by_dropping_old_exchanges(tiny_model, monkeypatch):
+    sent = []
+    real = chat.prompt_ids
+
+    def spy(tok, messages):
+        ids = real(tok, messages)
+        sent.append((messages, len(ids)))
+        return ids
+
+    monkeypatch.setattr(chat, "prompt_ids", spy)
+    cfg = load_config(None, ["chat.max_new_tokens=8", "chat.temperature=0", "chat.system=Be brief."])
+    lines = [f"Question {i}: " + " ".join(["the quick brown fox jumps over the lazy dog"] * 6) for i in range(14)]
+    out = io.StringIO()
+    chat.main(cfg, str(tiny_model), stdin=io.StringIO("\n".join(lines) + "\n/exit\n"), stdout=out)
+    assert out.getvalue().count("bot> ") == 14 and "not sent" not in out.getvalue()
+    last = {m[-1]["content"]: (m, n) for m, n in sent}  # per turn, the last render: the prompt that was sent
+    assert max(last[x][1] for x in lines) <= 512 - 8  # the tiny model's context, less the answer's room
+    last = {x: last[x][0] for x in lines}
+    firsts = [last[x][1]["content"] for x in lines]
+    assert all(last[x][0]["content"] == "Be brief." for x in lines)  # the system prompt always stays
+    assert firsts[0] == lines[0] and firsts[-1] != lines[0]  # old exchanges were dropped...
+    assert len(set(firsts)) < len(lines) - 2  # ...in jumps, so consecutive turns share their start (cached KV)
+
+
 def test_export_verb(tiny_model, chat_file, tmp_path):
     proc = run_cli("sft", f"model.name={tiny_model}", f"data.train={chat_file}", f"train.output_dir={tmp_path}/run",
                    "train.max_steps=2", "train.tensorboard=false", "data.max_length=64")

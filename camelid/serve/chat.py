@@ -4,7 +4,8 @@ same engine `camelid serve` uses.
     camelid chat runs/quickstart            # the run's final weights and its chat template
     camelid chat smollm2-135m-instruct chat.temperature=0
 
-Commands inside: /reset (forget the history), /system TEXT (set the system prompt), /exit.
+Commands inside: /reset (forget the history), /system TEXT (set the system prompt), /exit. A conversation longer
+than the context sends only its latest exchanges (the system prompt stays), as `camelid serve` sessions do.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from camelid.config import ChatConfig
 from camelid.data.templates import prompt_ids
 from camelid.serve.engine import Engine
 from camelid.serve.sampling import SamplingParams
+from camelid.serve.sessions import window_history
 
 
 def chat_params(c: ChatConfig) -> SamplingParams:
@@ -33,6 +35,7 @@ def main(cfg, target: str, stdin=sys.stdin, stdout=sys.stdout) -> None:
     params = chat_params(cfg.chat)
     system = cfg.chat.system
     history: list[dict] = []
+    window = 0  # index into [system] + history of the oldest message still sent to the model
     print(f"chatting with {target} — /reset, /system TEXT, /exit", file=stdout)
     while True:
         print("\nyou> ", end="", file=stdout, flush=True)
@@ -43,20 +46,27 @@ def main(cfg, target: str, stdin=sys.stdin, stdout=sys.stdout) -> None:
         if not line:
             continue
         if line == "/reset":
-            history = []
+            history, window = [], 0
             print("(history cleared)", file=stdout)
             continue
         if line.startswith("/system"):
             system = line[len("/system"):].strip()
-            history = []
+            history, window = [], 0
             print("(system prompt set; history cleared)", file=stdout)
             continue
-        history.append({"role": "user", "content": line})
-        messages = ([{"role": "system", "content": system}] if system else []) + history
+        turn = [{"role": "user", "content": line}]
+        stored = ([{"role": "system", "content": system}] if system else []) + history
+        try:  # a long conversation drops its oldest exchanges, as server sessions do; the REPL keeps them all
+            ids, moved = window_history(stored, turn, window, lambda m: prompt_ids(engine.tokenizer, m),
+                                        engine.max_model_len - params.max_tokens)
+        except ValueError as e:
+            print(f"(not sent: {e}; chat.max_new_tokens={params.max_tokens} is reserved for the answer)", file=stdout)
+            continue
+        window = window if moved is None else moved
         print("bot> ", end="", file=stdout, flush=True)
         reply = []
-        for out in engine.stream(prompt_ids(engine.tokenizer, messages), params):
+        for out in engine.stream(ids, params):
             print(out.text, end="", file=stdout, flush=True)
             reply.append(out.text)
         print(file=stdout)
-        history.append({"role": "assistant", "content": "".join(reply).strip()})
+        history += turn + [{"role": "assistant", "content": "".join(reply).strip()}]

@@ -28,6 +28,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 VERSION = 2  # PRAGMA user_version; 0 is the first schema, where session ids were global
@@ -135,3 +136,30 @@ class SessionStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+def window_history(history: list[dict], new: list[dict], window: int, render: Callable[[list[dict]], list[int]],
+                   limit: int) -> tuple[list[int], int | None]:
+    """The prompt ids for `history` (stored, a system message first if any) + `new` messages, fitted to `limit`
+    tokens; and the new window (the index of the oldest stored message still sent), or None when it is unchanged.
+
+    When the conversation no longer fits, the oldest exchanges (a user turn and what followed it) are dropped until
+    the prompt uses at most half of `limit`, so the next turns keep the same start (and reuse its cached KV) instead
+    of sliding by one exchange every turn. The system message always stays. ValueError when even the new messages
+    alone do not fit."""
+    head = 1 if history and history[0]["role"] == "system" else 0
+    window = max(window, head)
+    ids = render(history[:head] + history[window:] + new)
+    if len(ids) <= limit:
+        return ids, None
+    while window < len(history):
+        window += 1
+        while window < len(history) and history[window]["role"] != "user":
+            window += 1
+        ids = render(history[:head] + history[window:] + new)
+        if len(ids) <= limit // 2:
+            return ids, window
+    ids = render(history[:head] + new)
+    if len(ids) > limit:
+        raise ValueError(f"the new messages alone ({len(ids)} tokens) do not fit the {limit} tokens available")
+    return ids, len(history)
