@@ -70,7 +70,7 @@ def test_shared_layout_trains_adapters_and_value_head_but_not_the_base(tiny_mode
     import dataclasses
 
     from camelid.model import load_tokenizer
-    from camelid.serve.engine import Engine
+    from camelid.engine.engine import Engine
     from transformers import AutoModelForCausalLM
 
     cfg = ppo_config(tiny_model, prompt_file, tmp_path / "run", **{"lora.target": ["all-linear"]})

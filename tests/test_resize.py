@@ -111,8 +111,8 @@ def test_two_stage_recipe_end_to_end(extended, tmp_path):
     from camelid.eval.run import main as evaluate
     from camelid.model import load_for_inference, merge_adapter
     from camelid.serve.chat import answers
-    from camelid.serve.engine import Engine
-    from camelid.serve.sampling import SamplingParams
+    from camelid.engine.engine import Engine
+    from camelid.engine.sampling import SamplingParams
     from camelid.train import pt
 
     _, ext_dir, corpus = extended

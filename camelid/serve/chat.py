@@ -13,8 +13,8 @@ import sys
 
 from camelid.config import ChatConfig
 from camelid.data.templates import prompt_ids
-from camelid.serve.engine import Engine
-from camelid.serve.sampling import SamplingParams
+from camelid.engine.engine import Engine
+from camelid.engine.sampling import SamplingParams
 
 
 def chat_params(c: ChatConfig) -> SamplingParams:

@@ -14,8 +14,8 @@ from camelid.data.templates import prompt_ids
 from camelid.rag.prompt import citations, grounded, not_found
 from camelid.rag.retrieve import Hit, search
 from camelid.rag.store import KnowledgeBase, kb_folder
-from camelid.serve.engine import Engine
-from camelid.serve.sampling import SamplingParams
+from camelid.engine.engine import Engine
+from camelid.engine.sampling import SamplingParams
 from camelid.utils import CamelidError
 
 

@@ -75,7 +75,7 @@ def main(cfg: Config, target: str) -> None:
     import uvicorn
 
     from camelid.serve.api import create_app
-    from camelid.serve.engine import Engine
+    from camelid.engine.engine import Engine
     from camelid.serve.sessions import SessionStore
 
     keys = load_keys(cfg)

@@ -30,11 +30,11 @@ from typing import Callable, Iterator
 import torch
 
 from camelid.config import EngineConfig
-from camelid.serve import paged
-from camelid.serve.detok import Detokenizer, TokenBytes
-from camelid.serve.kv import BlockPool, KVCache, chain_hash
-from camelid.serve.sampling import SamplingParams, choose, penalize, token_logprobs
-from camelid.serve.waiting import WaitQueue
+from camelid.engine import paged
+from camelid.engine.detok import Detokenizer, TokenBytes
+from camelid.engine.kv import BlockPool, KVCache, chain_hash
+from camelid.engine.sampling import SamplingParams, choose, penalize, token_logprobs
+from camelid.engine.waiting import WaitQueue
 from camelid.utils import CamelidError
 
 log = logging.getLogger("camelid")
