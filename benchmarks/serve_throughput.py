@@ -95,7 +95,7 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
 
 
 def engine_closed_loop(engine, pool: list[list[int]], clients: int, per_client: int, max_tokens: int) -> dict:
-    from camelid.engine.sampling import SamplingParams
+    from camelid.engine import SamplingParams
 
     sp = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     lat, tokens, left, sent = [], [0], {c: per_client for c in range(clients)}, [0]
@@ -161,7 +161,7 @@ def offline_batch(engine, model, tokenizer, pool, max_tokens: int) -> dict:
     import torch
     from transformers import GenerationConfig
 
-    from camelid.engine.sampling import SamplingParams
+    from camelid.engine import SamplingParams
 
     res = {}
     t0 = time.perf_counter()

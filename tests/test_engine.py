@@ -11,8 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from camelid.config import EngineConfig
-from camelid.engine.engine import Engine
-from camelid.engine.sampling import SamplingParams
+from camelid.engine import Engine, SamplingParams
 
 from conftest import CHATS, CORPUS, build_model_dir
 

@@ -10,9 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from camelid.config import EngineConfig, ServeConfig
+from camelid.engine import Engine, SamplingParams
 from camelid.engine.detok import Detokenizer, TokenBytes, byte_level_alphabet
-from camelid.engine.engine import Engine
-from camelid.engine.sampling import SamplingParams
 
 from conftest import CORPUS, build_tokenizer
 

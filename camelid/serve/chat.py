@@ -13,8 +13,7 @@ import sys
 
 from camelid.config import ChatConfig
 from camelid.data.templates import prompt_ids
-from camelid.engine.engine import Engine
-from camelid.engine.sampling import SamplingParams
+from camelid.engine import Engine, SamplingParams
 
 
 def chat_params(c: ChatConfig) -> SamplingParams:
