@@ -95,7 +95,7 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
 
 
 def engine_closed_loop(engine, pool: list[list[int]], clients: int, per_client: int, max_tokens: int) -> dict:
-    from camelid.serve.sampling import SamplingParams
+    from camelid.engine import SamplingParams
 
     sp = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     lat, tokens, left, sent = [], [0], {c: per_client for c in range(clients)}, [0]
@@ -161,7 +161,7 @@ def offline_batch(engine, model, tokenizer, pool, max_tokens: int) -> dict:
     import torch
     from transformers import GenerationConfig
 
-    from camelid.serve.sampling import SamplingParams
+    from camelid.engine import SamplingParams
 
     res = {}
     t0 = time.perf_counter()
@@ -296,7 +296,7 @@ def main(argv=None) -> None:
 
     from camelid import hub
     from camelid.config import EngineConfig
-    from camelid.serve.engine import Engine, native_bf16_cpu
+    from camelid.engine.engine import Engine, native_bf16_cpu
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from camelid.config import SHIPPED_CONFIGS, load_config
 from camelid.data.formats import load_source
+from camelid.engine import Engine, SamplingParams
 from camelid.serve.chat import answers
-from camelid.serve.engine import Engine
-from camelid.serve.sampling import SamplingParams
 from camelid.train import sft
 from camelid.utils import CamelidError
 

@@ -1,4 +1,4 @@
-"""The continuous-batching engine (camelid.serve.engine) on tiny random Llama/Qwen2 models, checked against
+"""The continuous-batching engine (camelid.engine.engine) on tiny random Llama/Qwen2 models, checked against
 transformers' own `generate` and plain forwards: greedy equality under chunked prefill, preemption and prefix
 caching, cancellation, seeds, stop strings, limits, log-probabilities, scoring and the run loop."""
 
@@ -11,8 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from camelid.config import EngineConfig
-from camelid.serve.engine import Engine
-from camelid.serve.sampling import SamplingParams
+from camelid.engine import Engine, SamplingParams
 
 from conftest import CHATS, CORPUS, build_model_dir
 

@@ -1,4 +1,4 @@
-"""The engine's text in whole characters (camelid.serve.detok) with the byte-level BPE test tokenizer, where Chinese
+"""The engine's text in whole characters (camelid.engine.detok) with the byte-level BPE test tokenizer, where Chinese
 characters and emoji are split over several tokens: streamed deltas never hold half a character and concatenate to
 the final text, a fragment left at the end is dropped, an invalid byte sequence in the middle is dropped, and
 logprobs carry each token's raw bytes so the text can be rebuilt from them."""
@@ -10,9 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from camelid.config import EngineConfig, ServeConfig
-from camelid.serve.detok import Detokenizer, TokenBytes, byte_level_alphabet
-from camelid.serve.engine import Engine
-from camelid.serve.sampling import SamplingParams
+from camelid.engine import Engine, SamplingParams
+from camelid.engine.detok import Detokenizer, TokenBytes, byte_level_alphabet
 
 from conftest import CORPUS, build_tokenizer
 

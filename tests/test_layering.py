@@ -1,13 +1,13 @@
-"""Imports flow one way: cli → quickstart → stages (train, eval) → serve (the engine they generate with) → rag
-(retrieval and grounded prompts: the server answers from knowledge bases, so it sits below serve and never
-generates itself) → model → data → hub → config → utils."""
+"""Imports flow one way, down these ranks: cli → quickstart (runs stages end to end) → the stages train, eval and
+serve (HTTP) → rag (retrieval, grounded prompts) → engine (the inference core every stage generates with) → model →
+data → hub → config → utils. Modules of one rank never import each other's packages, so no stage leans on another."""
 
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "camelid"
-LAYER = {"__main__": 7, "cli": 6, "quickstart": 5, "train": 4, "eval": 4, "serve": 3.8, "rag": 3.7,
-         "model": 3.5, "data": 3, "hub": 2, "config": 1, "utils": 0, "__init__": 0}
+LAYER = {"__main__": 10, "cli": 9, "quickstart": 8, "train": 7, "eval": 7, "serve": 7, "rag": 6, "engine": 5,
+         "model": 4, "data": 3, "hub": 2, "config": 1, "utils": 0, "__init__": 0}
 
 
 def layer_of(module: str) -> int:

@@ -69,8 +69,8 @@ def test_toy_reward_rises_and_the_kl_penalty_bounds_the_drift(tiny_model, prompt
 def test_shared_layout_trains_adapters_and_value_head_but_not_the_base(tiny_model, prompt_file, tmp_path):
     import dataclasses
 
+    from camelid.engine import Engine
     from camelid.model import load_tokenizer
-    from camelid.serve.engine import Engine
     from transformers import AutoModelForCausalLM
 
     cfg = ppo_config(tiny_model, prompt_file, tmp_path / "run", **{"lora.target": ["all-linear"]})

@@ -277,14 +277,14 @@ def test_cross_encoder_reranks_and_thresholds(rag, corpus, tmp_path):
 @pytest.fixture(scope="module")
 def engine(tiny_model):
     from camelid.config import EngineConfig
-    from camelid.serve.engine import Engine
+    from camelid.engine import Engine
 
     return Engine.load(str(tiny_model), EngineConfig(block_size=4, kv_cache_tokens=4096))
 
 
 def test_answer_prompt_holds_the_chunks_and_the_reply_cites_them(rag, corpus, engine):
+    from camelid.engine import SamplingParams
     from camelid.serve.kb import ask
-    from camelid.serve.sampling import SamplingParams
 
     kb = make_kb(rag)
     kb.add([str(corpus)], rag, progress=False)
@@ -315,8 +315,8 @@ def test_answer_prompt_holds_the_chunks_and_the_reply_cites_them(rag, corpus, en
 
 
 def test_nothing_relevant_answers_not_found_without_generating(rag, engine):
+    from camelid.engine import SamplingParams
     from camelid.serve.kb import ask
-    from camelid.serve.sampling import SamplingParams
 
     kb = make_kb(rag, "empty")
     before = engine.stats().get("generated_tokens", 0)

@@ -34,10 +34,9 @@ def test_short_real_sft_learns_and_exports(smollm2, method, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from camelid.config import load_config
+    from camelid.engine import Engine, SamplingParams
     from camelid.model import load_for_inference, merge_adapter
     from camelid.serve.chat import answers
-    from camelid.serve.engine import Engine
-    from camelid.serve.sampling import SamplingParams
     from camelid.train import sft
 
     run = tmp_path / "run"
@@ -67,8 +66,7 @@ def test_engine_batched_greedy_equals_generate_on_smollm2(smollm2):
 
     from camelid.config import EngineConfig
     from camelid.data.templates import prompt_ids
-    from camelid.serve.engine import Engine
-    from camelid.serve.sampling import SamplingParams
+    from camelid.engine import Engine, SamplingParams
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     chats = [[{"role": "user", "content": q}] for q in

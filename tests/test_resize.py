@@ -108,11 +108,10 @@ def test_two_stage_recipe_end_to_end(extended, tmp_path):
     vocabulary is carried through without size mismatches."""
     if json.loads((extended[0] / "config.json").read_text())["tie_word_embeddings"]:
         pytest.skip("once is enough: the untied variant")
+    from camelid.engine import Engine, SamplingParams
     from camelid.eval.run import main as evaluate
     from camelid.model import load_for_inference, merge_adapter
     from camelid.serve.chat import answers
-    from camelid.serve.engine import Engine
-    from camelid.serve.sampling import SamplingParams
     from camelid.train import pt
 
     _, ext_dir, corpus = extended

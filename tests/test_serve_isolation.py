@@ -30,8 +30,8 @@ def app_server(model_dir, db, keys=KEYS, **serve):
     import uvicorn
 
     from camelid.config import EngineConfig, ServeConfig
+    from camelid.engine import Engine
     from camelid.serve.api import create_app
-    from camelid.serve.engine import Engine
     from camelid.serve.sessions import SessionStore
 
     engine = Engine.load(str(model_dir), EngineConfig(block_size=4, kv_cache_tokens=4096, dtype="float32"))

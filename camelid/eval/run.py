@@ -68,8 +68,7 @@ def samples(model, tok, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Greedy answers through the serving engine (batched), with the model's chat template."""
     from camelid.config import EngineConfig
     from camelid.data.templates import prompt_ids
-    from camelid.serve.engine import Engine
-    from camelid.serve.sampling import SamplingParams
+    from camelid.engine import Engine, SamplingParams
 
     ids = [prompt_ids(tok, [{"role": "user", "content": p}]) for p in prompts]
     room = sum(len(x) + max_new_tokens + 16 for x in ids)  # the cache this batch needs, not the 2 GiB default

@@ -37,12 +37,11 @@ from starlette.requests import ClientDisconnect
 
 from camelid.config import RagConfig, ServeConfig
 from camelid.data.templates import prompt_ids
+from camelid.engine import Completion, Engine, SamplingParams
 from camelid.rag.prompt import citations, not_found
 from camelid.rag.retrieve import search
 from camelid.rag.store import KnowledgeBase
-from camelid.serve.engine import Completion, Engine
 from camelid.serve.kb import ground, prompt_budget
-from camelid.serve.sampling import SamplingParams
 from camelid.serve.schemas import (ApiError, ChatRequest, CompletionRequest, KbAsk, KbSearch, SamplingFields,
                                    SessionCreate, check_content_type, clip, parse)
 from camelid.serve.sessions import SessionStore

@@ -14,8 +14,7 @@ import sys
 
 from camelid.config import ChatConfig
 from camelid.data.templates import prompt_ids
-from camelid.serve.engine import Engine
-from camelid.serve.sampling import SamplingParams
+from camelid.engine import Engine, SamplingParams
 from camelid.serve.sessions import window_history
 
 

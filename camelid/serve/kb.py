@@ -11,11 +11,10 @@ from typing import Callable
 
 from camelid.config import Config, RagConfig
 from camelid.data.templates import prompt_ids
+from camelid.engine import Engine, SamplingParams
 from camelid.rag.prompt import citations, grounded, not_found
 from camelid.rag.retrieve import Hit, search
 from camelid.rag.store import KnowledgeBase, kb_folder
-from camelid.serve.engine import Engine
-from camelid.serve.sampling import SamplingParams
 from camelid.utils import CamelidError
 
 

@@ -74,8 +74,8 @@ def open_kbs(cfg: Config) -> dict:
 def main(cfg: Config, target: str) -> None:
     import uvicorn
 
+    from camelid.engine import Engine
     from camelid.serve.api import create_app
-    from camelid.serve.engine import Engine
     from camelid.serve.sessions import SessionStore
 
     keys = load_keys(cfg)

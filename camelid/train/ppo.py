@@ -40,10 +40,9 @@ from transformers import get_scheduler
 from camelid.config import Config, validate
 from camelid.data.loader import batch_order, collate, load_records, prepare_pt, with_system
 from camelid.data.templates import prompt_ids, render
+from camelid.engine import Engine, SamplingParams
 from camelid.hub import camelid_home
 from camelid.model import decoder_and_head, load_model, load_reward_model, load_tokenizer
-from camelid.serve.engine import Engine
-from camelid.serve.sampling import SamplingParams
 from camelid.train import run
 from camelid.train.loop import (latest_checkpoint, load_checkpoint, log_metrics, param_groups, save_checkpoint,
                                 tensorboard_writer, truncate_metrics)

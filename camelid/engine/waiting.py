@@ -12,7 +12,7 @@ import itertools
 from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
-    from camelid.serve.engine import Request
+    from camelid.engine.request import Request
 
 
 class WaitQueue:

@@ -10,6 +10,10 @@ been without the interruption. Waiting requests are admitted fairly between owne
 turn, so one owner's backlog cannot starve another's. A request whose sampling fails (non-finite logits) finishes
 alone with an error; the others in its step go on. Text comes out in whole characters (`detok`).
 
+This file holds the step loop and the scheduler (`_schedule`, `_reserve`, `_preempt`: admission, block reservation,
+preemption), which work on the running list, the waiting queue (`waiting`) and the block pool together. A request's
+state is `request.Request`; attention over the cache is `paged`; next-token choice is `sampling`.
+
     engine = Engine.load("runs/quickstart")
     [out] = engine.generate([tokenizer_ids], SamplingParams(max_tokens=64, temperature=0))
     for delta in engine.stream(ids, params): print(delta.text, end="")
@@ -24,99 +28,22 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 
 from camelid.config import EngineConfig
-from camelid.serve import paged
-from camelid.serve.detok import Detokenizer, TokenBytes
-from camelid.serve.kv import BlockPool, KVCache, chain_hash
-from camelid.serve.sampling import SamplingParams, choose, penalize, token_logprobs
-from camelid.serve.waiting import WaitQueue
+from camelid.engine import paged
+from camelid.engine.detok import Detokenizer, TokenBytes
+from camelid.engine.kv import BlockPool, KVCache, chain_hash
+from camelid.engine.request import Completion, Output, Request
+from camelid.engine.sampling import SamplingParams, choose, penalize, token_logprobs
+from camelid.engine.waiting import WaitQueue
 from camelid.utils import CamelidError
 
 log = logging.getLogger("camelid")
 
 CPU_KV_BYTES = 2 << 30
-
-
-@dataclass
-class Output:
-    """What a request produced since its last Output (streaming) or in all (the final one, see `Request.result`)."""
-
-    request_id: str
-    text: str
-    token_ids: list[int]
-    finished: bool = False
-    finish_reason: str | None = None  # stop | length | abort | error
-    logprobs: list[dict] = field(default_factory=list)  # {token, logprob, top: [(token, logprob)]}
-    error: str | None = None
-
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens whose KV came from the prefix cache
-    logprobs: list[dict]
-    error: str | None = None
-    stop_token: int | None = None  # the end-of-sequence token that ended it (not in token_ids): PPO trains on it
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-
-class Request:
-    def __init__(self, rid: str, prompt: list[int], params: SamplingParams, on_output: Callable | None,
-                 detok: Detokenizer, owner: str = ""):
-        self.id, self.prompt, self.params, self.owner = rid, list(prompt), params, owner
-        self.tokens = list(prompt)  # prompt + generated; KV exists for tokens[:computed]
-        self.generated: list[int] = []
-        self.computed = 0
-        self.blocks: list[int] = []
-        self.hashed, self.last_hash = 0, b""  # blocks registered in the prefix cache, and the chain's head
-        self.cached_tokens = 0
-        self.counts: collections.Counter = collections.Counter()
-        self.logprobs: list[dict] = []
-        self.text, self.sent, self.detok = "", 0, detok  # text only grows (whole characters); sent: chars delivered
-        self.finish_reason: str | None = None
-        self.error: str | None = None
-        self.generator = None
-        self.stop_token: int | None = None
-        if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed)
-        self.arrived = time.perf_counter()
-        self.first_token_at: float | None = None
-        self._done = threading.Event()
-        self._events: queue.Queue | None = None if on_output else queue.Queue()
-        self._on_output = on_output or self._events.put
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
-    def result(self, timeout: float | None = None) -> Completion:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self.id} still running after {timeout}s")
-        return Completion(self.text, list(self.generated), self.finish_reason, len(self.prompt), self.cached_tokens,
-                          self.logprobs, self.error, self.stop_token)
-
-    def __iter__(self) -> Iterator[Output]:
-        """Outputs as they come (only for requests submitted without `on_output`)."""
-        assert self._events is not None, "this request delivers to its on_output callback"
-        while True:
-            out = self._events.get()
-            yield out
-            if out.finished:
-                return
 
 
 def native_bf16_cpu() -> bool:
