@@ -2,6 +2,7 @@
 another directory (no repo checkout on the path), shipped configs included."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,8 +17,16 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheel")
+    # Build from a copy of the tracked tree: setuptools builds in place, and a build/ left in a checkout would put
+    # modules deleted since then into the wheel.
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout.split(b"\0")
+    src = root / "src"
+    for name in filter(None, (f.decode() for f in files)):
+        dest = src / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, dest, follow_symlinks=False)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(root / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)
+                    str(root / "dist"), str(src)], check=True, capture_output=True, timeout=300)
     [wheel] = (root / "dist").glob("camelid-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -42,6 +51,9 @@ def test_wheel_ships_configs_and_runs_from_another_directory(installed, tmp_path
     wheel, venv = installed
     names = zipfile.ZipFile(wheel).namelist()
     assert "camelid/configs/quickstart.yaml" in names and "camelid/configs/accelerate/zero3.yaml" in names
+    tracked = subprocess.run(["git", "ls-files", "camelid/*.py"], cwd=REPO, check=True, capture_output=True,
+                             text=True).stdout.split()
+    assert sorted(n for n in names if n.endswith(".py")) == sorted(tracked)  # every module, and nothing stale
     out = run(venv, "--help", cwd=tmp_path)
     assert out.returncode == 0 and "sft" in out.stdout, out.stderr
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import camelid; print(camelid.__file__)"],
