@@ -80,14 +80,14 @@ def render_one(tokenizer, messages: list[dict], data_cfg) -> Rendered | str:
     return _fit(render(tokenizer, with_system(messages, data_cfg.system)), data_cfg)
 
 
-def _fit(r: Rendered, data_cfg) -> Rendered | str:
+def _fit(r: Rendered, data_cfg, empty: str = "no assistant tokens within data.max_length") -> Rendered | str:
     if len(r.input_ids) > data_cfg.max_length:
         if data_cfg.truncation == "drop":
             return "longer than data.max_length"
         r = Rendered(r.input_ids[: data_cfg.max_length], r.labels[: data_cfg.max_length])
     if r.n_supervised == 0:
         # Never train on an example silently emptied by truncation: count it and say so.
-        return "no assistant tokens within data.max_length"
+        return empty
     return r
 
 
@@ -187,14 +187,7 @@ def render_pair_side(tokenizer, prompt: list[dict], answer: str, data_cfg) -> Re
     data.max_length; or the reason it cannot be trained on. The answer is picked out before the cut: cutting first
     left an earlier assistant turn of a long multi-turn prompt as the "answer", identical on both sides."""
     r = render(tokenizer, with_system(prompt + [{"role": "assistant", "content": answer}], data_cfg.system))
-    r = last_turn_only(r)
-    if len(r.input_ids) > data_cfg.max_length:
-        if data_cfg.truncation == "drop":
-            return "longer than data.max_length"
-        r = Rendered(r.input_ids[: data_cfg.max_length], r.labels[: data_cfg.max_length])
-    if r.n_supervised == 0:
-        return "answer cut to nothing by data.max_length"
-    return r
+    return _fit(last_turn_only(r), data_cfg, empty="answer cut to nothing by data.max_length")
 
 
 def render_pairs(tokenizer, records: list[dict], data_cfg) -> tuple[list[Pair], dict]:
