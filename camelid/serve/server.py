@@ -74,7 +74,7 @@ def open_kbs(cfg: Config) -> dict:
 def main(cfg: Config, target: str) -> None:
     import uvicorn
 
-    from camelid.serve.api import create_app
+    from camelid.serve.app import create_app
     from camelid.serve.engine import Engine
     from camelid.serve.sessions import SessionStore
 
