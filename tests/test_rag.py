@@ -387,6 +387,11 @@ def test_api_answers_from_a_knowledge_base(tiny_model, rag, corpus, tmp_path, ca
         nothing = c.chat.completions.create(model="kb:handbook", messages=[
             {"role": "user", "content": "zzzz qqqq xxxx"}], max_tokens=8)
         assert nothing.model_extra["citations"] == [] and "could not find" in nothing.choices[0].message.content
+        # streamed, the "not found" answer too carries its (empty) citations on the first chunk alone
+        chunks = list(c.chat.completions.create(model="kb:handbook", messages=[
+            {"role": "user", "content": "zzzz qqqq xxxx"}], max_tokens=8, n=2, stream=True))
+        assert [ch.model_extra.get("citations") for ch in chunks] == [[], None]
+        assert [ch.choices[0].delta.content for ch in chunks] == [nothing.choices[0].message.content] * 2
 
         status, body = http(url, "/v1/kb/handbook/ask", {"question": q[0]["content"], "max_tokens": 8})
         assert status == 200 and body["found"] and body["answer"] == r.choices[0].message.content.strip()
