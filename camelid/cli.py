@@ -329,7 +329,7 @@ def cmd_kb(args: list[str]) -> None:
         if not hits:
             print("nothing relevant found")
     else:
-        from camelid.serve.kb import ask_main
+        from camelid.rag.answer import ask_main
 
         result = ask_main(cfg, rest[0], rest[1])
         print(result["answer"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from camelid.config import EngineConfig, ServeConfig
+from camelid.config import EngineConfig
 from camelid.engine import Engine, SamplingParams
 from camelid.engine.detok import Detokenizer, TokenBytes, byte_level_alphabet
 
@@ -126,14 +126,14 @@ def test_generated_text_never_holds_a_replacement_character(tiny_model, tok):
 
 
 def test_logprob_bytes_rebuild_the_text(tiny_model, tok):
-    from camelid.serve.api import Api
+    from camelid.serve.protocol import logprob_items
 
     prompt = tok.encode(CORPUS[2])
     script = tok.encode("北京", add_special_tokens=False) + byte_tokens(tok, "组🙂".encode())
     engine = scripted_engine(tiny_model, prompt, script)
     params = SamplingParams(max_tokens=len(script), temperature=0, ignore_eos=True, logprobs=True, top_logprobs=3)
     [out] = engine.generate([prompt], params)
-    items = Api(engine, ServeConfig(), "tiny", None, set()).logprob_items(out.logprobs)
+    items = logprob_items(engine.token_bytes, out.logprobs)
     assert len(items) == len(script)
     assert b"".join(bytes(i["bytes"]) for i in items).decode() == out.text == "北京组🙂"
     assert [bytes(i["bytes"]) for i in items[2:]] == [bytes([b]) for b in "组🙂".encode()]

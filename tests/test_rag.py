@@ -284,7 +284,7 @@ def engine(tiny_model):
 
 def test_answer_prompt_holds_the_chunks_and_the_reply_cites_them(rag, corpus, engine):
     from camelid.engine import SamplingParams
-    from camelid.serve.kb import ask
+    from camelid.rag.answer import ask
 
     kb = make_kb(rag)
     kb.add([str(corpus)], rag, progress=False)
@@ -316,7 +316,7 @@ def test_answer_prompt_holds_the_chunks_and_the_reply_cites_them(rag, corpus, en
 
 def test_nothing_relevant_answers_not_found_without_generating(rag, engine):
     from camelid.engine import SamplingParams
-    from camelid.serve.kb import ask
+    from camelid.rag.answer import ask
 
     kb = make_kb(rag, "empty")
     before = engine.stats().get("generated_tokens", 0)
@@ -364,7 +364,7 @@ def test_an_existing_kb_keeps_its_encoder(rag, corpus, tmp_path):
 # ------------------------------------------------------------------ HTTP API
 
 
-def test_api_answers_from_a_knowledge_base(tiny_model, rag, corpus, tmp_path):
+def test_api_answers_from_a_knowledge_base(tiny_model, rag, corpus, tmp_path, capsys):
     from test_serve import KEYS, client, http, server
 
     make_kb(rag, "handbook").add([str(corpus)], rag, progress=False)
@@ -387,10 +387,25 @@ def test_api_answers_from_a_knowledge_base(tiny_model, rag, corpus, tmp_path):
         nothing = c.chat.completions.create(model="kb:handbook", messages=[
             {"role": "user", "content": "zzzz qqqq xxxx"}], max_tokens=8)
         assert nothing.model_extra["citations"] == [] and "could not find" in nothing.choices[0].message.content
+        # streamed, the "not found" answer too carries its (empty) citations on the first chunk alone
+        chunks = list(c.chat.completions.create(model="kb:handbook", messages=[
+            {"role": "user", "content": "zzzz qqqq xxxx"}], max_tokens=8, n=2, stream=True))
+        assert [ch.model_extra.get("citations") for ch in chunks] == [[], None]
+        assert [ch.choices[0].delta.content for ch in chunks] == [nothing.choices[0].message.content] * 2
 
         status, body = http(url, "/v1/kb/handbook/ask", {"question": q[0]["content"], "max_tokens": 8})
         assert status == 200 and body["found"] and body["answer"] == r.choices[0].message.content.strip()
         assert body["citations"] == cites and body["usage"]["prompt_tokens"] == r.usage.prompt_tokens
+        # `camelid kb ask` gives the same answer: the CLI and the endpoint answer through one function and sample
+        # alike (neither with chat.repetition_penalty, which would also penalize the words of the sources)
+        from camelid.cli import main
+
+        main(["kb", "ask", "handbook", q[0]["content"], f"model.name={tiny_model}", f"rag.root={rag.root}",
+              "rag.min_similarity=0.9999", "rag.max_new_tokens=8", "engine.block_size=4", "engine.kv_cache_tokens=4096"])
+        printed = capsys.readouterr().out
+        assert printed.startswith(body["answer"] + "\n")
+        assert [line.split("] ", 1)[1].lstrip("* ") for line in printed.splitlines()[-len(cites):]] == \
+            [c["label"] for c in cites]
         status, body = http(url, "/v1/kb/handbook/ask", {"question": "zzzz qqqq xxxx"})
         assert status == 200 and not body["found"] and body["citations"] == [] and "could not find" in body["answer"]
         status, body = http(url, "/v1/kb/handbook/ask", {"question": "x", "max_tokens": 100000})

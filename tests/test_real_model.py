@@ -115,7 +115,7 @@ def test_knowledge_base_with_minilm_and_smollm2(smollm2, tmp_path):
     from camelid.config import RagConfig, load_config
     from camelid.rag.retrieve import search
     from camelid.rag.store import KnowledgeBase
-    from camelid.serve.kb import ask_main
+    from camelid.rag.answer import ask_main
 
     docs = tmp_path / "docs"
     docs.mkdir()

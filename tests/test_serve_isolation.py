@@ -31,7 +31,7 @@ def app_server(model_dir, db, keys=KEYS, **serve):
 
     from camelid.config import EngineConfig, ServeConfig
     from camelid.engine import Engine
-    from camelid.serve.api import create_app
+    from camelid.serve.app import create_app
     from camelid.serve.sessions import SessionStore
 
     engine = Engine.load(str(model_dir), EngineConfig(block_size=4, kv_cache_tokens=4096, dtype="float32"))
@@ -270,7 +270,9 @@ def test_unexpected_exceptions_answer_in_openai_shape_and_are_logged(srv, monkey
                                                 "code": "internal_error"}}
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
     # inside a stream: an error event, then [DONE]
-    monkeypatch.setattr(srv.api, "usage", broken)
+    from camelid.serve.handlers import completions
+
+    monkeypatch.setattr(completions, "usage", broken)
     s = raw_request(srv.port, "/v1/completions", json.dumps({
         "model": "tiny", "prompt": "hi", "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}).encode())
     events = sse_events(read_all(s))

@@ -55,11 +55,12 @@ def main(cfg, target: str, stdin=sys.stdin, stdout=sys.stdout) -> None:
             continue
         turn = [{"role": "user", "content": line}]
         stored = ([{"role": "system", "content": system}] if system else []) + history
-        try:  # a long conversation drops its oldest exchanges, as server sessions do; the REPL keeps them all
-            ids, moved = window_history(stored, turn, window, lambda m: prompt_ids(engine.tokenizer, m),
-                                        engine.max_model_len - params.max_tokens)
-        except ValueError as e:
-            print(f"(not sent: {e}; chat.max_new_tokens={params.max_tokens} is reserved for the answer)", file=stdout)
+        # a long conversation drops its oldest exchanges, as server sessions do; the REPL keeps them all
+        room = engine.max_model_len - params.max_tokens
+        ids, moved = window_history(stored, turn, window, lambda m: prompt_ids(engine.tokenizer, m), room)
+        if len(ids) > room:
+            print(f"(not sent: the message alone is {len(ids)} tokens; the context holds {engine.max_model_len}, "
+                  f"{params.max_tokens} of them (chat.max_new_tokens) kept for the answer)", file=stdout)
             continue
         window = window if moved is None else moved
         print("bot> ", end="", file=stdout, flush=True)

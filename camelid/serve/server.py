@@ -75,7 +75,7 @@ def main(cfg: Config, target: str) -> None:
     import uvicorn
 
     from camelid.engine import Engine
-    from camelid.serve.api import create_app
+    from camelid.serve.app import create_app
     from camelid.serve.sessions import SessionStore
 
     keys = load_keys(cfg)

@@ -145,8 +145,8 @@ def window_history(history: list[dict], new: list[dict], window: int, render: Ca
 
     When the conversation no longer fits, the oldest exchanges (a user turn and what followed it) are dropped until
     the prompt uses at most half of `limit`, so the next turns keep the same start (and reuse its cached KV) instead
-    of sliding by one exchange every turn. The system message always stays. ValueError when even the new messages
-    alone do not fit."""
+    of sliding by one exchange every turn. The system message always stays. When even the new messages alone do not
+    fit, their ids come back longer than `limit`: the caller says so in its own terms."""
     head = 1 if history and history[0]["role"] == "system" else 0
     window = max(window, head)
     ids = render(history[:head] + history[window:] + new)
@@ -159,7 +159,4 @@ def window_history(history: list[dict], new: list[dict], window: int, render: Ca
         ids = render(history[:head] + history[window:] + new)
         if len(ids) <= limit // 2:
             return ids, window
-    ids = render(history[:head] + new)
-    if len(ids) > limit:
-        raise ValueError(f"the new messages alone ({len(ids)} tokens) do not fit the {limit} tokens available")
-    return ids, len(history)
+    return render(history[:head] + new), len(history)

@@ -1,6 +1,7 @@
-"""What the HTTP API reads and how it refuses: OpenAI's request bodies as strict pydantic models (an unknown
-field, a wrong type such as "2" for an integer, or a NaN/Infinity is a 400 naming it, as OpenAI does) and the error
-it answers with, in OpenAI's shape.
+"""The API's wire format, and nothing else: OpenAI's request bodies as strict pydantic models (an unknown field, a
+wrong type such as "2" for an integer, or a NaN/Infinity is a 400 naming it, as OpenAI does), the error it answers
+with in OpenAI's shape, and the response payloads (chat completions whole or as stream chunks, usage, logprobs),
+each built in one place.
 
 Bounds beyond OpenAI's own keep one request from failing the batch it runs in: a `seed` must fit the 64-bit
 generator, and `repetition_penalty` stays in [0.01, 100], since dividing float32 logits by less than ~1e-38
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal
+from typing import Literal, Sequence
 
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -123,6 +124,19 @@ def clip(text: str, n: int = 80) -> str:
     return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"
 
 
+def session_not_found(sid: str) -> ApiError:
+    return ApiError(404, f"session '{clip(sid)}' not found", param="session_id", code="session_not_found")
+
+
+def session_deleted(sid: str) -> ApiError:
+    return ApiError(409, f"session '{clip(sid)}' was deleted while this turn ran; the turn was aborted",
+                    param="session_id", code="session_deleted")
+
+
+def max_tokens_too_large(limit: int) -> ApiError:
+    return ApiError(400, f"'max_tokens' must be <= {limit} on this server", param="max_tokens")
+
+
 def check_content_type(value: str | None) -> None:
     """A body declared as something other than JSON (a form, text/plain) is refused rather than guessed at;
     no Content-Type at all is read as JSON."""
@@ -191,3 +205,53 @@ def parse(raw: bytes, schema: type[BaseModel]) -> BaseModel:
         return schema.model_validate(body)
     except ValidationError as e:
         raise describe(e) from None
+
+
+# ---------------------------------------------------------------- response payloads
+
+
+def usage(prompt_tokens: int, done: Sequence) -> dict:
+    """OpenAI's usage of a call whose generations (engine Completions) are `done`; cached_tokens is the prompt
+    prefix every one of them reused."""
+    completion = sum(c.completion_tokens for c in done)
+    cached = min(c.cached_tokens for c in done) if done else 0
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion, "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+def logprob_items(token_bytes, entries: list[dict]) -> list[dict]:
+    """OpenAI's logprob items. `bytes` are the token's raw bytes (`token_bytes[id]`), so that text can be rebuilt
+    from tokens that each hold part of a character; `token` is their text, with bytes that are not a whole
+    character written as \\xNN (not U+FFFD, which would make different fragments the same key in top_logprobs)."""
+    def tok(t: int, lp: float) -> dict:
+        raw = token_bytes[t]
+        return {"token": raw.decode("utf-8", "backslashreplace"), "logprob": lp, "bytes": list(raw)}
+
+    return [{**tok(e["token"], e["logprob"]), "top_logprobs": [tok(t, lp) for t, lp in e["top"]]} for e in entries]
+
+
+def chat_choice(index: int, text: str, finish_reason: str | None, logprobs: list[dict] | None = None) -> dict:
+    """One choice of a whole chat completion; `logprobs` are items from `logprob_items`, None when not asked."""
+    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
+            "logprobs": None if logprobs is None else {"content": logprobs}}
+
+
+def chat_completion(head: dict, choices: list[dict], usage: dict, cites: list[dict] | None = None) -> dict:
+    """A whole chat completion; `head` is {id, created, model[, session_id]}. A knowledge-base answer carries
+    `cites` (its sources, numbered as in the prompt), even when empty."""
+    return {**head, "object": "chat.completion", "choices": choices, "usage": usage,
+            **({"citations": cites} if cites is not None else {})}
+
+
+def chat_chunk(head: dict, index: int, delta: dict, finish_reason: str | None = None,
+               logprobs: list[dict] | None = None, cites: list[dict] | None = None) -> dict:
+    """One streamed chunk of one choice; `cites` go on a knowledge-base answer's first chunk."""
+    choice = {"index": index, "delta": delta, "finish_reason": finish_reason,
+              "logprobs": None if logprobs is None else {"content": logprobs}}
+    return {**head, "object": "chat.completion.chunk", "choices": [choice],
+            **({"citations": cites} if cites is not None else {})}
+
+
+def usage_chunk(head: dict, obj: str, usage: dict) -> dict:
+    """The last chunk of a stream that asked for usage (stream_options.include_usage): no choices."""
+    return {**head, "object": obj, "choices": [], "usage": usage}
