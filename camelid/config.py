@@ -423,7 +423,7 @@ class CleanConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: Method = "lora"  # what trains: full, freeze, lora, qlora, ptuning, embedding (README: Methods)
+    method: Method = "lora"  # what trains (the README's Methods table)
     lora: LoraConfig = field(default_factory=LoraConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
