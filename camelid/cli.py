@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import re
 import sys
 import typing
@@ -46,7 +47,7 @@ class Args:
     def load(self) -> Config:
         return load_config(self.config, self.overrides)
 
-    def usage(self) -> CamelidError:
+    def usage_error(self) -> CamelidError:
         return CamelidError(f"usage: {VERBS[self.verb].usage}")
 
 
@@ -125,24 +126,26 @@ def _check_override_sections(verb: str, overrides: list[str]) -> None:
 # help, generated from the config dataclasses
 
 
-def key_rows(verb: str) -> list[list[tuple[str, str, str, object]]]:
-    """For each section `verb` reads: (section.key, type, description, default) per key."""
-    defaults, hints = Config(), typing.get_type_hints(Config)
-    out = []
+def key_rows(verb: str) -> list[tuple[str, list[tuple[str, str, str, object]]]]:
+    """(section, [(key, type, description, default), ...]) for each section `verb` reads; the top-level `method`
+    comes as section ''."""
+    defaults, out = Config(), []
     for name in SECTIONS[verb]:
-        if name == "method":
-            out.append([("method", type_name(hints["method"]), field_docs(Config)["method"], defaults.method)])
-            continue
-        obj = getattr(defaults, name)
-        docs, types = field_docs(type(obj)), typing.get_type_hints(type(obj))
-        out.append([(f"{name}.{f.name}", type_name(types[f.name]), docs.get(f.name, ""), getattr(obj, f.name))
-                    for f in dataclasses.fields(obj)])
+        owner, keys = (Config, ["method"]) if name == "method" else (type(getattr(defaults, name)), None)
+        obj = defaults if name == "method" else getattr(defaults, name)
+        docs, types = field_docs(owner), typing.get_type_hints(owner)
+        keys = keys or [f.name for f in dataclasses.fields(owner)]
+        out.append(("" if name == "method" else name,
+                    [(k, type_name(types[k]), docs.get(k, ""), getattr(obj, k)) for k in keys]))
     return out
 
 
-def _shown(value) -> str:
-    """A default as typed on the command line: YAML, as overrides are read (true, [a, b], '')."""
-    return _yaml_value(value)
+def _yaml_value(value) -> str:
+    """One value as typed on the command line and in YAML, as load_config reads it back: true, [a, b], '', -.inf."""
+    if isinstance(value, str) and not value.isprintable():  # a newline, a tab: one line, escaped (JSON is YAML)
+        return json.dumps(value, ensure_ascii=False)
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10**9)
+    return text.removesuffix("...\n").strip()
 
 
 def help_text(verb: str) -> str:
@@ -152,22 +155,17 @@ def help_text(verb: str) -> str:
         lines += ["", "options:"] + [f"  {f + (' ' + m if m else ''):14}  {h}" for f, (m, h) in spec.flags.items()]
     if verb not in SECTIONS:  # `config`: VERB's keys are in `camelid VERB --help`
         return "\n".join(lines)
-    groups = key_rows(verb)
+    groups = [[(f"{section}.{k}" if section else k, t, d, _yaml_value(v)) for k, t, d, v in rows]
+              for section, rows in key_rows(verb)]
     if not groups:
         return "\n".join(lines + ["", f"camelid {verb} reads no config keys."])
     lines += ["", "config keys (section.key=default  type: what it does): a CONFIG.yaml sets them, section.key=value",
               f"overrides them, `camelid config {verb}` writes them all to a file to start from"]
-    width = min(44, max(len(f"{k}={_shown(v)}") for group in groups for k, _, _, v in group))
+    width = min(44, max(len(f"{k}={v}") for group in groups for k, _, _, v in group))
     for group in groups:
         lines.append("")
-        lines += [f"  {k + '=' + _shown(v):{width}}  {t}" + (f": {d}" if d else "") for k, t, d, v in group]
+        lines += [f"  {k + '=' + v:{width}}  {t}" + (f": {d}" if d else "") for k, t, d, v in group]
     return "\n".join(lines)
-
-
-def _yaml_value(value) -> str:
-    """One value in YAML flow style, as load_config reads it back ('' for an empty string, -.inf, [a, b])."""
-    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10**9)
-    return text.removesuffix("...\n").strip()
 
 
 def config_yaml(verb: str, cfg: Config | None = None) -> str:
@@ -175,19 +173,13 @@ def config_yaml(verb: str, cfg: Config | None = None) -> str:
     back; values from `cfg`, defaults otherwise."""
     cfg = cfg or Config()
     out = [f"# camelid {verb}: every config key it reads (`camelid {verb} --help` says the same)"]
-    for group in key_rows(verb):
-        section = group[0][0].split(".")[0] if "." in group[0][0] else ""
-        values = [_yaml_value(getattr(getattr(cfg, section), k.split(".")[1]) if section else getattr(cfg, k))
-                  for k, *_ in group]
-        names = [k.split(".")[-1] for k, *_ in group]
-        width = max(len(n) + len(v) for n, v in zip(names, values)) + 2
-        out.append("")
-        if section:
-            out.append(f"{section}:")
-        indent = "  " if section else ""
-        out += [f"{indent}{n}: {v}{' ' * (width - len(n) - len(v))}# {t}" + (f"; {d}" if d else "")
-                for n, v, (_, t, d, _) in zip(names, values, group)]
-    if len(out) == 1:
+    for section, rows in key_rows(verb):
+        owner = getattr(cfg, section) if section else cfg
+        pairs = [(f"{'  ' if section else ''}{k}: {_yaml_value(getattr(owner, k))}", t, d) for k, t, d, _ in rows]
+        width = max(len(kv) for kv, _, _ in pairs)
+        out += ["", f"{section}:"] if section else [""]
+        out += [f"{kv:{width}}  # {t}" + (f"; {d}" if d else "") for kv, t, d in pairs]
+    if not key_rows(verb):
         out.append(f"# (camelid {verb} reads no config keys)")
     return "\n".join(out) + "\n"
 
@@ -261,7 +253,7 @@ def cmd_export(a: Args) -> None:
     from camelid.serve.vllm import vllm_command
 
     if len(a.plain) != 2:
-        raise a.usage()
+        raise a.usage_error()
     out = merge_adapter(a.plain[0], a.plain[1], a.flags.get("--dtype", "auto"))
     if is_reward_model(out):
         print(f"merged reward model written to {out} (loads with AutoModelForSequenceClassification.from_pretrained)")
@@ -274,7 +266,7 @@ def cmd_eval(a: Args) -> None:
     from camelid.eval.run import main
 
     if len(a.plain) != 1:
-        raise a.usage()
+        raise a.usage_error()
     main(validate(a.load(), "eval"), a.plain[0], before=bool(a.flags.get("--before")), out=a.flags.get("--out"))
 
 
@@ -282,7 +274,7 @@ def cmd_report(a: Args) -> None:
     from camelid.eval.report import main
 
     if not a.plain:
-        raise a.usage()
+        raise a.usage_error()
     main(a.plain, a.flags.get("--out"))
 
 
@@ -290,7 +282,7 @@ def cmd_chat(a: Args) -> None:
     from camelid.serve.chat import main
 
     if len(a.plain) != 1:
-        raise a.usage()
+        raise a.usage_error()
     main(validate(a.load(), "chat"), a.plain[0])
 
 
@@ -298,7 +290,7 @@ def cmd_serve(a: Args) -> None:
     from camelid.serve.server import main
 
     if len(a.plain) != 1:
-        raise a.usage()
+        raise a.usage_error()
     main(validate(a.load(), "serve"), a.plain[0])
 
 
@@ -306,7 +298,7 @@ def cmd_vllm(a: Args) -> None:
     from camelid.serve.vllm import vllm_command
 
     if len(a.plain) not in (1, 2):
-        raise a.usage()
+        raise a.usage_error()
     print(vllm_command(a.plain[0], a.plain[1] if len(a.plain) > 1 else None))
 
 
@@ -324,7 +316,7 @@ def cmd_tok(a: Args) -> None:
     from camelid.train import tok
 
     if not a.plain or a.plain[0] not in ("train", "extend", "report"):
-        raise a.usage()
+        raise a.usage_error()
     sub, positional, out, cfg = a.plain[0], a.plain[1:], a.flags.get("--out"), a.load()
     if sub == "train" and out:
         cfg.tok.train += positional
@@ -334,7 +326,7 @@ def cmd_tok(a: Args) -> None:
     elif sub == "report" and positional:
         tok.report_main(cfg, positional)
     else:
-        raise a.usage()
+        raise a.usage_error()
 
 
 def cmd_clean(a: Args) -> None:
@@ -345,7 +337,7 @@ def cmd_clean(a: Args) -> None:
     cfg.clean.inputs += a.plain
     cfg.clean.out = a.flags.get("--out") or cfg.clean.out
     if not cfg.clean.inputs:
-        raise a.usage()
+        raise a.usage_error()
     # The benchmark questions are loaded up here: camelid.data may not import camelid.eval.
     main(cfg, benchmark_items(cfg.clean.decontaminate) if cfg.clean.decontaminate else None)
 
@@ -354,7 +346,7 @@ def cmd_kb(a: Args) -> None:
     from camelid.rag.store import KnowledgeBase, kb_folder, kb_root, list_kbs
 
     if not a.plain or a.plain[0] not in ("add", "rm", "ls", "search", "ask"):
-        raise a.usage()
+        raise a.usage_error()
     sub, rest = a.plain[0], a.plain[1:]
     cfg = validate(a.load(), "kb")
     if sub == "ls" and not rest:
@@ -362,7 +354,7 @@ def cmd_kb(a: Args) -> None:
         print("\n".join(names) if names else f"no knowledge bases under {kb_root(cfg.rag)}")
         return
     if not rest or (sub in ("add", "rm") and len(rest) < 2) or (sub in ("search", "ask") and len(rest) != 2):
-        raise a.usage()
+        raise a.usage_error()
     folder = kb_folder(rest[0], cfg.rag)
     if sub == "add":
         report = KnowledgeBase.open(folder, create=cfg.rag).add(rest[1:], cfg.rag)
@@ -404,7 +396,7 @@ def cmd_quickstart(a: Args) -> None:
     from camelid.quickstart import main
 
     if a.plain:
-        raise a.usage()
+        raise a.usage_error()
     main(a.overrides)
 
 

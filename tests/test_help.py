@@ -12,9 +12,8 @@ import typing
 import pytest
 import yaml
 
-from camelid import cli
 from camelid.cli import VERBS, main, parse
-from camelid.config import SECTIONS, Config, field_docs, load_config
+from camelid.config import SECTIONS, Config, field_docs, load_config, type_name
 from camelid.utils import CamelidError
 
 
@@ -50,7 +49,7 @@ def test_every_verb_prints_its_help_and_runs_nothing(verb, monkeypatch, capsys):
         hints = typing.get_type_hints(type(getattr(Config(), section)))
         for f in dataclasses.fields(getattr(Config(), section)):
             assert f"\n  {section}.{f.name}=" in out, (verb, section, f.name)
-        assert any(f"{section}.{f.name}=" in line and f" {cli.type_name(hints[f.name])}: " in line
+        assert any(f"{section}.{f.name}=" in line and f" {type_name(hints[f.name])}: " in line
                    for f in dataclasses.fields(getattr(Config(), section)) for line in out.splitlines())
     others = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS.get(verb, ())) - {"method"}
     assert not any(f"\n  {s}." in out for s in others)  # only what the verb reads
