@@ -111,7 +111,7 @@ class TokConfig:
     """`camelid tok train / extend / report`: train a tokenizer, add its vocabulary to a base's."""
     # auto: spm_bpe for `tok train`; for `tok extend`, what fits the base (spm_bpe for SentencePiece bases,
     # otherwise byte-level bpe with the base's own pre-tokenizer)
-    kind: Literal["auto", "spm_bpe", "spm_unigram", "bpe", "wordpiece"] = "auto"  # the algorithm; auto: see the comment above
+    kind: Literal["auto", "spm_bpe", "spm_unigram", "bpe", "wordpiece"] = "auto"  # auto: see the comment above
     vocab_size: int = 20000  # tokens in the trained vocabulary
     train: list[str] = field(default_factory=list)  # corpus: .txt / .jsonl files, FOLDER@ENTRY, catalog datasets
     eval: list[str] = field(default_factory=list)  # held-out text for the report (tokens per character before/after)

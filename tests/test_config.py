@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import yaml
 
-from camelid.config import (SECTIONS, Config, ConfigError, RagConfig, ServeConfig, TrainConfig, load_config, save_config,
-                            to_dict, validate)
+from camelid.config import (SECTIONS, Config, ConfigError, RagConfig, ServeConfig, TrainConfig, load_config,
+                            save_config, to_dict, validate)
 
 REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"
 
