@@ -1,94 +1,191 @@
-"""The `camelid` command: a thin table of verbs over `main(cfg)` functions.
+"""The `camelid` command: a thin table of verbs (VERBS, below) over `main(cfg)` functions.
 
-    camelid sft CONFIG.yaml [section.key=value ...]
-    camelid pt CONFIG.yaml [overrides]
-    camelid rm CONFIG.yaml [overrides]       reward model from preference pairs
-    camelid dpo CONFIG.yaml [overrides]      DPO / IPO on preference pairs
-    camelid ppo CONFIG.yaml [overrides]      PPO (RLHF) against a reward model
-    camelid data CONFIG.yaml [overrides]     show rendered examples with their loss mask, and counts
-    camelid export RUN_DIR OUT_DIR           merge a LoRA run into a plain HF model folder
-    camelid eval MODEL_OR_RUN [--before] [--out DIR] [eval.tasks=[mmlu,...] ...]   benchmarks, perplexity, samples
-    camelid report RUN [RUN ...] [--out DIR]   HTML page: loss curves, scores before/after, samples side by side
-    camelid chat MODEL_OR_RUN [overrides]
-    camelid serve MODEL_OR_RUN [overrides]     OpenAI-compatible API (127.0.0.1:8000 unless serve.host/port)
-    camelid vllm RUN_OR_MODEL [NAME]         check vLLM can load it and print the exact `vllm serve` command
-    camelid pull NAME | --list               fetch a catalog model or dataset for offline use
-    camelid tok train|extend|report ...      train a tokenizer; extend a model's vocabulary (resized embeddings)
-    camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]   dedup, filter, decontaminate, mask PII
-    camelid kb add|rm|ls|search|ask KB ...   knowledge bases: ingest documents, retrieve, answer with citations
-    camelid quickstart [overrides]           real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU
+`camelid` alone lists the verbs; `camelid VERB --help` prints one verb's usage and every config key it reads, with
+type, default and description; `camelid config VERB` prints those keys as a commented YAML file to start from.
+
+Every verb reads its arguments by one convention (`parse`):
+
+    camelid VERB [ARG ...] [--flag [VALUE] ...] [CONFIG.yaml] [section.key=value ...]
+
+- `-h` / `--help` anywhere prints the verb's help and runs nothing (no model called "--help" gets loaded).
+- `section.key=value` (a dotted key, or `method=...`) overrides the config, after the file, in order, with YAML
+  values (`lora.target=[q_proj,v_proj]`). A key of a section the verb does not read is warned about.
+- CONFIG: for pt, sft, rm, dpo, ppo and data, the first plain argument (a file, or a shipped config's name such as
+  `sft_lora`); for the other verbs that read config, any argument ending in .yaml / .yml. At most one.
+- `--flag` or `--flag VALUE` (also `--flag=VALUE`): only the flags the verb's usage lists; anything else starting
+  with `-` is an error naming it.
+- Everything else is a plain argument, in order. After `--` every argument is plain, e.g. a question that starts
+  with "-" or contains "=" (`camelid kb ask handbook -- "-x=1?" model.name=...` is all plain after `--`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
+import json
 import re
 import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Callable, Literal
 
-from camelid.config import Config, load_config
-from camelid.utils import CamelidError, setup_logging
+import yaml
 
-
-def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """First argument is a YAML file unless it is an override (has '=')."""
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
+from camelid.config import SECTIONS, Config, field_docs, load_config, type_name, validate
+from camelid.utils import CamelidError, log, setup_logging
 
 
-def _pop_option(args: list[str], flag: str) -> str | None:
-    """Remove `flag VALUE` from args (in place) and return VALUE, or None when the flag is absent."""
-    if flag not in args:
-        return None
-    i = args.index(flag)
-    if i + 1 >= len(args):
-        raise CamelidError(f"{flag} needs a value")
-    value = args[i + 1]
-    del args[i:i + 2]
-    return value
+@dataclass
+class Args:
+    """One verb's command line, parsed (see the module docstring)."""
+    verb: str
+    plain: list[str] = field(default_factory=list)
+    flags: dict[str, str | bool] = field(default_factory=dict)
+    config: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def load(self) -> Config:
+        return load_config(self.config, self.overrides)
+
+    def usage_error(self) -> CamelidError:
+        return CamelidError(f"usage: {VERBS[self.verb].usage}")
 
 
-def _config_and_positional(args: list[str]):
-    """For verbs whose arguments mix one optional CONFIG.yaml, key=value overrides and plain arguments:
-    the loaded config and the plain arguments, in order."""
-    config = next((a for a in args if "=" not in a and a.endswith((".yaml", ".yml"))), None)
-    return load_config(config, [a for a in args if "=" in a]), [a for a in args if "=" not in a and a != config]
+@dataclass(frozen=True)
+class Verb:
+    run: Callable[[Args], None]
+    usage: str  # every form of the command, after "usage: "
+    about: str  # one line, in `camelid`'s listing
+    flags: dict[str, tuple[str, str]] = field(default_factory=dict)  # --flag: (VALUE's name or "" for a switch, help)
+    config: Literal["first", "yaml", "none"] = "yaml"  # where CONFIG sits (see the module docstring)
 
 
-def _keys(section: str) -> list[tuple[str, str]]:
-    """(`section.key=default`, its comment) for each key of a config section, the comment read where it is declared."""
-    def shown(value) -> str:  # as typed on the command line
-        return value if isinstance(value, str) and value else repr(value)
-
-    obj = getattr(Config(), section)
-    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*(?:#\s*(.*))?$", inspect.getsource(type(obj)), re.M))
-    return [(f"{section}.{f.name}={shown(getattr(obj, f.name))}", comments.get(f.name, ""))
-            for f in dataclasses.fields(obj)]
+# A dotted key then `=`: `train.lr=1e-4`, `method=full`. A plain argument may hold `=` too, but not after such a key.
+_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.\w+)*=")
 
 
-def _help(args: list[str], usage: str, sections: tuple[str, ...]) -> bool:
-    """With -h/--help among a verb's arguments: print its usage and the keys it reads, and say so (the verb then
-    does not run: no model called "--help" gets loaded)."""
-    if not any(a in ("-h", "--help") for a in args):
-        return False
-    rows = [row for section in sections for row in _keys(section)]
-    width = max(len(k) for k, _ in rows)
-    print(usage + "\n\nkeys (section.key=value; the defaults shown):")
-    print("\n".join(f"  {k:{width}}  {c}".rstrip() for k, c in rows))
-    return True
+def parse(verb: str, argv: list[str]) -> Args:
+    """Split a verb's arguments by the convention in the module docstring."""
+    spec, a = VERBS[verb], Args(verb)
+    literal: list[str] = []  # plain arguments after `--`: never a CONFIG
+    i = 0
+    while i < len(argv):
+        arg, i = argv[i], i + 1
+        if arg == "--":
+            literal = argv[i:]
+            break
+        if arg.startswith("-") and len(arg) > 1:
+            name, eq, value = arg.partition("=")
+            if name not in spec.flags:
+                raise CamelidError(f"unknown option '{name}'\nusage: {spec.usage}")
+            if not spec.flags[name][0]:
+                if eq:
+                    raise CamelidError(f"{name} takes no value\nusage: {spec.usage}")
+                a.flags[name] = True
+                continue
+            if not eq:
+                if i >= len(argv):
+                    raise CamelidError(f"{name} needs a value\nusage: {spec.usage}")
+                value, i = argv[i], i + 1
+            a.flags[name] = value
+        elif _OVERRIDE.match(arg):
+            a.overrides.append(arg)
+        else:
+            a.plain.append(arg)
+    if spec.config == "first":
+        if len(a.plain) > 1:
+            raise CamelidError(f"one CONFIG at most, got {', '.join(a.plain)}\nusage: {spec.usage}")
+        a.config = a.plain.pop() if a.plain else None
+    elif spec.config == "yaml":
+        files = [p for p in a.plain if p.endswith((".yaml", ".yml"))]
+        if len(files) > 1:
+            raise CamelidError(f"one CONFIG.yaml at most, got {', '.join(files)}\nusage: {spec.usage}")
+        if files:
+            a.config = files[0]
+            a.plain.remove(files[0])
+    a.plain += literal
+    if verb in SECTIONS:  # `camelid config VERB` checks against VERB's sections instead
+        _check_override_sections(verb, a.overrides)
+    return a
 
 
-def _no_options(args: list[str], usage: str) -> None:
-    """What is left after a verb's own flags starts with its positional argument, never another option."""
-    if args and args[0].startswith("-"):
-        raise CamelidError(f"unknown option '{args[0]}'\n{usage}")
+def _check_override_sections(verb: str, overrides: list[str]) -> None:
+    """A verb that reads no config refuses overrides; one that does warns about a section it would ignore."""
+    read = SECTIONS.get(verb, ())
+    if overrides and not read:
+        raise CamelidError(f"camelid {verb} reads no config keys, so '{overrides[0]}' means nothing to it\n"
+                           f"usage: {VERBS[verb].usage}")
+    for item in overrides:
+        section = item.split("=", 1)[0].split(".")[0]
+        if section not in read and section in {f.name for f in dataclasses.fields(Config)}:  # unknown: load fails
+            log.warning(f"camelid {verb} does not read {section}.*: '{item}' changes nothing "
+                        f"(it reads {', '.join(read)})")
 
 
-def cmd_train(stage: str, args: list[str]) -> None:
-    path, overrides = _split_args(args)
-    cfg = load_config(path, overrides)
+# ---------------------------------------------------------------------------------------------
+# help, generated from the config dataclasses
+
+
+def key_rows(verb: str) -> list[tuple[str, list[tuple[str, str, str, object]]]]:
+    """(section, [(key, type, description, default), ...]) for each section `verb` reads; the top-level `method`
+    comes as section ''."""
+    defaults, out = Config(), []
+    for name in SECTIONS[verb]:
+        owner, keys = (Config, ["method"]) if name == "method" else (type(getattr(defaults, name)), None)
+        obj = defaults if name == "method" else getattr(defaults, name)
+        docs, types = field_docs(owner), typing.get_type_hints(owner)
+        keys = keys or [f.name for f in dataclasses.fields(owner)]
+        out.append(("" if name == "method" else name,
+                    [(k, type_name(types[k]), docs.get(k, ""), getattr(obj, k)) for k in keys]))
+    return out
+
+
+def _yaml_value(value) -> str:
+    """One value as typed on the command line and in YAML, as load_config reads it back: true, [a, b], '', -.inf."""
+    if isinstance(value, str) and not value.isprintable():  # a newline, a tab: one line, escaped (JSON is YAML)
+        return json.dumps(value, ensure_ascii=False)
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10**9)
+    return text.removesuffix("...\n").strip()
+
+
+def help_text(verb: str) -> str:
+    spec = VERBS[verb]
+    lines = [f"usage: {spec.usage}", "", spec.about]
+    if spec.flags:
+        lines += ["", "options:"] + [f"  {f + (' ' + m if m else ''):14}  {h}" for f, (m, h) in spec.flags.items()]
+    if verb not in SECTIONS:  # `config`: VERB's keys are in `camelid VERB --help`
+        return "\n".join(lines)
+    groups = [[(f"{section}.{k}" if section else k, t, d, _yaml_value(v)) for k, t, d, v in rows]
+              for section, rows in key_rows(verb)]
+    if not groups:
+        return "\n".join(lines + ["", f"camelid {verb} reads no config keys."])
+    lines += ["", "config keys (section.key=default  type: what it does): a CONFIG.yaml sets them, section.key=value",
+              f"overrides them, `camelid config {verb}` writes them all to a file to start from"]
+    width = min(44, max(len(f"{k}={v}") for group in groups for k, _, _, v in group))
+    for group in groups:
+        lines.append("")
+        lines += [f"  {k + '=' + v:{width}}  {t}" + (f": {d}" if d else "") for k, t, d, v in group]
+    return "\n".join(lines)
+
+
+def config_yaml(verb: str, cfg: Config | None = None) -> str:
+    """The keys `verb` reads as a YAML file with a comment per key (type and description) that load_config accepts
+    back; values from `cfg`, defaults otherwise."""
+    cfg = cfg or Config()
+    out = [f"# camelid {verb}: every config key it reads (`camelid {verb} --help` says the same)"]
+    for section, rows in key_rows(verb):
+        owner = getattr(cfg, section) if section else cfg
+        pairs = [(f"{'  ' if section else ''}{k}: {_yaml_value(getattr(owner, k))}", t, d) for k, t, d, _ in rows]
+        width = max(len(kv) for kv, _, _ in pairs)
+        out += ["", f"{section}:"] if section else [""]
+        out += [f"{kv:{width}}  # {t}" + (f"; {d}" if d else "") for kv, t, d in pairs]
+    if not key_rows(verb):
+        out.append(f"# (camelid {verb} reads no config keys)")
+    return "\n".join(out) + "\n"
+
+
+def cmd_train(stage: str, a: Args) -> None:
+    cfg = a.load()
     if cfg.eval.after_training and cfg.eval.tasks:
         from camelid.eval.tasks import task_specs
 
@@ -118,16 +215,13 @@ def _holds_pairs(spec: str) -> bool:
     return True
 
 
-def cmd_data(args: list[str]) -> None:
+def cmd_data(a: Args) -> None:
     from camelid import hub
     from camelid.data.loader import load_records, render_all, render_pairs
     from camelid.data.templates import show
     from camelid.model import load_tokenizer
 
-    path, overrides = _split_args(args)
-    cfg = load_config(path, overrides)
-    if not cfg.data.train:
-        raise CamelidError("data.train needs at least one source")
+    cfg = validate(a.load(), "data")
     for spec in cfg.data.train:  # a typo fails here, with the closest names, before the tokenizer loads
         hub.check_data_source(spec)
     tok = load_tokenizer(cfg.model)
@@ -154,16 +248,13 @@ def cmd_data(args: list[str]) -> None:
     print("[[...]] marks the tokens the loss is computed on")
 
 
-def cmd_export(args: list[str]) -> None:
-    from camelid.model import merge_adapter
-
-    if len(args) < 2:
-        raise CamelidError("usage: camelid export RUN_DIR OUT_DIR [dtype=bfloat16]")
-    dtype = args[2].split("=", 1)[1] if len(args) > 2 else "auto"
-    from camelid.model import is_reward_model
+def cmd_export(a: Args) -> None:
+    from camelid.model import is_reward_model, merge_adapter
     from camelid.serve.vllm import vllm_command
 
-    out = merge_adapter(args[0], args[1], dtype)
+    if len(a.plain) != 2:
+        raise a.usage_error()
+    out = merge_adapter(a.plain[0], a.plain[1], a.flags.get("--dtype", "auto"))
     if is_reward_model(out):
         print(f"merged reward model written to {out} (loads with AutoModelForSequenceClassification.from_pretrained)")
         return
@@ -171,85 +262,62 @@ def cmd_export(args: list[str]) -> None:
           f"{vllm_command(out)}")
 
 
-EVAL_USAGE = "usage: camelid eval MODEL_OR_RUN [--before] [--out DIR] [eval.tasks=[mmlu] eval.limit=200 ...]"
-CHAT_USAGE = "usage: camelid chat MODEL_OR_RUN [chat.temperature=0.7 ...]"
-SERVE_USAGE = "usage: camelid serve MODEL_OR_RUN [serve.port=8000 engine.max_running=64 ...]"
-
-
-def cmd_eval(args: list[str]) -> None:
+def cmd_eval(a: Args) -> None:
     from camelid.eval.run import main
 
-    if _help(args, EVAL_USAGE, ("eval",)):
-        return
-    before = "--before" in args
-    args = [a for a in args if a != "--before"]
-    out = _pop_option(args, "--out")
-    _no_options(args, EVAL_USAGE)
-    if not args or "=" in args[0]:
-        raise CamelidError(EVAL_USAGE)
-    main(load_config(None, args[1:]), args[0], before=before, out=out)
+    if len(a.plain) != 1:
+        raise a.usage_error()
+    main(validate(a.load(), "eval"), a.plain[0], before=bool(a.flags.get("--before")), out=a.flags.get("--out"))
 
 
-def cmd_report(args: list[str]) -> None:
+def cmd_report(a: Args) -> None:
     from camelid.eval.report import main
 
-    main(args)
+    if not a.plain:
+        raise a.usage_error()
+    main(a.plain, a.flags.get("--out"))
 
 
-def cmd_chat(args: list[str]) -> None:
+def cmd_chat(a: Args) -> None:
     from camelid.serve.chat import main
 
-    if _help(args, CHAT_USAGE, ("chat", "engine")):
-        return
-    _no_options(args, CHAT_USAGE)
-    if not args:
-        raise CamelidError(CHAT_USAGE)
-    main(load_config(None, args[1:]), args[0])
+    if len(a.plain) != 1:
+        raise a.usage_error()
+    main(validate(a.load(), "chat"), a.plain[0])
 
 
-def cmd_serve(args: list[str]) -> None:
+def cmd_serve(a: Args) -> None:
     from camelid.serve.server import main
 
-    if _help(args, SERVE_USAGE, ("serve", "engine")):
-        return
-    _no_options(args, SERVE_USAGE)
-    if not args or "=" in args[0]:
-        raise CamelidError(SERVE_USAGE)
-    main(load_config(None, args[1:]), args[0])
+    if len(a.plain) != 1:
+        raise a.usage_error()
+    main(validate(a.load(), "serve"), a.plain[0])
 
 
-def cmd_vllm(args: list[str]) -> None:
+def cmd_vllm(a: Args) -> None:
     from camelid.serve.vllm import vllm_command
 
-    if not args:
-        raise CamelidError("usage: camelid vllm RUN_OR_MODEL [SERVED_NAME]")
-    print(vllm_command(args[0], args[1] if len(args) > 1 else None))
+    if len(a.plain) not in (1, 2):
+        raise a.usage_error()
+    print(vllm_command(a.plain[0], a.plain[1] if len(a.plain) > 1 else None))
 
 
-def cmd_pull(args: list[str]) -> None:
+def cmd_pull(a: Args) -> None:
     from camelid import hub
 
-    if not args or args[0] == "--list":
+    if not a.plain or a.flags.get("--list"):
         print("\n".join(hub.catalog_listing()))
         return
-    for name in args:
+    for name in a.plain:
         print(hub.pull(name))
 
 
-TOK_USAGE = """usage: camelid tok train CORPUS... --out DIR [tok.kind=spm_bpe tok.vocab_size=20000 ...]
-       camelid tok extend BASE [DOMAIN_TOKENIZER] --out DIR [tok.train=[CORPUS] tok.eval=[HELD_OUT] ...]
-       camelid tok report TOKENIZER... [tok.eval=[TEXT ...]]
-(a CONFIG.yaml may come first among the arguments; overrides are tok.* keys)"""
-
-
-def cmd_tok(args: list[str]) -> None:
+def cmd_tok(a: Args) -> None:
     from camelid.train import tok
 
-    if not args or args[0] not in ("train", "extend", "report"):
-        raise CamelidError(TOK_USAGE)
-    sub, rest = args[0], args[1:]
-    out = _pop_option(rest, "--out")
-    cfg, positional = _config_and_positional(rest)
+    if not a.plain or a.plain[0] not in ("train", "extend", "report"):
+        raise a.usage_error()
+    sub, positional, out, cfg = a.plain[0], a.plain[1:], a.flags.get("--out"), a.load()
     if sub == "train" and out:
         cfg.tok.train += positional
         tok.train(cfg, out)
@@ -258,48 +326,35 @@ def cmd_tok(args: list[str]) -> None:
     elif sub == "report" and positional:
         tok.report_main(cfg, positional)
     else:
-        raise CamelidError(TOK_USAGE)
+        raise a.usage_error()
 
 
-def cmd_clean(args: list[str]) -> None:
+def cmd_clean(a: Args) -> None:
     from camelid.data.clean import main
     from camelid.eval.contamination import benchmark_items
 
-    args = list(args)
-    out = _pop_option(args, "--out")
-    cfg, inputs = _config_and_positional(args)
-    cfg.clean.inputs += inputs
-    cfg.clean.out = out or cfg.clean.out
+    cfg = a.load()
+    cfg.clean.inputs += a.plain
+    cfg.clean.out = a.flags.get("--out") or cfg.clean.out
     if not cfg.clean.inputs:
-        raise CamelidError("usage: camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]")
+        raise a.usage_error()
     # The benchmark questions are loaded up here: camelid.data may not import camelid.eval.
     main(cfg, benchmark_items(cfg.clean.decontaminate) if cfg.clean.decontaminate else None)
 
 
-KB_USAGE = """usage: camelid kb add KB PATH... [rag.embedding_model=... rag.chunk_tokens=200 ...]   ingest files or folders
-       camelid kb rm KB NAME...              remove documents (a folder name removes all under it)
-       camelid kb ls [KB]                    knowledge bases, or the documents of one
-       camelid kb search KB "QUESTION" [rag.retriever=bm25|dense|hybrid rag.top_k=5]
-       camelid kb ask KB "QUESTION" model.name=MODEL_OR_RUN [rag.*]
-(KB is a name under rag.root, default $CAMELID_HOME/kb, or a folder path; a CONFIG.yaml may come among the
-arguments, e.g. configs/kb_hybrid.yaml)"""
-
-
-def cmd_kb(args: list[str]) -> None:
-    from camelid.config import validate
+def cmd_kb(a: Args) -> None:
     from camelid.rag.store import KnowledgeBase, kb_folder, kb_root, list_kbs
 
-    cfg, positional = _config_and_positional(args)
-    if not positional or positional[0] not in ("add", "rm", "ls", "search", "ask"):
-        raise CamelidError(KB_USAGE)
-    sub, rest = positional[0], positional[1:]
-    cfg = validate(cfg, "kb")
+    if not a.plain or a.plain[0] not in ("add", "rm", "ls", "search", "ask"):
+        raise a.usage_error()
+    sub, rest = a.plain[0], a.plain[1:]
+    cfg = validate(a.load(), "kb")
     if sub == "ls" and not rest:
         names = list_kbs(cfg.rag)
         print("\n".join(names) if names else f"no knowledge bases under {kb_root(cfg.rag)}")
         return
     if not rest or (sub in ("add", "rm") and len(rest) < 2) or (sub in ("search", "ask") and len(rest) != 2):
-        raise CamelidError(KB_USAGE)
+        raise a.usage_error()
     folder = kb_folder(rest[0], cfg.rag)
     if sub == "add":
         report = KnowledgeBase.open(folder, create=cfg.rag).add(rest[1:], cfg.rag)
@@ -337,46 +392,98 @@ def cmd_kb(args: list[str]) -> None:
             print(f"  [{c['index']}]{' *' if c['cited'] else ''} {c['label']}")
 
 
-def cmd_quickstart(args: list[str]) -> None:
+def cmd_quickstart(a: Args) -> None:
     from camelid.quickstart import main
 
-    main(args)
+    if a.plain:
+        raise a.usage_error()
+    main(a.overrides)
 
 
-VERBS = {
-    "pt": lambda a: cmd_train("pt", a),
-    "sft": lambda a: cmd_train("sft", a),
-    "rm": lambda a: cmd_train("rm", a),
-    "dpo": lambda a: cmd_train("dpo", a),
-    "ppo": lambda a: cmd_train("ppo", a),
-    "data": cmd_data,
-    "export": cmd_export,
-    "eval": cmd_eval,
-    "report": cmd_report,
-    "chat": cmd_chat,
-    "serve": cmd_serve,
-    "vllm": cmd_vllm,
-    "pull": cmd_pull,
-    "tok": cmd_tok,
-    "clean": cmd_clean,
-    "kb": cmd_kb,
-    "quickstart": cmd_quickstart,
+def cmd_config(a: Args) -> None:
+    verbs = [v for v in VERBS if v in SECTIONS]
+    if len(a.plain) != 1 or a.plain[0] not in verbs:
+        raise CamelidError(f"usage: {VERBS['config'].usage}\nVERB: one of {', '.join(verbs)}")
+    _check_override_sections(a.plain[0], a.overrides)
+    print(config_yaml(a.plain[0], a.load()), end="")
+
+
+_TRAIN_USAGE = "camelid {} [CONFIG] [section.key=value ...]"
+_OUT = {"--out": ("DIR", "where the output goes")}
+VERBS: dict[str, Verb] = {
+    "pt": Verb(lambda a: cmd_train("pt", a), _TRAIN_USAGE.format("pt"), "continued pretraining on plain text",
+               config="first"),
+    "sft": Verb(lambda a: cmd_train("sft", a), _TRAIN_USAGE.format("sft"),
+                "supervised fine-tuning on chats, the loss on the assistant's turns", config="first"),
+    "rm": Verb(lambda a: cmd_train("rm", a), _TRAIN_USAGE.format("rm"), "a reward model from preference pairs",
+               config="first"),
+    "dpo": Verb(lambda a: cmd_train("dpo", a), _TRAIN_USAGE.format("dpo"), "DPO / IPO / cDPO on preference pairs",
+                config="first"),
+    "ppo": Verb(lambda a: cmd_train("ppo", a), _TRAIN_USAGE.format("ppo"), "PPO (RLHF) against a reward model",
+                config="first"),
+    "data": Verb(cmd_data, _TRAIN_USAGE.format("data"),
+                 "show rendered examples with their loss mask, and counts: what a training stage would see",
+                 config="first"),
+    "export": Verb(cmd_export, "camelid export RUN_DIR OUT_DIR [--dtype auto|float32|bfloat16|float16]",
+                   "merge a LoRA run into a plain HF model folder (transformers and vLLM load it)",
+                   {"--dtype": ("DTYPE", "dtype of the merged weights; default auto (the base's own)")}, config="none"),
+    "eval": Verb(cmd_eval, "camelid eval MODEL_OR_RUN [--before] [--out DIR] [CONFIG.yaml] "
+                 "[eval.tasks=[mmlu] eval.limit=200 ...]", "benchmarks, perplexity, samples",
+                 {"--before": ("", "evaluate the run's base model (RUN/eval/before.json)"),
+                  "--out": ("DIR", "where results go; default RUN/eval, or eval-MODEL/eval")}),
+    "report": Verb(cmd_report, "camelid report RUN [RUN ...] [--out DIR]",
+                   "an offline HTML page: loss curves, scores before/after, samples side by side",
+                   {"--out": ("DIR", "default: the first RUN's report/")}, config="none"),
+    "chat": Verb(cmd_chat, "camelid chat MODEL_OR_RUN [CONFIG.yaml] [chat.temperature=0.7 ...]",
+                 "chat in the terminal (/reset clears the history, /exit leaves)"),
+    "serve": Verb(cmd_serve, "camelid serve MODEL_OR_RUN [CONFIG.yaml] [serve.port=8000 engine.max_running=64 ...]",
+                  "an OpenAI-compatible API for many users (127.0.0.1:8000 unless serve.host / serve.port)"),
+    "vllm": Verb(cmd_vllm, "camelid vllm RUN_OR_MODEL [SERVED_NAME]",
+                 "check vLLM can load it and print the exact `vllm serve` command", config="none"),
+    "pull": Verb(cmd_pull, "camelid pull NAME... | --list", "fetch a catalog model or dataset for offline use",
+                 {"--list": ("", "list the catalog")}, config="none"),
+    "tok": Verb(cmd_tok, "camelid tok train CORPUS... --out DIR [tok.kind=spm_bpe tok.vocab_size=20000 ...]\n"
+                "       camelid tok extend BASE [DOMAIN_TOKENIZER] --out DIR [tok.train=[CORPUS] tok.eval=[HELD_OUT] ...]\n"
+                "       camelid tok report TOKENIZER... [tok.eval=[TEXT ...]]",
+                "train a tokenizer; extend a model's vocabulary (tokenizer + resized embeddings); compare tokenizers",
+                _OUT),
+    "clean": Verb(cmd_clean, "camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]",
+                  "clean a corpus: normalize, dedup, quality filters, decontaminate, mask PII", _OUT),
+    "kb": Verb(cmd_kb, "camelid kb add KB PATH... [rag.embedding_model=... rag.chunk_tokens=200 ...]\n"
+               "       camelid kb rm KB NAME...      remove documents (a folder name removes all under it)\n"
+               "       camelid kb ls [KB]            knowledge bases, or the documents of one\n"
+               "       camelid kb search KB QUESTION [rag.retriever=bm25|dense|hybrid rag.top_k=5]\n"
+               "       camelid kb ask KB QUESTION model.name=MODEL_OR_RUN [rag.*]\n"
+               "(KB: a name under rag.root, default $CAMELID_HOME/kb, or a folder; a CONFIG.yaml may come among the "
+               "arguments, e.g. configs/kb_hybrid.yaml)",
+               "knowledge bases: ingest documents, retrieve, answer with citations"),
+    "quickstart": Verb(cmd_quickstart, "camelid quickstart [section.key=value ...]",
+                       "real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU (overrides change its "
+                       "recipe, configs/quickstart.yaml)", config="none"),
+    "config": Verb(cmd_config, "camelid config VERB [CONFIG.yaml] [section.key=value ...]",
+                   "print the keys VERB reads as a commented YAML file to start a config from"),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
-        print(__doc__)
+        print("usage: camelid VERB [ARG ...] [--flag [VALUE] ...] [CONFIG.yaml] [section.key=value ...]\n\n"
+              "verbs (`camelid VERB --help` for one):\n"
+              + "\n".join(f"  {v:10}  {spec.about}" for v, spec in VERBS.items()))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"unknown verb '{argv[0]}'; verbs: {', '.join(VERBS)}")
             sys.exit(2)
         return
+    verb, args = argv[0], argv[1:]
+    if any(x in ("-h", "--help") for x in args[:args.index("--") if "--" in args else len(args)]):
+        print(help_text(verb))
+        return
     setup_logging()
     try:
-        VERBS[argv[0]](argv[1:])
+        VERBS[verb].run(parse(verb, args))
     except CamelidError as e:
-        print(f"camelid {argv[0]}: error: {e}", file=sys.stderr)
+        print(f"camelid {verb}: error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("\ninterrupted; the newest checkpoint (if any) resumes the run", file=sys.stderr)

@@ -1,8 +1,12 @@
 """Strict config: unknown keys, wrong types and impossible combinations fail before any weights load."""
 
-import pytest
+import dataclasses
 
-from camelid.config import ConfigError, load_config, save_config, validate
+import pytest
+import yaml
+
+from camelid.config import (SECTIONS, Config, ConfigError, RagConfig, ServeConfig, TrainConfig, load_config,
+                            save_config, to_dict, validate)
 
 REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"
 
@@ -70,3 +74,37 @@ def test_shipped_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
         load_config("sft_lroa")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("elsewhere/sft_lora.yaml")  # a path into another folder is never swapped for a shipped file
+
+
+# ------------------------------------------------------------------ config per stage
+
+
+def test_a_stage_judges_only_the_sections_it_reads():
+    # serve's own rule, broken in a YAML file that an sft run shares with `camelid serve`
+    cfg = load_config(None, ["model.name=x", "data.train=a", "serve.default_max_tokens=9000", "rag.chunk_tokens=4"])
+    validate(cfg, "sft")  # sft reads neither serve nor rag
+    with pytest.raises(ConfigError, match=r"serve.default_max_tokens must be in .*rag.chunk_tokens must be >= 16"):
+        validate(cfg, "serve")  # every problem of the stage's sections at once
+    with pytest.raises(ConfigError, match="unknown stage 'sfft'.*did you mean 'sft'"):
+        validate(cfg, "sfft")
+
+
+def test_each_section_checks_its_own_fields():
+    assert RagConfig(chunk_tokens=8, chunk_overlap=0).check() == ["rag.chunk_tokens must be >= 16"]
+    assert TrainConfig().check() == [] and TrainConfig(lr=0, keep_last=0).check() == [
+        "train.lr must be > 0", "train.keep_last must be >= 1"]
+    # Was a ZeroDivisionError from `rollout_batch % mini_batch` before any message.
+    cfg = load_config(None, ["model.name=x", "data.train=a", "ppo.mini_batch=0"])
+    with pytest.raises(ConfigError, match="ppo.rollout_batch and ppo.mini_batch must be >= 1"):
+        validate(cfg, "ppo")
+
+
+def test_a_run_folder_saves_only_its_stage_sections_and_loads_back(tmp_path):
+    cfg = load_config(None, ["train.lr=3e-4", "dpo.beta=0.3", "serve.port=9000", "eval.limit=5"])
+    save_config(cfg, tmp_path / "c.yaml", "dpo")
+    saved = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert list(saved) == list(SECTIONS["dpo"]) and "serve" not in saved and "clean" not in saved
+    back = load_config(tmp_path / "c.yaml")
+    assert (back.train, back.dpo, back.eval) == (cfg.train, cfg.dpo, cfg.eval)
+    assert back.serve == ServeConfig()  # a section the file lacks holds the defaults
+    assert list(to_dict(cfg)) == [f.name for f in dataclasses.fields(Config)]  # without a stage: every section

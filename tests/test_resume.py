@@ -14,6 +14,7 @@ import time
 import pytest
 import yaml
 
+from camelid.config import load_config
 from camelid.train import sft
 from camelid.train.loop import latest_checkpoint
 from camelid.utils import CamelidError
@@ -195,3 +196,31 @@ def test_which_changes_matter_depends_on_method_and_stage():
     assert classify("model.gradient_checkpointing", lora, "sft") == "free"
     assert classify("engine.block_size", lora, "ppo") == "unrelated"
     assert classify("train.some_future_key", lora, "sft") == "locked"  # unplaced: assumed to matter
+
+
+def test_config_yaml_holds_the_stage_sections_and_an_older_full_one_still_resumes(tiny_model, chat_file, tmp_path):
+    from camelid.config import SECTIONS, to_dict
+
+    sft.main(short(tiny_model, chat_file, tmp_path))
+    run = tmp_path / "run"
+    assert list(yaml.safe_load((run / "config.yaml").read_text())) == list(SECTIONS["sft"])  # no serve, rag, clean
+    # Sections sft does not read change nothing in the comparison, whether the saved config lacks them ...
+    sft.main(short(tiny_model, chat_file, tmp_path, **{"serve.port": 9000, "rag.top_k": 9}))
+    assert not (run / "config_history.yaml").exists()
+    # ... or holds them, as an older camelid wrote every section.
+    old = to_dict(short(tiny_model, chat_file, tmp_path, **{"serve.port": 1234, "clean.min_units": 3}))
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    sft.main(short(tiny_model, chat_file, tmp_path, **{"train.max_steps": 6}))
+    (entry,) = history(run)
+    assert list(entry["changes"]) == ["train.max_steps"]
+    assert list(yaml.safe_load((run / "config.yaml").read_text())) == list(SECTIONS["sft"])
+
+
+def test_a_section_the_saved_config_lacks_compares_as_its_defaults():
+    from camelid.config import to_dict
+    from camelid.train.run import config_changes
+
+    cfg = load_config(None, ["dpo.beta=0.3", "serve.port=9000"])
+    old = {k: v for k, v in to_dict(cfg, "dpo").items() if k != "dpo"}  # saved without its dpo section
+    assert config_changes(old, cfg, "dpo") == {"dpo.beta": {"old": 0.1, "new": 0.3, "kind": "locked"}}
+    assert config_changes(to_dict(cfg, "dpo"), cfg, "dpo") == {}

@@ -15,7 +15,6 @@ never an error: a report is most often opened while a run is still incomplete.
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
@@ -660,11 +659,12 @@ def write_report(runs: list[Path], out: Path) -> Path:
     return index
 
 
-def main(args: list[str]) -> None:
-    """`camelid report RUN [RUN ...] [--out DIR]`: prints the path of the written index.html."""
-    parser = argparse.ArgumentParser(prog="camelid report",
-                                     description="Write an offline HTML report of one or several runs.")
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders, shown side by side")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="default: <first RUN>/report")
-    ns = parser.parse_args(args)
-    print(write_report(ns.runs, ns.out or ns.runs[0] / "report"))
+def main(runs: list[str | Path], out: str | Path | None = None) -> Path:
+    """`camelid report RUN [RUN ...] [--out DIR]` (the command line is parsed in camelid/cli.py, as every verb's):
+    writes index.html (default under the first run's report/) and prints its path."""
+    if not runs:
+        raise CamelidError("camelid report needs at least one run folder")
+    paths = [Path(r) for r in runs]
+    page = write_report(paths, Path(out) if out else paths[0] / "report")
+    print(page)
+    return page

@@ -1,7 +1,7 @@
 """The run folder every training stage writes: resolved config, data provenance, metrics, weights.
 
     runs/<name>/
-      config.yaml          the fully resolved config
+      config.yaml          the fully resolved config: the sections the stage reads (config.SECTIONS)
       config_history.yaml  what changed each time the run was continued with a different config (if ever)
       data.json            sources with file paths, sha256 and record counts
       metrics.jsonl        one line per logged step (+ eval lines)
@@ -109,7 +109,7 @@ def start(cfg, stage: str):
         if history is not None:
             old = yaml.safe_load((run_dir / HISTORY).read_text()) if (run_dir / HISTORY).is_file() else []
             (run_dir / HISTORY).write_text(yaml.safe_dump((old or []) + [history], sort_keys=False, allow_unicode=True))
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml", stage)  # only the sections this stage reads
     acc.wait_for_everyone()
     torch.manual_seed(cfg.train.seed)
     return run_dir, acc
@@ -141,10 +141,11 @@ def classify(key: str, cfg: Config, stage: str) -> str:
 
 
 def config_changes(old: dict, cfg: Config, stage: str) -> dict[str, dict]:
-    """{dotted key: {old, new, kind}} for every key whose value differs from the saved config `old`. Keys the saved
-    config lacks (written by an older camelid) count as holding today's default."""
-    new = _flat(to_dict(cfg))
-    before = _flat(to_dict(Config())) | _flat(old)
+    """{dotted key: {old, new, kind}} for every key of the sections `stage` reads whose value differs from the saved
+    config `old`. Keys the saved config lacks (a newer key, or a section it did not record) count as holding today's
+    default; sections it holds that the stage does not read (an older camelid saved every section) are not compared."""
+    new = _flat(to_dict(cfg, stage))
+    before = _flat(to_dict(Config(), stage)) | _flat(old)
     return {k: {"old": before.get(k), "new": v, "kind": classify(k, cfg, stage)}
             for k, v in new.items() if before.get(k) != v and k != "train.resume"}  # resume says how, not what
 
