@@ -121,7 +121,7 @@ def worker(spec: dict) -> None:
     }
     cfg = load_config(None, [f"{k}={v}" for k, v in over.items()])
     acc = make_accelerator(cfg.train)
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     data = prepare_preference(tok, cfg.data, cfg.train.seed)
     pool = list(data.train)
     random.Random(spec["seed"]).shuffle(pool)  # mix the sources

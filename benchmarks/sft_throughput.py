@@ -108,11 +108,11 @@ def render_examples(model: str, max_length: int, seed: int, out_dir: Path) -> di
     tokenizer to out_dir/tokenizer and the examples to out_dir/examples.json."""
     import random
 
-    from camelid.config import DataConfig, ModelConfig
+    from camelid.config import DataConfig
     from camelid.data.loader import load_records, render_all
     from camelid.model import load_tokenizer
 
-    tok = load_tokenizer(ModelConfig(name=model))
+    tok = load_tokenizer(model)
     data_cfg = DataConfig(train=list(DATA), max_length=max_length)  # truncation=right, like camelid's default
     records, stats = load_records(data_cfg.train, "messages", data_cfg)
     random.Random(seed).shuffle(records)  # mix zh and en

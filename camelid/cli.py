@@ -224,7 +224,7 @@ def cmd_data(a: Args) -> None:
     cfg = validate(a.load(), "data")
     for spec in cfg.data.train:  # a typo fails here, with the closest names, before the tokenizer loads
         hub.check_data_source(spec)
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     pairs = cfg.data.format == "preference" or _holds_pairs(cfg.data.train[0])
     records, stats = load_records(cfg.data.train, "preference" if pairs else "messages", cfg.data)
     for st in stats:

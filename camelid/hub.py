@@ -372,6 +372,30 @@ def resolve_model(name_or_path: str, kind: str = "model", pull_catalog: bool = T
     return _from_hub(name_or_path, kind)
 
 
+def model_folder(name_or_path: str | os.PathLike) -> str:
+    """Where a verb loads a model from: `resolve_model`'s answer, or inside a run folder its final/ (a run's top
+    level holds checkpoints and logs; final/ holds the weights or adapter, tokenizer and chat template). A Hugging
+    Face id the Hub serves stays an id."""
+    path = resolve_model(str(name_or_path))
+    final = Path(path) / "final"
+    return str(final) if final.is_dir() else path
+
+
+def adapter_config(folder: str | os.PathLike) -> dict | None:
+    """The adapter_config.json of a peft adapter folder, parsed; None for anything else (a plain model folder, a
+    Hugging Face id). A broken file is an error naming it, not a plain model."""
+    f = Path(folder) / "adapter_config.json"
+    if not f.is_file():
+        return None
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CamelidError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CamelidError(f"{f}: expected a JSON object, found {type(cfg).__name__}")
+    return cfg
+
+
 def _looks_like_path(name: str) -> bool:
     if name.startswith(_PATH_PREFIXES) or not _HF_ID.fullmatch(name):
         return True

@@ -16,36 +16,52 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from camelid import hub
+from camelid.config import Config
 from camelid.data.templates import ensure_template
 from camelid.utils import CamelidError, atomic_dir, log, require
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 VOCAB_INFO = "camelid_vocab.json"  # written by `camelid tok extend` beside the resized model
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+# What the loaders return: a transformers model, or a peft model around one (lora, qlora, ptuning, unmerged adapters).
+Model = Union[PreTrainedModel, "PeftModel"]
 
 
-def load_tokenizer(model_cfg, path: str | None = None):
-    src = path or hub.resolve_model(model_cfg.name)
-    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=model_cfg.trust_remote_code)
+def load_tokenizer(name_or_path: str | Path, template: str = "", trust_remote_code: bool = False, *,
+                   as_saved: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder, catalog name, Hugging Face id or run folder (its final/), for training,
+    inference and reward models alike: the chat template `template` names (a built-in), else its own, else the
+    closest built-in; EOS as the pad token when it has none (padding is always masked out of the loss and
+    attention, so reusing EOS is safe). `as_saved=True` adds neither, for `camelid tok`, which compares and re-saves
+    tokenizers and must not change them. Only fast tokenizers: loss masks and chat prompts are cut by character
+    offsets, which slow ones do not give (chat and serve would otherwise fail later, mid-request)."""
+    src = hub.model_folder(name_or_path)
+    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     if not getattr(tok, "is_fast", False):
-        raise CamelidError(f"{src}: camelid needs a fast (Rust) tokenizer to compute loss masks from offsets")
-    ensure_template(tok, model_cfg.template)
-    if tok.pad_token_id is None:
-        # Padding is always masked out of the loss and attention, so reusing EOS is safe.
-        tok.pad_token = tok.eos_token
+        raise CamelidError(f"{src}: camelid needs a fast (Rust) tokenizer to compute loss masks and prompts from "
+                           "character offsets")
+    if not as_saved:
+        ensure_template(tok, template)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
     return tok
 
 
-def load_model(cfg, path: str | None = None, reward: bool = False, pad_token_id: int | None = None):
+def load_model(cfg: Config, path: str | None = None, reward: bool = False, pad_token_id: int | None = None) -> Model:
     """The base model with `cfg.method` applied, ready to train. `reward=True` gives the reward-model shape:
     the base's decoder with a new scalar head reading the last non-pad token (`...ForSequenceClassification`,
     one label), so the trained model is a standard HF sequence classifier; `pad_token_id` tells it where rows end."""
     m = cfg.model
-    src = path or hub.resolve_model(m.name)
+    src = path or hub.model_folder(m.name)
     kwargs = {"dtype": DTYPES[m.dtype], "attn_implementation": m.attn_implementation, "trust_remote_code": m.trust_remote_code}
     if m.attn_implementation == "flash_attention_2":
         require("flash_attn", "flash")
@@ -61,7 +77,7 @@ def load_model(cfg, path: str | None = None, reward: bool = False, pad_token_id:
     return apply_method(model, cfg, task="SEQ_CLS" if reward else "CAUSAL_LM")
 
 
-def _bnb_config(cfg):
+def _bnb_config(cfg: Config):
     require("bitsandbytes", "qlora")
     from transformers import BitsAndBytesConfig
 
@@ -75,7 +91,7 @@ def _bnb_config(cfg):
     )
 
 
-def transformer_blocks(model) -> torch.nn.ModuleList:
+def transformer_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
     """The stack of decoder blocks, found as the ModuleList as long as the config's layer count."""
     n = model.config.num_hidden_layers
     for _, mod in model.named_modules():
@@ -84,7 +100,7 @@ def transformer_blocks(model) -> torch.nn.ModuleList:
     raise CamelidError(f"could not find the {n} transformer blocks of {type(model).__name__}")
 
 
-def apply_method(model, cfg, task: str = "CAUSAL_LM"):
+def apply_method(model: PreTrainedModel, cfg: Config, task: str = "CAUSAL_LM") -> Model:
     """`task` is peft's: CAUSAL_LM, or SEQ_CLS for reward models (whose new score head then always trains)."""
     method = cfg.method
     if method == "full":
@@ -147,7 +163,7 @@ def first_new_id(folder: str | Path) -> int:
     return int(json.loads(info.read_text())["first_new_id"])
 
 
-def mask_old_rows(model, first: int) -> None:
+def mask_old_rows(model: PreTrainedModel, first: int) -> None:
     """Zero the gradient of embedding and output-head rows below `first` in every backward pass. From the
     first step on, AdamW then keeps zero moments for those rows and (with weight decay 0, which config validation
     demands) moves them by exactly 0: old tokens keep their vectors bit for bit."""
@@ -164,7 +180,8 @@ def mask_old_rows(model, first: int) -> None:
 
 
 @torch.no_grad()
-def resize_embeddings(model, old_tok, new_tok) -> int:
+def resize_embeddings(model: PreTrainedModel, old_tok: PreTrainedTokenizerBase,
+                      new_tok: PreTrainedTokenizerBase) -> int:
     """Grow the input embeddings and output head to `len(new_tok)` rows. Each new row starts as the mean of the old
     rows of the pieces the old tokenizer cuts that token's text into (the output head likewise, tied or not), so a
     new token starts out meaning what its pieces meant. Old rows are untouched: old-token logits stay the same.
@@ -190,7 +207,7 @@ def resize_embeddings(model, old_tok, new_tok) -> int:
     return n - first
 
 
-def count_parameters(model) -> tuple[int, int]:
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     seen, trainable, total = set(), 0, 0
     for p in model.parameters():
         if id(p) in seen:  # tied embeddings count once
@@ -206,12 +223,13 @@ def count_parameters(model) -> tuple[int, int]:
 # saving and loading what was trained
 
 
-def save_trained(model, tokenizer, out: Path, cfg, state_dict: dict | None = None) -> None:
+def save_trained(model: Model, tokenizer: PreTrainedTokenizerBase, out: Path, cfg: Config,
+                 state_dict: dict | None = None) -> None:
     """Adapters as peft folders, other methods as full HF folders; the tokenizer (with its chat
     template) is saved beside either, so chat/serve/vLLM use the template training used.
     `state_dict` is the gathered one when training was sharded. Written to a temp folder and renamed, so a crash
     never leaves a half-written final/ (nor a stale one with new files mixed in)."""
-    info = {"method": cfg.method, "base_model": cfg.model.name, "base_path": hub.resolve_model(cfg.model.name)}
+    info = {"method": cfg.method, "base_model": cfg.model.name, "base_path": hub.model_folder(cfg.model.name)}
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp), **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(str(tmp))
@@ -221,14 +239,10 @@ def save_trained(model, tokenizer, out: Path, cfg, state_dict: dict | None = Non
             shutil.copyfile(vocab_info, tmp / VOCAB_INFO)
 
 
-def is_adapter(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").exists()
-
-
-def adapter_base(path: Path) -> str:
-    """Where the base model of the adapter folder `path` loads from, checked like model.name (a moved or deleted base
-    folder fails here, naming it, instead of being looked up on the Hub)."""
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+def adapter_base(path: Path, adapter: dict) -> str:
+    """Where the base model of the adapter folder `path` (whose adapter_config.json is `adapter`) loads from, checked
+    like model.name (a moved or deleted base folder fails here, naming it, instead of being looked up on the Hub)."""
+    base = adapter.get("base_model_name_or_path")
     if not base:
         raise CamelidError(f"{path / 'adapter_config.json'} names no base model (base_model_name_or_path)")
     try:
@@ -237,17 +251,16 @@ def adapter_base(path: Path) -> str:
         raise CamelidError(f"{path} is an adapter over {base}, which cannot be loaded: {e}") from None
 
 
-def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True, trust_remote_code: bool = False):
+def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True,
+                       trust_remote_code: bool = False) -> tuple[Model, PreTrainedTokenizerBase]:
     """(model, tokenizer) from a plain model folder, a catalog name, or an adapter/run folder."""
-    path = Path(hub.resolve_model(str(path)))
-    if (path / "final").is_dir():  # a run folder: use its final weights
-        path = path / "final"
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    ensure_template(tok)
-    if is_adapter(path):
+    path = Path(hub.model_folder(path))
+    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    adapter = hub.adapter_config(path)
+    if adapter is not None:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=DTYPES[dtype],
+        base = AutoModelForCausalLM.from_pretrained(adapter_base(path, adapter), dtype=DTYPES[dtype],
                                                     trust_remote_code=trust_remote_code)
         if len(tok) > base.get_input_embeddings().weight.shape[0]:  # as peft's AutoPeftModel does
             base.resize_token_embeddings(len(tok))
@@ -262,32 +275,28 @@ def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True
 
 def is_reward_model(path: str | Path) -> bool:
     """A sequence-classification folder, or a peft adapter trained on one (a `camelid rm` LoRA run)."""
-    path = Path(path)
-    if (path / "final").is_dir():
-        path = path / "final"
-    if is_adapter(path):
-        return json.loads((path / "adapter_config.json").read_text()).get("task_type") == "SEQ_CLS"
+    path = Path(hub.model_folder(path))
+    adapter = hub.adapter_config(path)
+    if adapter is not None:
+        return adapter.get("task_type") == "SEQ_CLS"
     config = path / "config.json"
     if not config.is_file():
         return False
     return any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or [])
 
 
-def load_reward_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
+def load_reward_model(path: str | Path, dtype: str = "float32",
+                      trust_remote_code: bool = False) -> tuple[Model, PreTrainedTokenizerBase]:
     """(reward model, tokenizer): a sequence classifier whose logits[:, 0] is the reward of each row.
     A LoRA reward model is merged into its base on load."""
-    path = Path(hub.resolve_model(str(path)))
-    if (path / "final").is_dir():
-        path = path / "final"
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    ensure_template(tok)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    path = Path(hub.model_folder(path))
+    tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
-    if is_adapter(path):
+    adapter = hub.adapter_config(path)
+    if adapter is not None:
         from peft import PeftModel
 
-        model = AutoModelForSequenceClassification.from_pretrained(adapter_base(path), num_labels=1,
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_base(path, adapter), num_labels=1,
                                                                    pad_token_id=tok.pad_token_id, **kwargs)
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     else:
@@ -300,15 +309,14 @@ def load_reward_model(path: str | Path, dtype: str = "float32", trust_remote_cod
 def merge_adapter(path: str | Path, out: str | Path, dtype: str = "auto") -> Path:
     """A LoRA run → a plain HF folder (weights + tokenizer + template) that transformers and vLLM load;
     a LoRA reward model → a plain `...ForSequenceClassification` folder."""
-    src = Path(path)
-    if (src / "final").is_dir():
-        src = src / "final"
-    if not is_adapter(src):
+    src = Path(hub.model_folder(path))
+    adapter = hub.adapter_config(src)
+    if adapter is None:
         raise CamelidError(f"{src} holds no adapter (adapter_config.json): nothing to merge")
-    cfg = json.loads((src / "adapter_config.json").read_text())
-    if cfg.get("peft_type") != "LORA":
-        raise CamelidError(f"{src}: a {cfg.get('peft_type')} adapter cannot be merged into weights; serve it as an adapter")
-    if cfg.get("task_type") == "SEQ_CLS":
+    if adapter.get("peft_type") != "LORA":
+        raise CamelidError(f"{src}: a {adapter.get('peft_type')} adapter cannot be merged into weights; "
+                           "serve it as an adapter")
+    if adapter.get("task_type") == "SEQ_CLS":
         model, tok = load_reward_model(src, dtype=dtype)
     else:
         model, tok = load_for_inference(src, dtype=dtype, merge=True)
@@ -322,10 +330,8 @@ def merge_adapter(path: str | Path, out: str | Path, dtype: str = "auto") -> Pat
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
-def decoder_and_head(model):
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder, lm_head) when calling them directly computes exactly what the model's forward does."""
-    from transformers import PreTrainedModel
-
     base = model
     if type(model).__name__ == "PeftModelForCausalLM":
         if model.peft_config[model.active_adapter].is_prompt_learning:

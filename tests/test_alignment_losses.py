@@ -262,9 +262,8 @@ def tok_and_model(tiny_model):
     from transformers import AutoModelForCausalLM
 
     from camelid.model import load_tokenizer
-    from camelid.config import ModelConfig
 
-    tok = load_tokenizer(ModelConfig(name=str(tiny_model)))
+    tok = load_tokenizer(str(tiny_model))
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     return tok, model
 

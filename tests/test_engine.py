@@ -336,23 +336,6 @@ def test_logprobs_match_a_reference_forward(model_dirs, prompts):
         assert [v for _, v in entry["top"]] == pytest.approx(values.tolist(), abs=1e-4)
 
 
-def test_score_matches_a_reference_forward(model_dirs, prompts):
-    engine = make_engine(model_dirs, "qwen2")
-    seqs, starts = [prompts[0], prompts[4]], [1, 30]
-    got = engine.score(seqs, starts)
-    ref = ref_model(model_dirs, "qwen2")
-    for seq, start, lps in zip(seqs, starts, got):
-        with torch.no_grad():
-            logits = ref(input_ids=torch.tensor([seq])).logits[0].float()
-        expected = torch.log_softmax(logits, -1)[start - 1:-1].gather(1, torch.tensor(seq[start:])[:, None])[:, 0]
-        assert len(lps) == len(seq) - start
-        assert lps == pytest.approx(expected.tolist(), abs=1e-4)
-    with pytest.raises(ValueError):
-        engine.score([prompts[0]], [0])
-    with pytest.raises(ValueError):
-        engine.score([prompts[0]], [len(prompts[0])])
-
-
 def test_ptuning_prefix_is_served_from_pinned_blocks(model_dirs, prompts):
     """A P-Tuning v2 (peft prefix tuning) model: its learned KV prefix sits in pinned blocks ahead of every request;
     greedy output equals a full-sequence greedy loop through peft's forward, and the prefix blocks survive requests

@@ -201,9 +201,16 @@ def test_examples_load():
 
 # ------------------------------------------------------------------------ LLaMA-Factory folders
 
+def read_lf_entry(folder, name: str):
+    """(path, line, standard alpaca/sharegpt record) for each record of a dataset_info.json entry, and its format:
+    the mapping's output before any converter sees it."""
+    files, mapper, fmt = F._lf_plan(folder, name)
+    return [(p, line, mapper(rec, p, line)) for p in files for line, rec in F.read_records(p)], fmt
+
+
 def test_lf_folder_column_and_tag_mapping():
     folder = EXAMPLES / "lf_folder"
-    rows, fmt = F.read_lf_entry(folder, "shop_faq")
+    rows, fmt = read_lf_entry(folder, "shop_faq")
     assert fmt == "alpaca" and [line for _, line, _ in rows] == [1, 2, 3]
     assert F.to_messages(rows[1][2], fmt) == {"messages": [
         sys_("You answer questions for a bike shop."), user("Are you open on Sunday?"),
@@ -223,7 +230,7 @@ def test_lf_folder_column_and_tag_mapping():
 def test_lf_folder_errors(tmp_path):
     folder = EXAMPLES / "lf_folder"
     with pytest.raises(CamelidError, match="did you mean shop_faq"):
-        F.read_lf_entry(folder, "shop_fac")
+        F.load_source(f"{folder}@shop_fac", "messages")
     with pytest.raises(CamelidError, match="needs a download.*hf_hub_url=someone/some_dataset.*local file"):
         F.load_source(f"{folder}@remote_only", "messages")
     with pytest.raises(CamelidError, match="name an entry"):

@@ -77,6 +77,32 @@ def test_resolve_model(tmp_path, home, monkeypatch):
         hub.resolve_model("")
 
 
+def test_model_folder_reads_a_run_folder_as_its_final_weights(tmp_path, home, monkeypatch):
+    plain, run = tmp_path / "plain", tmp_path / "run"
+    plain.mkdir()
+    (run / "final").mkdir(parents=True)
+    (run / "checkpoint-2").mkdir()
+    assert hub.model_folder(plain) == str(plain)
+    assert hub.model_folder(str(run)) == str(run / "final")
+    assert hub.model_folder(run / "final") == str(run / "final")
+    monkeypatch.setattr(hub, "hub_status", lambda repo: 200)
+    assert hub.model_folder("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"  # an id stays an id
+    with pytest.raises(CamelidError, match="'./no/such/run' not found"):
+        hub.model_folder("./no/such/run")
+
+
+def test_adapter_config_tells_an_adapter_from_a_plain_model(tmp_path):
+    assert hub.adapter_config(tmp_path) is None
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    assert hub.adapter_config(tmp_path) == {"peft_type": "LORA", "r": 8}
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": ')
+    with pytest.raises(CamelidError, match=r"adapter_config.json: not valid JSON"):
+        hub.adapter_config(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("[1]")
+    with pytest.raises(CamelidError, match=r"adapter_config.json: expected a JSON object, found list"):
+        hub.adapter_config(tmp_path)
+
+
 def test_names_that_look_like_paths_fail_at_once_with_the_closest_names(home, tmp_path, monkeypatch):
     """They never reach the Hub (whose client retried each file 5 times with back-off before a traceback)."""
     monkeypatch.chdir(tmp_path)

@@ -14,7 +14,7 @@ from conftest import CHATS, tiny_config
 
 def test_packed_row_logits_equal_unpacked(tiny_model, tmp_path):
     cfg = tiny_config(tiny_model, "unused", tmp_path)
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
     examples = [render(tok, c) for c in CHATS]
     rows = pack(examples, capacity=1000)
@@ -98,7 +98,7 @@ def test_lm_loss_fast_path_equals_the_full_forward(method, tiny_model, tmp_path)
     from camelid.train.losses import lm_loss
 
     cfg = tiny_config(tiny_model, "unused", tmp_path, method=method, **{"data.packing": False})
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     model = load_model(cfg).train()
     batch = collate([render(tok, c) for c in CHATS], tok.pad_token_id)
     batch.pop("num_tokens")

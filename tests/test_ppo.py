@@ -74,7 +74,7 @@ def test_shared_layout_trains_adapters_and_value_head_but_not_the_base(tiny_mode
     from transformers import AutoModelForCausalLM
 
     cfg = ppo_config(tiny_model, prompt_file, tmp_path / "run", **{"lora.target": ["all-linear"]})
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     ac = ppo.ActorCritic(cfg, "cpu")
     before = {n: p.detach().clone() for n, p in ac.trainable().named_parameters()}
     engine = Engine(ac.policy, tok, dataclasses.replace(cfg.engine, prefix_cache=False, kv_cache_tokens=4096))

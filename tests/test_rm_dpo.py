@@ -13,7 +13,7 @@ from test_cli import run_cli
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from camelid.cli import main as cli
-from camelid.config import DataConfig, ModelConfig
+from camelid.config import DataConfig
 from camelid.data.loader import collate_pairs, render_pairs
 from camelid.model import is_reward_model, load_model, load_reward_model, load_tokenizer
 from camelid.train import dpo, rm
@@ -65,7 +65,7 @@ class Spy:
 
 
 def eval_batch(tiny_model, pairs):
-    tok = load_tokenizer(ModelConfig(name=str(tiny_model)))
+    tok = load_tokenizer(str(tiny_model))
     records = [json.loads(x) for x in pairs[1].read_text().splitlines()]
     records = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": r["chosen"], "rejected": r["rejected"]}
                for r in records]
@@ -149,7 +149,7 @@ def test_rm_lora_learns_loads_evaluates_and_exports(tiny_model, pairs, tmp_path)
 def test_rm_full_and_freeze_save_a_plain_classifier(method, tiny_model, pairs, tmp_path):
     cfg = config(tiny_model, pairs, tmp_path, method=method, **{
         "train.max_steps": 20, "train.lr": 1e-3 if method == "full" else 1e-2, "freeze.last_n_blocks": 1})
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     torch.manual_seed(cfg.train.seed)
     ref = load_model(cfg, reward=True, pad_token_id=tok.pad_token_id)
     init = {n: p.detach().clone() for n, p in ref.named_parameters()}
@@ -376,7 +376,7 @@ def test_pairs_identical_after_truncation_are_dropped_and_counted(stage, tiny_mo
     data = write_cut_pairs(tmp_path / "cut.jsonl")
     cfg = tiny_config(tiny_model, data, tmp_path, **{"data.max_length": 64, "train.max_steps": 3,
                                                      "data.eval_split": 0.2, "train.eval_every": 2})
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     from camelid.data.loader import load_records
 
     records, _ = load_records(cfg.data.train, "preference", cfg.data)

@@ -1,11 +1,12 @@
 """Every method × {pt, sft} trains a tiny real model: finite falling loss, exactly the right weights change."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from camelid.model import count_parameters, load_model
+from camelid.model import count_parameters, load_model, load_tokenizer
 from camelid.train import pt, sft
 from conftest import tiny_config
 
@@ -171,3 +172,16 @@ def test_progress_eta_counts_training_steps_only(tiny_model, chat_file, tmp_path
     assert elapsed1 < step1 + 0.5  # the step-0 eval came before the bar's clock started
     assert (4 - 1) / rate1 < 3 * step1 + 1.0  # so the ETA after step 1 is three steps' time
     assert elapsed4 < (when4 - started[0]) - pause + 0.5  # the eval after step 2 is off its clock too
+
+
+def test_a_run_folder_names_its_final_weights_as_the_base_model(tiny_model, chat_file, tmp_path):
+    """model.name=runs/pt (not runs/pt/final) trains on what that run ended with, as chat and serve read it."""
+    earlier = tmp_path / "earlier"
+    shutil.copytree(tiny_model, earlier / "final")
+    (earlier / "metrics.jsonl").write_text("")
+    cfg = tiny_config(earlier, chat_file, tmp_path, method="full", **{"train.max_steps": 1})
+    assert len(load_tokenizer(str(earlier))) == len(load_tokenizer(str(tiny_model)))
+    assert load_model(cfg).name_or_path == str(earlier / "final")
+    sft.main(cfg)
+    info = json.loads((tmp_path / "run" / "final" / "camelid_model.json").read_text())
+    assert info["base_model"] == str(earlier) and info["base_path"] == str(earlier / "final")

@@ -373,12 +373,6 @@ def _lf_map(rec: dict, plan: dict[str, str], tags: dict[str, str], formatting: s
     return out
 
 
-def read_lf_entry(folder: str | Path, name: str) -> tuple[list[tuple[Path, int, dict]], str]:
-    """(path, line, standard alpaca/sharegpt record) for each record of a dataset_info.json entry, and its format."""
-    files, mapper, fmt = _lf_plan(folder, name)
-    return [(p, line, mapper(rec, p, line)) for p in files for line, rec in read_records(p)], fmt
-
-
 # ------------------------------------------------------------------------------------ load_source
 
 def _mapped(files: list[Path], mapper: Mapper | None) -> Iterator[tuple[Path, int, dict | DataError]]:

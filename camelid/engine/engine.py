@@ -222,19 +222,6 @@ class Engine:
         with self._wake:
             self._wake.notify()
 
-    @torch.inference_mode()
-    def score(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
-        """log p(token | everything before) for sequence[start:], each sequence in one plain causal forward."""
-        out = []
-        for seq, start in zip(sequences, starts):
-            if not 1 <= start < len(seq):
-                raise ValueError(f"start {start} must be in [1, {len(seq) - 1}]")
-            ids = torch.tensor([seq], device=self.device)
-            logits = self.model(input_ids=ids, use_cache=False, logits_to_keep=torch.arange(start - 1, len(seq) - 1)).logits[0]
-            lp = torch.log_softmax(logits.float(), -1).gather(1, ids[0, start:, None])[:, 0]
-            out.append(lp.tolist())
-        return out
-
     def stats(self) -> dict:
         now = time.perf_counter()
         while self._recent and now - self._recent[0][0] > 10:

@@ -22,9 +22,7 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-r
 def _folder(target: str | Path) -> Path:
     """The folder vLLM will load: a run's final/, an exported model, or a catalog model (resolved, and pulled if
     needed, as the other verbs do)."""
-    path = Path(hub.resolve_model(str(target)))
-    if (path / "final").is_dir():
-        path = path / "final"
+    path = Path(hub.model_folder(target))
     if not path.is_dir():  # a Hugging Face id that the Hub serves: nothing here to check
         raise CamelidError(f"{target}: not a local folder; camelid vllm checks a run folder, its final/ folder, an "
                            "exported model or a catalog model. For a Hugging Face id run "
@@ -36,8 +34,8 @@ def vllm_command(target: str | Path, name: str | None = None, port: int = 8000) 
     path = _folder(target)
     name = name or (Path(target).resolve().name)
     template = path / "chat_template.jinja"
-    if (path / "adapter_config.json").is_file():
-        cfg = json.loads((path / "adapter_config.json").read_text())
+    cfg = hub.adapter_config(path)
+    if cfg is not None:
         kind = cfg.get("peft_type")
         if kind != "LORA":
             raise CamelidError(f"{path}: a {kind} adapter; vLLM serves only LoRA adapters (serve it with `camelid serve`)")

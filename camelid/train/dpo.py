@@ -17,11 +17,12 @@ import gc
 import time
 
 import torch
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from camelid.config import Config, validate
+from camelid.config import Config, DpoConfig, validate
 from camelid.data.loader import Pair, collate_pairs, prepare_preference
-from camelid.model import load_model, load_tokenizer
+from camelid.model import Model, load_model, load_tokenizer
 from camelid.train import run
 from camelid.train.loop import fit
 from camelid.train.losses import dpo_loss, sequence_logps
@@ -32,13 +33,13 @@ ADAPTERS = ("lora", "qlora", "ptuning")
 class Reference:
     """The reference policy's sequence log-probs: the policy itself with adapters off, or a frozen copy."""
 
-    def __init__(self, cfg: Config, policy, acc):
+    def __init__(self, cfg: Config, policy: Model, acc: Accelerator):
         self.acc, self.policy, self.copy = acc, policy, None
         if cfg.method not in ADAPTERS:
             self.copy = load_model(dataclasses.replace(cfg, method="full")).requires_grad_(False).eval().to(acc.device)
 
     @torch.no_grad()
-    def logps(self, batch: dict, model=None) -> torch.Tensor:
+    def logps(self, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
         if self.copy is not None:
             return sequence_logps(self.copy, batch)
         peft_model = self.acc.unwrap_model(model if model is not None else self.policy)
@@ -50,7 +51,7 @@ class Reference:
         return out
 
 
-def precompute(ref: Reference, units: list[Pair], collate_fn, batch_size: int, device) -> None:
+def precompute(ref: Reference, units: list[Pair], collate_fn, batch_size: int, device: torch.device) -> None:
     """Store each pair's reference (chosen, rejected) log-probs on it, so training needs no reference forward."""
     for i in tqdm(range(0, len(units), batch_size), desc="reference log-probs", unit="batch"):
         chunk = units[i : i + batch_size]
@@ -60,7 +61,7 @@ def precompute(ref: Reference, units: list[Pair], collate_fn, batch_size: int, d
             p.ref = (c, r)
 
 
-def dpo_batch_loss(ref: Reference, dc):
+def dpo_batch_loss(ref: Reference, dc: DpoConfig):
     """`batch → loss` over [chosen rows; rejected rows]: policy and reference sequence log-probs into `dpo_loss`."""
 
     def loss_fn(model, batch: dict):
@@ -82,7 +83,7 @@ def main(cfg: Config, loss_fn=None) -> dict:
     started = time.time()
     run_dir, acc = run.start(cfg, "dpo")
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     with acc.main_process_first():
         data = prepare_preference(tokenizer, cfg.data, cfg.train.seed)
     run.record_data(run_dir, data, acc)

@@ -11,6 +11,8 @@ trainable weights, optimizer moments, RNG states and the data position, in safet
 nothing is unpickled on resume. Under DeepSpeed/FSDP the weights are sharded, so accelerate's own
 `save_state` writes them instead. Resume replays the same batch order from the saved position, so
 a resumed run's losses equal an uninterrupted run's.
+
+PPO owns its loop (rollouts, then updates) but takes the schedule, resume, metrics log and checkpoints from here.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from camelid.config import TrainConfig
 from camelid.data.loader import batch_order
 from camelid.utils import CamelidError, atomic_dir, follow_umask, log, write_json
 
@@ -41,9 +44,11 @@ LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 # rather than being metrics themselves.
 WEIGHTS = ("n_tokens", "n_pairs")
 _SHARDED = (DistributedType.DEEPSPEED, DistributedType.FSDP)
+# train.scheduler → transformers' schedule name; every one starts with train.warmup_ratio of linear warmup.
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
-def make_accelerator(cfg) -> Accelerator:
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
     handlers = []
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
         # DeepSpeed on CPU ranks: without a named backend accelerate sees no device, starts the process
@@ -64,7 +69,7 @@ def param_groups(params, weight_decay: float, lr: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def _optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model.parameters(), cfg.weight_decay, cfg.lr)
     if not groups:
         raise CamelidError("the model has no trainable parameters; check method and its options")
@@ -74,7 +79,7 @@ def _optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 class _Stream:
     """The micro-batch sequence across epochs, addressable by index so resume can jump into it."""
 
-    def __init__(self, n_units: int, cfg, rank: int, world: int):
+    def __init__(self, n_units: int, cfg: TrainConfig, rank: int, world: int):
         self.n_units, self.cfg, self.rank, self.world = n_units, cfg, rank, world
         self.per_epoch = len(batch_order(n_units, cfg.batch_size, cfg.seed, 0, rank, world))
         if self.per_epoch == 0:
@@ -89,7 +94,7 @@ class _Stream:
             epoch, offset = epoch + 1, 0
 
 
-def total_steps(n_units: int, cfg, world: int = 1) -> int:
+def total_steps(n_units: int, cfg: TrainConfig, world: int = 1) -> int:
     if cfg.max_steps:
         return cfg.max_steps
     per_epoch = len(batch_order(n_units, cfg.batch_size, cfg.seed, 0, 0, world))
@@ -102,7 +107,7 @@ def fit(
     train_units: list,
     eval_units: list,
     collate_fn: Callable[[list], dict],
-    cfg,
+    cfg: TrainConfig,
     run_dir: str | Path,
     accelerator: Accelerator | None = None,
     on_step: Callable[[int, dict], None] | None = None,
@@ -117,30 +122,18 @@ def fit(
     random.seed(cfg.seed)
     optimizer = _optimizer(model, cfg)
     steps = total_steps(len(train_units), cfg, acc.num_processes)
-    sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
-    warmup = int(cfg.warmup_ratio * steps)
     if acc.distributed_type == DistributedType.DEEPSPEED:
         acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     model, optimizer = acc.prepare(model, optimizer)
     # The scheduler stays unprepared: accelerate would step it once per process per step.
-    scheduler = get_scheduler(sched_name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
-
-    state = {"step": 0, "tokens": 0}
-    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, acc, model, optimizer)
-        with warnings.catch_warnings():  # fast-forwarding the schedule without optimizer steps is intended
-            warnings.simplefilter("ignore")
-            for _ in range(state["step"]):
-                scheduler.step()
-        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
-        log.info(f"resumed from {ckpt} at step {state['step']}")
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    state = resume(run_dir, cfg, acc, model, optimizer, scheduler) or {"step": 0, "tokens": 0}
 
     stream = _Stream(len(train_units), cfg, acc.process_index, acc.num_processes).from_index(state["step"] * cfg.grad_accum)
-    writer = tensorboard_writer(run_dir, cfg) if acc.is_main_process else None
+    logger = MetricsLog(run_dir, cfg, acc, steps)
     metrics: dict = {}
     if eval_units and state["step"] == 0:  # the baseline every later eval is read against
-        log_metrics(run_dir, writer, {"step": 0, **evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)}, acc)
+        logger.write({"step": 0, **evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)})
     # The bar starts after the baseline eval, and later evals and checkpoint saves are taken off its clock and off
     # tokens/s: the ETA is training steps only (a slow step-0 eval once made a 9.5 min run show 46 min).
     bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not acc.is_main_process,
@@ -185,21 +178,50 @@ def fit(
         if cfg.eval_every and state["step"] % cfg.eval_every == 0 and eval_units and state["step"] < steps:
             metrics |= evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
             model.train()
-        if state["step"] % cfg.log_every == 0 or state["step"] == steps:
-            log_metrics(run_dir, writer, metrics, acc)
+        logger.step(metrics)
         if on_step is not None:  # e.g. per-step timing in benchmarks/
             on_step(state["step"], metrics)
-        if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < steps:
+        if checkpoint_due(cfg, state["step"], steps):
             save_checkpoint(run_dir, state, acc, model, optimizer, cfg.keep_last)
         paused += pause_clock(bar, time.perf_counter() - pause_from)
     bar.close()
     if eval_units:
         final = evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)
         metrics |= final
-        log_metrics(run_dir, writer, {"step": state["step"], **final}, acc)
-    if writer is not None:
-        writer.close()
+        logger.write({"step": state["step"], **final})
+    logger.close()
     return model, metrics
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """train.scheduler over `steps` optimizer steps, the first train.warmup_ratio of them warming up linearly."""
+    return get_scheduler(SCHEDULES[cfg.scheduler], optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps),
+                         num_training_steps=steps)
+
+
+def resume(run_dir: Path, cfg: TrainConfig, acc: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, scheduler_steps: int = 1) -> dict | None:
+    """With train.resume and a checkpoint in `run_dir`: restore `model`'s trainable weights, the optimizer and the
+    RNG states from the latest one, fast-forward the schedule by `scheduler_steps` per step done, and drop the
+    metrics lines of the steps about to be run again. Returns the checkpoint's state (step, ...), or None when the
+    run starts at step 0."""
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is None:
+        return None
+    state = load_checkpoint(ckpt, acc, model, optimizer)
+    with warnings.catch_warnings():  # fast-forwarding the schedule without optimizer steps is intended
+        warnings.simplefilter("ignore")
+        for _ in range(state["step"] * scheduler_steps):
+            scheduler.step()
+    truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+    log.info(f"resumed from {ckpt} at step {state['step']}")
+    return state
+
+
+def checkpoint_due(cfg: TrainConfig, step: int, steps: int) -> bool:
+    """Every train.save_every steps, except the last: final/ holds that one."""
+    return bool(cfg.save_every) and step % cfg.save_every == 0 and step < steps
 
 
 def pause_clock(bar, seconds: float) -> float:
@@ -212,7 +234,8 @@ def pause_clock(bar, seconds: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn: LossFn, units: list, collate_fn, batch_size: int, acc: Accelerator) -> dict:
+def evaluate(model: torch.nn.Module, loss_fn: LossFn, units: list, collate_fn, batch_size: int,
+             acc: Accelerator) -> dict:
     """Weighted means over `units` (sharded over ranks) of the loss and every metric the loss reports, as
     eval_<name>; weights are the loss's n_tokens (then eval_ppl too) or n_pairs, else 1 per batch."""
     model.eval()
@@ -245,7 +268,35 @@ def evaluate(model, loss_fn: LossFn, units: list, collate_fn, batch_size: int, a
 # logging
 
 
-def tensorboard_writer(run_dir: Path, cfg):
+class MetricsLog:
+    """A run's metrics.jsonl, and its TensorBoard folder when train.tensorboard, written by the main process only."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, acc: Accelerator, steps: int):
+        self.path, self.acc, self.every, self.steps = Path(run_dir) / "metrics.jsonl", acc, cfg.log_every, steps
+        self.writer = _tensorboard_writer(Path(run_dir), cfg) if acc.is_main_process else None
+
+    def step(self, metrics: dict) -> None:
+        """The line of a finished step, when due: every train.log_every steps and at the last one."""
+        if metrics["step"] % self.every == 0 or metrics["step"] == self.steps:
+            self.write(metrics)
+
+    def write(self, metrics: dict) -> None:
+        """One line now (`metrics` holds its "step"), e.g. an eval's."""
+        if not self.acc.is_main_process:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.writer.add_scalar(k, v, metrics["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _tensorboard_writer(run_dir: Path, cfg: TrainConfig):
     if not cfg.tensorboard:
         return None
     try:
@@ -254,17 +305,6 @@ def tensorboard_writer(run_dir: Path, cfg):
         log.info("tensorboard not installed (pip install 'camelid[tensorboard]'); logging to metrics.jsonl only")
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def log_metrics(run_dir: Path, writer, metrics: dict, acc: Accelerator) -> None:
-    if not acc.is_main_process:
-        return
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(metrics) + "\n")
-    if writer is not None:
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and k != "step":
-                writer.add_scalar(k, v, metrics["step"])
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -288,11 +328,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _trainable(model) -> dict[str, torch.Tensor]:
+def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model, optimizer, keep_last: int) -> None:
+def save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, keep_last: int) -> None:
     final = run_dir / f"checkpoint-{state['step']}"
     acc.wait_for_everyone()
     if acc.distributed_type in _SHARDED:
@@ -323,7 +364,7 @@ def save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model, optimiz
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(ckpt: Path, acc: Accelerator, model, optimizer) -> dict:
+def load_checkpoint(ckpt: Path, acc: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     state = json.loads((ckpt / "state.json").read_text())
     if (ckpt / "accelerate").exists():
         acc.load_state(str(ckpt / "accelerate"))

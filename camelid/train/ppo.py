@@ -30,22 +30,20 @@ import copy
 import dataclasses
 import math
 import time
-import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedTokenizerBase
 
-from camelid.config import Config, validate
+from camelid.config import Config, PpoConfig, validate
 from camelid.data.loader import batch_order, collate, load_records, prepare_pt, with_system
 from camelid.data.templates import prompt_ids, render
 from camelid.engine import Engine, SamplingParams
 from camelid.hub import camelid_home
 from camelid.model import decoder_and_head, load_model, load_reward_model, load_tokenizer
 from camelid.train import run
-from camelid.train.loop import (latest_checkpoint, load_checkpoint, log_metrics, param_groups, save_checkpoint,
-                                tensorboard_writer, truncate_metrics)
+from camelid.train.loop import MetricsLog, checkpoint_due, make_scheduler, param_groups, resume, save_checkpoint
 from camelid.train.losses import (entropy_from_logits, gae, kl_penalized_rewards, lm_loss, masked_mean, masked_whiten,
                                   ppo_policy_loss, ppo_value_loss)
 from camelid.utils import CamelidError, log
@@ -56,7 +54,7 @@ RewardFn = Callable[[list[list[dict]], list[str]], list[float]]
 class ActorCritic:
     """Actor, critic and reference behind one interface, in either memory layout (see the module docstring)."""
 
-    def __init__(self, cfg: Config, device):
+    def __init__(self, cfg: Config, device: torch.device):
         self.shared = cfg.ppo.layout == "shared"
         self.policy = load_model(cfg).to(device)
         if self.shared:
@@ -95,7 +93,7 @@ class ActorCritic:
             if m is not None:
                 m.train(mode)
 
-    def _hidden_and_head(self, model, batch: dict):
+    def _hidden_and_head(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.nn.Module]:
         split = decoder_and_head(model)
         if split is None:
             raise CamelidError(f"ppo needs a model whose decoder and output head can be called apart; "
@@ -131,7 +129,7 @@ def gather_logps(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 class RewardModel:
     """A `camelid rm` run (or any one-label sequence classifier) as a reward function."""
 
-    def __init__(self, path: str, device, dtype: str):
+    def __init__(self, path: str, device: torch.device, dtype: str):
         self.model, self.tok = load_reward_model(path, dtype)
         self.model.to(device)
         self.device = device
@@ -144,7 +142,7 @@ class RewardModel:
                           attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0].float().tolist()
 
 
-def load_prompts(tokenizer, cfg: Config) -> list[tuple[list[dict], list[int]]]:
+def load_prompts(tokenizer: PreTrainedTokenizerBase, cfg: Config) -> list[tuple[list[dict], list[int]]]:
     """(messages, prompt token ids) per prompt; prompts leaving no room for an answer within data.max_length are
     dropped and counted."""
     records, _ = load_records(cfg.data.train, "prompt", cfg.data)
@@ -186,7 +184,7 @@ def take(batch: dict, idx: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def rollout(ac: ActorCritic, engine: Engine, reward_fn: RewardFn, prompts, cfg: Config, step: int,
-            kl_coef: float, device) -> tuple[dict, dict]:
+            kl_coef: float, device: torch.device) -> tuple[dict, dict]:
     """Answer, score and evaluate one batch of prompts: everything the PPO epochs then train on."""
     p = cfg.ppo
     ac.train(False)
@@ -232,7 +230,8 @@ def rollout(ac: ActorCritic, engine: Engine, reward_fn: RewardFn, prompts, cfg: 
     return batch, stats
 
 
-def ppo_update(ac: ActorCritic, batch: dict, cfg: Config, optimizer, scheduler, ptx, step: int) -> dict:
+def ppo_update(ac: ActorCritic, batch: dict, cfg: Config, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, ptx: Iterator[dict] | None, step: int) -> dict:
     """`ppo.ppo_epochs` passes over the rollout in mini-batches; one optimizer step per mini-batch."""
     p = cfg.ppo
     ac.train(True)
@@ -270,7 +269,7 @@ def ppo_update(ac: ActorCritic, batch: dict, cfg: Config, optimizer, scheduler, 
     return {k: v / n for k, v in sums.items()}
 
 
-def adapt_kl(kl_coef: float, kl: float, cfg) -> float:
+def adapt_kl(kl_coef: float, kl: float, cfg: PpoConfig) -> float:
     """Ziegler et al. 2019, sec. 2.2: β ← β·(1 + K_β·e), e = clip(KL/target − 1, ±0.2), K_β = episodes / horizon."""
     if not cfg.adaptive_kl:
         return kl_coef
@@ -278,7 +277,7 @@ def adapt_kl(kl_coef: float, kl: float, cfg) -> float:
     return kl_coef * (1 + error * cfg.rollout_batch / cfg.kl_horizon)
 
 
-def ptx_batches(tokenizer, cfg: Config, device):
+def ptx_batches(tokenizer: PreTrainedTokenizerBase, cfg: Config, device: torch.device) -> Iterator[dict] | None:
     """An endless stream of pretraining-text batches for PPO-ptx, or None."""
     if not cfg.ppo.ptx_coef:
         return None
@@ -306,7 +305,7 @@ def main(cfg: Config, reward_fn: RewardFn | None = None) -> dict:
         raise CamelidError("ppo runs in one process (one GPU or the CPU); launch it without accelerate/torchrun")
     p, t, device = cfg.ppo, cfg.train, acc.device
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     prompts = load_prompts(tokenizer, cfg)
     ac = ActorCritic(cfg, device)
     reward_fn = reward_fn or RewardModel(p.reward_model, device, cfg.model.dtype if cfg.model.dtype != "auto" else "float32")
@@ -317,29 +316,18 @@ def main(cfg: Config, reward_fn: RewardFn | None = None) -> dict:
 
     per_epoch = len(batch_order(len(prompts), p.rollout_batch, t.seed, 0))
     steps = t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
-    opt_steps = steps * p.ppo_epochs * (p.rollout_batch // p.mini_batch)
+    updates = p.ppo_epochs * (p.rollout_batch // p.mini_batch)  # optimizer steps per PPO step
     optimizer = torch.optim.AdamW(param_groups(ac.actor_params, t.weight_decay, t.lr)
                                   + param_groups(ac.critic_params, t.weight_decay, p.critic_lr or t.lr))
-    sched = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
-    scheduler = get_scheduler(sched, optimizer, num_warmup_steps=int(t.warmup_ratio * opt_steps), num_training_steps=opt_steps)
+    scheduler = make_scheduler(optimizer, t, steps * updates)
     ptx = ptx_batches(tokenizer, cfg, device)
 
-    state = {"step": 0, "kl_coef": p.kl_coef}
-    ckpt = latest_checkpoint(run_dir) if t.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, acc, ac.trainable(), optimizer)
-        with warnings.catch_warnings():  # fast-forwarding the schedule without optimizer steps is intended
-            warnings.simplefilter("ignore")
-            for _ in range(state["step"] * p.ppo_epochs * (p.rollout_batch // p.mini_batch)):
-                scheduler.step()
-        for _ in range(state["step"] if ptx is not None else 0):  # the ptx stream continues where it was
-            for _ in range(p.ppo_epochs * (p.rollout_batch // p.mini_batch)):
-                next(ptx)
-        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
-        log.info(f"resumed from {ckpt} at step {state['step']}")
+    state = resume(run_dir, t, acc, ac.trainable(), optimizer, scheduler, updates) or {"step": 0, "kl_coef": p.kl_coef}
+    for _ in range(state["step"] * updates if ptx is not None else 0):  # the ptx stream continues where it was
+        next(ptx)
     ac.use("default")
 
-    writer = tensorboard_writer(run_dir, t)
+    logger = MetricsLog(run_dir, t, acc, steps)
     bar = tqdm(total=steps * p.rollout_batch, initial=state["step"] * p.rollout_batch, desc="ppo", unit="episode",
                dynamic_ncols=True)
     metrics: dict = {}
@@ -354,15 +342,13 @@ def main(cfg: Config, reward_fn: RewardFn | None = None) -> dict:
         elapsed = time.perf_counter() - t0
         metrics = {"step": state["step"], "epoch": epoch, **roll, **upd, "lr": scheduler.get_last_lr()[0],
                    "episodes_per_s": (state["step"] - first) * p.rollout_batch / max(elapsed, 1e-9)}
-        if state["step"] % t.log_every == 0 or state["step"] == steps:
-            log_metrics(run_dir, writer, metrics, acc)
+        logger.step(metrics)
         bar.set_postfix(score=f"{roll['score']:.3f}", kl=f"{roll['kl']:.3f}")
         bar.update(p.rollout_batch)
-        if t.save_every and state["step"] % t.save_every == 0 and state["step"] < steps:
+        if checkpoint_due(t, state["step"], steps):
             save_checkpoint(run_dir, state, acc, ac.trainable(), optimizer, t.keep_last)
     bar.close()
-    if writer is not None:
-        writer.close()
+    logger.close()
     if ac.shared:
         ac.policy.delete_adapter("critic")  # final/ is the actor alone, like an sft run
     run.finish(run_dir, acc, ac.policy, tokenizer, cfg, metrics, started)

@@ -26,7 +26,7 @@ def main(cfg: Config, loss_fn=lm_loss) -> dict:
     started = time.time()
     run_dir, acc = run.start(cfg, "pt")
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     with acc.main_process_first():
         data = prepare_pt(tokenizer, cfg.data, cfg.train.seed, camelid_home() / "tokenized")
     run.record_data(run_dir, data, acc)

@@ -44,7 +44,7 @@ def main(cfg: Config, loss_fn=None) -> dict:
     started = time.time()
     run_dir, acc = run.start(cfg, "rm")
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     with acc.main_process_first():
         data = prepare_preference(tokenizer, cfg.data, cfg.train.seed)
     run.record_data(run_dir, data, acc)

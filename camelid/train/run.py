@@ -32,9 +32,12 @@ from pathlib import Path
 
 import torch
 import yaml
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
 
 from camelid import hub
 from camelid.config import Config, save_config, to_dict
+from camelid.data.loader import Prepared
 from camelid.train.loop import _SHARDED, latest_checkpoint, make_accelerator
 from camelid.utils import CamelidError, log, setup_logging, sha256_file, write_json
 
@@ -89,7 +92,7 @@ def check_inputs(cfg: Config, stage: str) -> None:
         hub.resolve_model(cfg.ppo.reward_model, pull_catalog=False)
 
 
-def start(cfg, stage: str):
+def start(cfg: Config, stage: str) -> tuple[Path, Accelerator]:
     """Check the inputs, decide how the run continues (see the module docstring), then create the run folder and the
     accelerator; only the main process writes files."""
     setup_logging()
@@ -217,7 +220,7 @@ def plan_resume(cfg: Config, stage: str, run_dir: Path) -> dict | None:
             "changes": {k: {"old": c["old"], "new": c["new"], "kind": c["kind"]} for k, c in changes.items()}}
 
 
-def record_data(run_dir: Path, prepared, acc) -> None:
+def record_data(run_dir: Path, prepared: Prepared, acc: Accelerator) -> None:
     if acc.is_main_process:
         write_json(run_dir / "data.json", {
             "kind": prepared.kind, "sources": prepared.sources, "dropped_after_tokenizing": prepared.dropped,
@@ -225,7 +228,8 @@ def record_data(run_dir: Path, prepared, acc) -> None:
         })
 
 
-def finish(run_dir: Path, acc, model, tokenizer, cfg, metrics: dict, started: float) -> Path:
+def finish(run_dir: Path, acc: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: Config,
+           metrics: dict, started: float) -> Path:
     from camelid.model import save_trained
 
     acc.wait_for_everyone()

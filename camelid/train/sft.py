@@ -28,7 +28,7 @@ def main(cfg: Config, loss_fn=lm_loss) -> dict:
     started = time.time()
     run_dir, acc = run.start(cfg, "sft")
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     with acc.main_process_first():
         data = prepare_sft(tokenizer, cfg.data, cfg.train.seed)
     run.record_data(run_dir, data, acc)

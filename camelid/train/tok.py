@@ -23,10 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from camelid import hub
-from camelid.config import Config, validate
+from camelid.config import Config, TokConfig, validate
 from camelid.data.tokenizer import corpus_lines, save_tokenizer, split_lines, tokens_per_char, train_tokenizer, vocabulary
 from camelid.data.vocab import extend, format_report, report, verify
-from camelid.model import VOCAB_INFO, resize_embeddings
+from camelid.model import VOCAB_INFO, load_tokenizer, resize_embeddings
 from camelid.utils import CamelidError, atomic_dir, log, write_json
 
 
@@ -50,8 +50,8 @@ def train(cfg: Config, out: str) -> Path:
 def extend_main(cfg: Config, base: str, domain: str | None, out: str) -> dict:
     validate(cfg, "tok")
     t = cfg.tok
-    src = hub.resolve_model(base)
-    base_tok = _load(src, cfg)
+    src = hub.model_folder(base)
+    base_tok = load_tokenizer(src, trust_remote_code=cfg.model.trust_remote_code, as_saved=True)
     base_proto = Path(src, "tokenizer.model").read_bytes() if Path(src, "tokenizer.model").is_file() else None
 
     held, domain_tok, domain_proto = [], None, None
@@ -101,7 +101,7 @@ def report_main(cfg: Config, tokenizers: list[str]) -> dict:
     rows = {name: [text] for name, text in SAMPLES.items()} | sources
     table = {}
     print(f"{'text':<24}{'chars':>10}" + "".join(f"{Path(n).name[-22:]:>24}" for n in tokenizers))
-    toks = [_load(hub.resolve_model(n), cfg) for n in tokenizers]
+    toks = [load_tokenizer(n, trust_remote_code=cfg.model.trust_remote_code, as_saved=True) for n in tokenizers]
     for name, texts in rows.items():
         table[name] = {n: tokens_per_char(tok, texts) for n, tok in zip(tokenizers, toks)}
         print(f"{name:<24}{sum(map(len, texts)):>10,}" + "".join(f"{v:>24.3f}" for v in table[name].values()))
@@ -109,16 +109,7 @@ def report_main(cfg: Config, tokenizers: list[str]) -> dict:
     return table
 
 
-def _load(src: str, cfg: Config):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.model.trust_remote_code)
-    if not getattr(tok, "is_fast", False):
-        raise CamelidError(f"{src}: needs a fast (tokenizers) tokenizer")
-    return tok
-
-
-def _eval_sources(t, held: list[str]) -> dict[str, list[str]]:
+def _eval_sources(t: TokConfig, held: list[str]) -> dict[str, list[str]]:
     """Named lists of held-out lines: each of tok.eval, else the lines held out of tok.train."""
     if t.eval:
         return {spec: corpus_lines([spec]) for spec in t.eval}
