@@ -226,7 +226,7 @@ class ServeConfig:
     sessions_db: str = "camelid_sessions.sqlite"  # SQLite file holding server-side chat sessions
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     max_tokens: int = 2048  # the largest max_tokens a request may ask for
-    default_max_tokens: int = 512  # max_tokens of a request that sets none
+    default_max_tokens: int = 512  # max_tokens of a request that sets none (capped at serve.max_tokens)
     max_concurrent_per_key: int = 16  # generations in flight per API key, a call counting prompts x n; more get 429
     max_n: int = 8  # the most choices (n) a request may ask for
     max_prompts_per_request: int = 64  # prompts in one /v1/completions call; more get 400
@@ -237,7 +237,9 @@ class ServeConfig:
     def check(self) -> list[str]:
         return _failing(
             (self.max_concurrent_per_key >= 1, "serve.max_concurrent_per_key must be >= 1"),
-            (0 < self.default_max_tokens <= self.max_tokens, "serve.default_max_tokens must be in [1, serve.max_tokens]"),
+            (self.max_tokens >= 1, "serve.max_tokens must be >= 1"),
+            (self.default_max_tokens >= 1, "serve.default_max_tokens must be >= 1"),
+            (self.max_prompts_per_request >= 1, "serve.max_prompts_per_request must be >= 1"),
         )
 
 

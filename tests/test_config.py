@@ -81,10 +81,12 @@ def test_shipped_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
 
 def test_a_stage_judges_only_the_sections_it_reads():
     # serve's own rule, broken in a YAML file that an sft run shares with `camelid serve`
-    cfg = load_config(None, ["model.name=x", "data.train=a", "serve.default_max_tokens=9000", "rag.chunk_tokens=4"])
+    cfg = load_config(None, ["model.name=x", "data.train=a", "serve.default_max_tokens=0", "rag.chunk_tokens=4"])
     validate(cfg, "sft")  # sft reads neither serve nor rag
-    with pytest.raises(ConfigError, match=r"serve.default_max_tokens must be in .*rag.chunk_tokens must be >= 16"):
+    with pytest.raises(ConfigError, match=r"serve.default_max_tokens must be >= 1.*rag.chunk_tokens must be >= 16"):
         validate(cfg, "serve")  # every problem of the stage's sections at once
+    # a default above serve.max_tokens is capped to it, not refused: lowering serve.max_tokens alone must work
+    validate(load_config(None, ["serve.max_tokens=256"]), "serve")
     with pytest.raises(ConfigError, match="unknown stage 'sfft'.*did you mean 'sft'"):
         validate(cfg, "sfft")
 

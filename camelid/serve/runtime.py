@@ -153,7 +153,7 @@ class Api:
         # tiny enough one gives inf, then NaN probabilities, which would fail the step of every request batched.
         temperature = 0.0 if r.temperature < 1e-5 else r.temperature
         sp = SamplingParams(
-            max_tokens=self.cfg.default_max_tokens if max_tokens is None else max_tokens, temperature=temperature,
+            max_tokens=min(self.cfg.default_max_tokens, self.cfg.max_tokens) if max_tokens is None else max_tokens, temperature=temperature,
             top_p=r.top_p, top_k=r.top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
             frequency_penalty=r.frequency_penalty, stop=stop, seed=r.seed, logprobs=logprobs, top_logprobs=top,
             ignore_eos=r.ignore_eos)
