@@ -67,8 +67,9 @@ def run(name: str, inputs: list[str], work: Path, ref: Path, bench: dict) -> dic
     from camelid.config import load_config
     from camelid.data import clean
 
-    cfg = load_config(None, [f"clean.inputs=[{','.join(inputs)}]", f"clean.out={work / name}",
-                             f"clean.ppl_reference=[{ref}]"])
+    cfg = load_config(
+        None, [f"clean.inputs=[{','.join(inputs)}]", f"clean.out={work / name}", f"clean.ppl_reference=[{ref}]"]
+    )
     load = os.getloadavg()[0]
     summary = clean.main(cfg, bench)
     summary["load_before"] = load
@@ -90,7 +91,7 @@ def minhash_speed(texts: list[str]) -> dict:
     t0 = time.perf_counter()
     for t in texts:  # datasketch's documented usage: a fresh MinHash, bytes shingles, its SHA-1 hash
         m = datasketch.MinHash(num_perm=128)
-        m.update_batch([t[i:i + 5].encode() for i in range(max(1, len(t) - 4))])
+        m.update_batch([t[i : i + 5].encode() for i in range(max(1, len(t) - 4))])
     default = mb / (time.perf_counter() - t0)
     perms = datasketch.MinHash(num_perm=128, seed=1).permutations
     t0 = time.perf_counter()
@@ -110,33 +111,49 @@ def lm_speed(train: list[str], test: list[str]) -> dict:
     t0 = time.perf_counter()
     lm.perplexities(test)
     score_s = time.perf_counter() - t0
-    return {"train_chars": sum(map(len, train)), "train_s": train_s, "test_chars": sum(map(len, test)),
-            "chars_per_s": sum(map(len, test)) / score_s}
+    return {
+        "train_chars": sum(map(len, train)),
+        "train_s": train_s,
+        "test_chars": sum(map(len, test)),
+        "chars_per_s": sum(map(len, test)) / score_s,
+    }
 
 
 def table(name: str, s: dict) -> str:
-    rows = [f"**{name}**: {s['documents']:,} documents, {s['mb_in']:.2f} MB → {s['kept']:,} kept "
-            f"({s['mb_kept']:.2f} MB); **{s['mb_per_s']:.2f} MB/s** ({s['seconds']:.1f} s; setup "
-            f"{s['setup_seconds']:.1f} s); load average {s['load_before']:.1f} before, {s['load_after']:.1f} after",
-            "", "| rule | documents removed | share of documents | MB removed | share of MB | seconds |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        f"**{name}**: {s['documents']:,} documents, {s['mb_in']:.2f} MB → {s['kept']:,} kept "
+        f"({s['mb_kept']:.2f} MB); **{s['mb_per_s']:.2f} MB/s** ({s['seconds']:.1f} s; setup "
+        f"{s['setup_seconds']:.1f} s); load average {s['load_before']:.1f} before, {s['load_after']:.1f} after",
+        "",
+        "| rule | documents removed | share of documents | MB removed | share of MB | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     sec = s["rule_seconds"]
     for rule, r in s["removed"].items():
-        rows.append(f"| {rule} | {r['documents']:,} | {r['share']:.2%} | {r['mb']:.3f} | {r['mb'] / s['mb_in']:.2%} "
-                    f"| {sec.get(rule, 0):.1f} |")
+        rows.append(
+            f"| {rule} | {r['documents']:,} | {r['share']:.2%} | {r['mb']:.3f} | {r['mb'] / s['mb_in']:.2%} "
+            f"| {sec.get(rule, 0):.1f} |"
+        )
     for rule, v in sec.items():
         if rule not in s["removed"]:
             rows.append(f"| {rule} | 0 | 0% | 0 | 0% | {v:.1f} |")
-    rows.append(f"| **kept** | {s['kept']:,} | {s['kept'] / s['documents']:.2%} | {s['mb_kept']:.3f} | "
-                f"{s['mb_kept'] / s['mb_in']:.2%} | |")
+    rows.append(
+        f"| **kept** | {s['kept']:,} | {s['kept'] / s['documents']:.2%} | {s['mb_kept']:.3f} | "
+        f"{s['mb_kept'] / s['mb_in']:.2%} | |"
+    )
     if s["pii_masked"]:
         rows += ["", "PII masked in kept documents: " + ", ".join(f"{k} {v}" for k, v in s["pii_masked"].items())]
-    rows += ["", "perplexity thresholds (per-character): " +
-             ", ".join(f"{k} {v:.1f}" for k, v in s["perplexity_thresholds"].items()), "",
-             "First document removed by each rule:", ""]
+    rows += [
+        "",
+        "perplexity thresholds (per-character): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in s["perplexity_thresholds"].items()),
+        "",
+        "First document removed by each rule:",
+        "",
+    ]
     for rule, r in s["examples"].items():
         text = r["text"][:60].replace("\n", " ").replace("|", "/")
-        rows.append(f"- {rule}: {r['source']}:{r['line']} \"{text}...\" ({r['detail']})")
+        rows.append(f'- {rule}: {r["source"]}:{r["line"]} "{text}..." ({r["detail"]})')
     return "\n".join(rows)
 
 
@@ -157,26 +174,33 @@ def main(argv=None) -> None:
         runs = {
             "People's Daily 1998 (zh)": run("pd", ["peoples_daily_1998"], work, ref, bench),
             "Shakespeare, modern + First Folio (en)": run("sk", ["shakespeare", "shakespeare_folio"], work, ref, bench),
-            "all three together": run("all", ["peoples_daily_1998", "shakespeare", "shakespeare_folio"], work, ref,
-                                      bench),
+            "all three together": run(
+                "all", ["peoples_daily_1998", "shakespeare", "shakespeare_folio"], work, ref, bench
+            ),
         }
     pd_texts = [json.loads(x)["text"] for x in pd.read_text(encoding="utf-8").splitlines()]
     mh = minhash_speed(pd_texts[:5000])
     sk_texts = [json.loads(x)["text"] for x in (sk / "shakespeare.jsonl").read_text(encoding="utf-8").splitlines()]
     lm = lm_speed(pd_texts[::2] + sk_texts[::2], pd_texts[1::2] + sk_texts[1::2])
 
-    body = [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-            f"- machine: {machine()}; 2 cores shared with other work (load average listed per run)",
-            f"- command: `{shlex.join(['python', 'benchmarks/clean_throughput.py'] + (argv or sys.argv[1:]))}`",
-            f"- MMLU items indexed: {len(bench):,}", ""]
+    body = [
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine()}; 2 cores shared with other work (load average listed per run)",
+        f"- command: `{shlex.join(['python', 'benchmarks/clean_throughput.py'] + (argv or sys.argv[1:]))}`",
+        f"- MMLU items indexed: {len(bench):,}",
+        "",
+    ]
     for name, s in runs.items():
         body += [table(name, s), ""]
-    body += [f"MinHash signatures (128 permutations, 5-char shingles) on {mh['mb']:.2f} MB of People's Daily: "
-             f"datasketch default {mh['default']:.2f} MB/s, camelid's numpy shingle hashes + shared permutations "
-             f"{mh['camelid']:.2f} MB/s ({mh['camelid'] / mh['default']:.1f}x).", "",
-             f"Character 5-gram Kneser-Ney LM: trained on {lm['train_chars'] / 1e6:.1f}M characters in "
-             f"{lm['train_s']:.1f} s; scored {lm['test_chars'] / 1e6:.1f}M characters at "
-             f"{lm['chars_per_s'] / 1e6:.2f}M chars/s."]
+    body += [
+        f"MinHash signatures (128 permutations, 5-char shingles) on {mh['mb']:.2f} MB of People's Daily: "
+        f"datasketch default {mh['default']:.2f} MB/s, camelid's numpy shingle hashes + shared permutations "
+        f"{mh['camelid']:.2f} MB/s ({mh['camelid'] / mh['default']:.1f}x).",
+        "",
+        f"Character 5-gram Kneser-Ney LM: trained on {lm['train_chars'] / 1e6:.1f}M characters in "
+        f"{lm['train_s']:.1f} s; scored {lm['test_chars'] / 1e6:.1f}M characters at "
+        f"{lm['chars_per_s'] / 1e6:.2f}M chars/s.",
+    ]
     text = "\n".join(body)
     print(text)
     if args.out:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-import json
+import re
 import resource
 import subprocess
 import sys
 import time
-import re
 from pathlib import Path
 
 
@@ -46,6 +46,7 @@ def busy_cpu_s() -> float | None:
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
+
 def children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -55,8 +56,14 @@ def run_worker(cmd: list[str], spec: dict, label: str, cpu_only: bool) -> dict:
     """Run a benchmark's worker subprocess with `spec["threads"]` threads, offline, and read back the JSON it
     writes to spec["result"], adding its wall time (process_s) and the CPU the rest of the machine used meanwhile
     (others_cores): with 2 cores, another busy process oversubscribes torch's threads and makes steps slower."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
-               TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(spec["threads"]),
+        MKL_NUM_THREADS=str(spec["threads"]),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     if cpu_only:
         env["CUDA_VISIBLE_DEVICES"] = ""  # on CPU even where a GPU exists
     print(f"--- {label}: running in a subprocess", flush=True)
@@ -80,7 +87,7 @@ def write_results(out: Path, section: str, intro: str, key: str, body: str) -> N
         text = text.rstrip("\n") + f"\n\n{section}\n\n{intro}\n{sub}"
     else:
         start = text.index(section)
-        nxt = re.search(r"^## ", text[start + len(section):], flags=re.M)
+        nxt = re.search(r"^## ", text[start + len(section) :], flags=re.M)
         end = start + len(section) + nxt.start() if nxt else len(text)
         block = text[start:end]
         subs = re.split(r"(?m)^(?=### )", block)

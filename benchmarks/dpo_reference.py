@@ -47,17 +47,25 @@ SECTION = "## DPO: precomputed vs live reference"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="smollm2-135m-instruct", help="catalog name or model folder")
     p.add_argument("--data", default="dpo_en_demo,dpo_zh_demo", help="preference sources, comma-separated")
     p.add_argument("--methods", default="lora,full")
     p.add_argument("--steps", type=int, default=5, help="measured steps per mode (each on its own batch)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured steps per mode first")
-    p.add_argument("--after-free", type=int, default=2,
-                   help="full method: precomputed steps after dropping the frozen copy (on the first measured batches)")
+    p.add_argument(
+        "--after-free",
+        type=int,
+        default=2,
+        help="full method: precomputed steps after dropping the frozen copy (on the first measured batches)",
+    )
     p.add_argument("--batch-pairs", type=int, default=2, help="pairs per step (2× rows: chosen + rejected)")
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--per-source", type=int, default=24, help="records read from each source (batches are drawn from them)")
+    p.add_argument(
+        "--per-source", type=int, default=24, help="records read from each source (batches are drawn from them)"
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="results file; '' = do not write")
@@ -113,10 +121,18 @@ def worker(spec: dict) -> None:
     plan = make_plan(spec["warmup"], spec["steps"], spec["after_free"] if full else 0)
     n_batches = spec["warmup"] + spec["steps"]
     over = {
-        "model.name": spec["model"], "method": spec["method"], "data.train": json.dumps(spec["data"]),
-        "data.max_length": spec["max_length"], "data.max_samples": spec["per_source"],
-        "train.output_dir": spec["run_dir"], "train.batch_size": spec["batch_pairs"], "train.max_steps": len(plan),
-        "train.lr": 1e-5, "train.scheduler": "constant", "train.warmup_ratio": 0.0, "train.tensorboard": "false",
+        "model.name": spec["model"],
+        "method": spec["method"],
+        "data.train": json.dumps(spec["data"]),
+        "data.max_length": spec["max_length"],
+        "data.max_samples": spec["per_source"],
+        "train.output_dir": spec["run_dir"],
+        "train.batch_size": spec["batch_pairs"],
+        "train.max_steps": len(plan),
+        "train.lr": 1e-5,
+        "train.scheduler": "constant",
+        "train.warmup_ratio": 0.0,
+        "train.tensorboard": "false",
         "train.seed": spec["seed"],
     }
     cfg = load_config(None, [f"{k}={v}" for k, v in over.items()])
@@ -159,8 +175,9 @@ def worker(spec: dict) -> None:
             gc.collect()
             freed["after_gc"] = alive() is None
         _hwm_reset()
-        step_log.append({"batch": i, "mode": mode, "measured": measured, "t0": time.perf_counter(),
-                         "c0": time.process_time()})
+        step_log.append(
+            {"batch": i, "mode": mode, "measured": measured, "t0": time.perf_counter(), "c0": time.process_time()}
+        )
         batch = collate(batches[i])
         if mode == "live":
             batch.pop("ref_logps")
@@ -174,10 +191,27 @@ def worker(spec: dict) -> None:
         rec["loss"] = metrics["loss"]
 
     units = [p for b in batches for p in b]
-    fit(model, dpo.dpo_batch_loss(ref, cfg.dpo), units, [], plan_collate, cfg.train, spec["run_dir"], acc, on_step=on_step)
-    result = {"method": spec["method"], "steps": step_log, "precompute_s": precompute_s, "precompute_batches": n_batches,
-              "ref_logp_max_diff": ref_diff, "copy_mb": copy_mb, "freed": freed,
-              "batch_tokens": [int(collate(b)["input_ids"].numel()) for b in batches]}
+    fit(
+        model,
+        dpo.dpo_batch_loss(ref, cfg.dpo),
+        units,
+        [],
+        plan_collate,
+        cfg.train,
+        spec["run_dir"],
+        acc,
+        on_step=on_step,
+    )
+    result = {
+        "method": spec["method"],
+        "steps": step_log,
+        "precompute_s": precompute_s,
+        "precompute_batches": n_batches,
+        "ref_logp_max_diff": ref_diff,
+        "copy_mb": copy_mb,
+        "freed": freed,
+        "batch_tokens": [int(collate(b)["input_ids"].numel()) for b in batches],
+    }
     Path(spec["result"]).write_text(json.dumps(result))
 
 
@@ -208,7 +242,9 @@ def summarize(r: dict) -> dict:
         "mean": {m: statistics.fmean(s["s"] for s in v) for m, v in by.items() if v},
         "sd": {m: statistics.stdev([s["s"] for s in v]) if len(v) > 1 else 0.0 for m, v in by.items() if v},
         "peak": {m: max(s["peak_rss_mb"] for s in v) for m, v in by.items() if v},
-        "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
         "cpu_ratio_median": statistics.median(cpu_ratios),
     }
     if by["freed"]:  # the same batches, with and without the copy resident
@@ -217,15 +253,21 @@ def summarize(r: dict) -> dict:
     return out
 
 
-NAMES = {"lora": "LoRA (adapter off)", "qlora": "QLoRA (adapter off)", "full": "full (frozen copy)",
-         "freeze": "freeze (frozen copy)"}
+NAMES = {
+    "lora": "LoRA (adapter off)",
+    "qlora": "QLoRA (adapter off)",
+    "full": "full (frozen copy)",
+    "freeze": "freeze (frozen copy)",
+}
 
 
 def report(results: list[dict]) -> str:
-    lines = ["| method (live reference) | live s/step: median (mean ± sd) | precomputed s/step: median (mean ± sd) "
-             "| live / precomputed, same batch: median [min–max] | same, in CPU time | peak RSS MB: live / precomputed "
-             "| peak RSS MB, precompute_ref=true run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method (live reference) | live s/step: median (mean ± sd) | precomputed s/step: median (mean ± sd) "
+        "| live / precomputed, same batch: median [min–max] | same, in CPU time | peak RSS MB: live / precomputed "
+        "| peak RSS MB, precompute_ref=true run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         s = summarize(r)
         real = s["peak"].get("freed", s["peak"]["pre"])  # LoRA: nothing to free, the precomputed steps are the run
@@ -233,28 +275,38 @@ def report(results: list[dict]) -> str:
             f"| {NAMES.get(r['method'], r['method'])} | {s['median']['live']:.2f} ({s['mean']['live']:.2f} ± {s['sd']['live']:.2f}) "
             f"| {s['median']['pre']:.2f} ({s['mean']['pre']:.2f} ± {s['sd']['pre']:.2f}) "
             f"| **{s['ratio_median']:.2f}×** [{s['ratio_min']:.2f}–{s['ratio_max']:.2f}] | {s['cpu_ratio_median']:.2f}× "
-            f"| {s['peak']['live']:.0f} / {s['peak']['pre']:.0f} | **{real:.0f}** |")
+            f"| {s['peak']['live']:.0f} / {s['peak']['pre']:.0f} | **{real:.0f}** |"
+        )
     lines.append("")
     for r in results:
         s = summarize(r)
         per_batch = r["precompute_s"] / r["precompute_batches"]
         saved = s["median"]["live"] - s["median"]["pre"]
-        text = (f"- {NAMES.get(r['method'], r['method'])}: the precompute pass took {r['precompute_s']:.1f} s for "
-                f"{r['precompute_batches']} batches ({per_batch:.2f} s a batch) against {saved:.2f} s saved per step; "
-                f"stored and live reference log-probs differ by at most {r['ref_logp_max_diff']:.1e} nats")
+        text = (
+            f"- {NAMES.get(r['method'], r['method'])}: the precompute pass took {r['precompute_s']:.1f} s for "
+            f"{r['precompute_batches']} batches ({per_batch:.2f} s a batch) against {saved:.2f} s saved per step; "
+            f"stored and live reference log-probs differ by at most {r['ref_logp_max_diff']:.1e} nats"
+        )
         if r["copy_mb"]:
             deltas = ", ".join(f"{d:+.0f}" for d in s.get("freed_delta", []))
             f = r.get("freed", {})
-            text += (f"; the frozen copy holds {r['copy_mb']:.0f} MB of weights, and dropping it changed the peak RSS "
-                     f"of the same batches by {deltas} MB (copy freed by reference counting alone: "
-                     f"{f.get('by_refcount')}, after gc.collect: {f.get('after_gc')})")
+            text += (
+                f"; the frozen copy holds {r['copy_mb']:.0f} MB of weights, and dropping it changed the peak RSS "
+                f"of the same batches by {deltas} MB (copy freed by reference counting alone: "
+                f"{f.get('by_refcount')}, after gc.collect: {f.get('after_gc')})"
+            )
         lines.append(text + f"; batch sizes in tokens (padded rows × width): {', '.join(map(str, r['batch_tokens']))}.")
     busy = [f"{r['method']} {r['others_cores']:.2f}" for r in results if "others_cores" in r]
     if busy:
         shared = any(r.get("others_cores", 0) > 0.25 for r in results)
-        lines.append(f"\nOther processes' CPU use while each method ran (cores, of {os.cpu_count()}): {', '.join(busy)}"
-                     + (" — **the machine was shared**: absolute times are inflated and noisy; the interleaved ratios "
-                        "less so" if shared else " (machine otherwise idle)"))
+        lines.append(
+            f"\nOther processes' CPU use while each method ran (cores, of {os.cpu_count()}): {', '.join(busy)}"
+            + (
+                " — **the machine was shared**: absolute times are inflated and noisy; the interleaved ratios less so"
+                if shared
+                else " (machine otherwise idle)"
+            )
+        )
     return "\n".join(lines)
 
 
@@ -281,10 +333,18 @@ def main(argv=None) -> None:
     from camelid import hub
 
     hub.resolve_model(args.model)  # fail early when the model is not pulled
-    base = {"model": args.model, "data": [d.strip() for d in args.data.split(",") if d.strip()],
-            "max_length": args.max_length, "per_source": args.per_source, "batch_pairs": args.batch_pairs,
-            "steps": args.steps, "warmup": args.warmup, "after_free": args.after_free, "threads": args.threads,
-            "seed": args.seed}
+    base = {
+        "model": args.model,
+        "data": [d.strip() for d in args.data.split(",") if d.strip()],
+        "max_length": args.max_length,
+        "per_source": args.per_source,
+        "batch_pairs": args.batch_pairs,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "after_free": args.after_free,
+        "threads": args.threads,
+        "seed": args.seed,
+    }
     work = Path(tempfile.mkdtemp(prefix="camelid-bench-dpo-"))
     t0 = time.perf_counter()
     try:
@@ -296,16 +356,20 @@ def main(argv=None) -> None:
     text = report(results)
     print("\n" + text + f"\n\n(total {total:.0f} s)\n")
     if args.out:
-        cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:]))
+        cmd = "python " + " ".join(
+            shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])
+        )
         key = f"cpu, float32, {args.model}"
-        body = (f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
-                f"- machine: {machine()}; torch threads: {args.threads}\n"
-                f"- command: `{cmd}`\n"
-                f"- settings: {args.batch_pairs} pairs ({2 * args.batch_pairs} rows) a step, max_length "
-                f"{args.max_length}, {args.steps} measured steps per mode after {args.warmup} warm-up, data "
-                f"{args.data} ({args.per_source} records of each, batches drawn at random), lr 1e-5 constant, "
-                f"LoRA r=8/alpha=16/all-linear (camelid's defaults), float32 on CPU; whole run {total:.0f} s\n\n"
-                f"{text}\n")
+        body = (
+            f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
+            f"- machine: {machine()}; torch threads: {args.threads}\n"
+            f"- command: `{cmd}`\n"
+            f"- settings: {args.batch_pairs} pairs ({2 * args.batch_pairs} rows) a step, max_length "
+            f"{args.max_length}, {args.steps} measured steps per mode after {args.warmup} warm-up, data "
+            f"{args.data} ({args.per_source} records of each, batches drawn at random), lr 1e-5 constant, "
+            f"LoRA r=8/alpha=16/all-linear (camelid's defaults), float32 on CPU; whole run {total:.0f} s\n\n"
+            f"{text}\n"
+        )
         write_results(Path(args.out), SECTION, INTRO, key, body)
         print(f"wrote {args.out} (section '{SECTION[3:]}', subsection '{key}')")
 

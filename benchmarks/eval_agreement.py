@@ -62,8 +62,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="lm-eval's batch size")
     p.add_argument("--batch-tokens", type=int, default=4096, help="camelid's tokens per forward")
-    p.add_argument("--camelid-dtypes", default="float32,bfloat16",
-                   help="camelid runs in each; lm-eval always in float32 (the reference)")
+    p.add_argument(
+        "--camelid-dtypes",
+        default="float32,bfloat16",
+        help="camelid runs in each; lm-eval always in float32 (the reference)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     return p.parse_args(argv)
 
@@ -76,7 +79,9 @@ def sample_items(per_subject: int, seed: int):
     for it in items:
         by_subject.setdefault(it.subject, []).append(it)
     rng = random.Random(seed)
-    return [it for sub in sorted(by_subject) for it in rng.sample(by_subject[sub], min(per_subject, len(by_subject[sub])))]
+    return [
+        it for sub in sorted(by_subject) for it in rng.sample(by_subject[sub], min(per_subject, len(by_subject[sub])))
+    ]
 
 
 def run_lm_eval(model_path: str, items, docs: list[dict], batch_size: int, work: Path) -> tuple[list[int], float]:
@@ -89,8 +94,13 @@ def run_lm_eval(model_path: str, items, docs: list[dict], batch_size: int, work:
     (work / "camelid_mmlu_local.yaml").write_text(LM_EVAL_TASK.format(data=str(data)), encoding="utf-8")
     lm = HFLM(pretrained=model_path, dtype="float32", batch_size=batch_size, device="cpu")
     start = time.perf_counter()
-    out = simple_evaluate(model=lm, tasks=["camelid_mmlu_local"], task_manager=TaskManager(include_path=str(work)),
-                          log_samples=True, num_fewshot=0)
+    out = simple_evaluate(
+        model=lm,
+        tasks=["camelid_mmlu_local"],
+        task_manager=TaskManager(include_path=str(work)),
+        log_samples=True,
+        num_fewshot=0,
+    )
     seconds = time.perf_counter() - start
     preds = {}
     for s in out["samples"]["camelid_mmlu_local"]:
@@ -117,8 +127,14 @@ def main(argv=None) -> None:
         tail = "".join(f"\n{letter}. {c}" for letter, c in zip("ABCD", it.choice_texts)) + "\nAnswer:"
         ctx = it.contexts[0]
         assert ctx.startswith(head) and ctx.endswith(tail), it.id
-        docs.append({"question": ctx[len(head):-len(tail)], "choices": it.choice_texts, "answer": it.gold,
-                     "subject_text": it.subject.replace("_", " ")})
+        docs.append(
+            {
+                "question": ctx[len(head) : -len(tail)],
+                "choices": it.choice_texts,
+                "answer": it.gold,
+                "subject_text": it.subject.replace("_", " "),
+            }
+        )
 
     runs = {}  # dtype -> (predictions, seconds)
     for dtype in args.camelid_dtypes.split(","):
@@ -153,12 +169,16 @@ def main(argv=None) -> None:
     notes = []
     for dtype, (ours, secs) in runs.items():
         agree = sum(a == b for a, b in zip(ours, theirs))
-        lines.append(f"| camelid, {dtype} | {secs:.1f} | {n / secs:.2f} | {acc(ours):.4f} | "
-                     f"**{agree}/{n} ({agree / n:.2%})** | **{lm_eval_s / secs:.1f}×** |")
+        lines.append(
+            f"| camelid, {dtype} | {secs:.1f} | {n / secs:.2f} | {acc(ours):.4f} | "
+            f"**{agree}/{n} ({agree / n:.2%})** | **{lm_eval_s / secs:.1f}×** |"
+        )
         differ = [f"{items[i].id} {ours[i]}/{theirs[i]}" for i in range(n) if ours[i] != theirs[i]]
         if differ:
-            notes.append(f"- camelid {dtype} differs on (camelid/lm-eval choice): {', '.join(differ[:12])}"
-                         f"{' …' if len(differ) > 12 else ''}")
+            notes.append(
+                f"- camelid {dtype} differs on (camelid/lm-eval choice): {', '.join(differ[:12])}"
+                f"{' …' if len(differ) > 12 else ''}"
+            )
     lines += [""] + notes if notes else []
     body = "\n".join(lines)
     print(body)

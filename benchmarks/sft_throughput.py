@@ -62,31 +62,61 @@ IGNORE = -100
 # Qwen2-0.5B's shape (config.json of Qwen/Qwen2-0.5B); vocab stays 151,936 (see the module docstring).
 RANDOM_MODELS = {
     "qwen2-0.5b": dict(
-        model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-        intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
-        rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=True,
+        model_type="qwen2",
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=True,
     ),
     # a few-MB model of the same family, to smoke-test this script's paths (bf16, random model) in seconds
     "qwen2-tiny": dict(
-        model_type="qwen2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=49152, max_position_embeddings=4096, tie_word_embeddings=True,
+        model_type="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=49152,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
     ),
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--examples", type=int, default=256, help="training examples (both sides see each once)")
-    p.add_argument("--eval-examples", type=int, default=32, help="held-out examples for the after-training loss; 0 = skip")
-    p.add_argument("--batch-size", type=int, default=4, help="micro-batch: packed rows (camelid) / padded examples (baseline)")
+    p.add_argument(
+        "--eval-examples", type=int, default=32, help="held-out examples for the after-training loss; 0 = skip"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="micro-batch: packed rows (camelid) / padded examples (baseline)"
+    )
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--model", default="smollm2-135m-instruct", help="catalog name or model folder (also the tokenizer)")
-    p.add_argument("--random-model", choices=sorted(RANDOM_MODELS), default=None,
-                   help="build a randomly initialised model of this shape instead of loading --model's weights")
+    p.add_argument(
+        "--random-model",
+        choices=sorted(RANDOM_MODELS),
+        default=None,
+        help="build a randomly initialised model of this shape instead of loading --model's weights",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="bfloat16: weights loaded in bf16 and bf16 autocast, on both sides")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16: weights loaded in bf16 and bf16 autocast, on both sides",
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads for both sides")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--sides", default="camelid,baseline", help="which sides to run, comma-separated")
@@ -120,10 +150,20 @@ def render_examples(model: str, max_length: int, seed: int, out_dir: Path) -> di
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out_dir / "tokenizer"))
     info = {
-        "data": DATA, "records": len(records), "dropped": dropped, "max_length": max_length, "seed": seed,
-        "tokenizer_from": model, "pad_token_id": tok.pad_token_id,
-        "sources": [{"files": [f.get("path") for f in s.get("files", [])], "sha256": [f.get("sha256") for f in s.get("files", [])]}
-                    for s in stats],
+        "data": DATA,
+        "records": len(records),
+        "dropped": dropped,
+        "max_length": max_length,
+        "seed": seed,
+        "tokenizer_from": model,
+        "pad_token_id": tok.pad_token_id,
+        "sources": [
+            {
+                "files": [f.get("path") for f in s.get("files", [])],
+                "sha256": [f.get("sha256") for f in s.get("files", [])],
+            }
+            for s in stats
+        ],
         "examples": [[e.input_ids, e.labels] for e in examples],
     }
     (out_dir / "examples.json").write_text(json.dumps(info))
@@ -250,8 +290,14 @@ def worker_camelid(spec: dict) -> None:
     model, metrics = fit(model, loss_fn, rows, [], collate_fn, t, Path(spec["run_dir"]), acc, on_step=on_step)
     useful, supervised = _useful(spec["train"])
     result = {
-        "side": "camelid", "examples": len(train), "rows": len(rows), "steps": len(losses), "planned_steps": steps,
-        "wall_s": marks["end"] - marks["start"], "useful_tokens": useful, "supervised_tokens": supervised,
+        "side": "camelid",
+        "examples": len(train),
+        "rows": len(rows),
+        "steps": len(losses),
+        "planned_steps": steps,
+        "wall_s": marks["end"] - marks["start"],
+        "useful_tokens": useful,
+        "supervised_tokens": supervised,
         "camelid_tokens_counted": metrics.get("tokens"),  # the loop's own num_tokens count: must equal useful_tokens
         "processed_tokens": _camelid_processed(rows, t),
         "eval_loss": _held_out_loss(acc.unwrap_model(model), spec["eval"], acc.device.type, spec["dtype"]),
@@ -265,8 +311,10 @@ def _camelid_processed(rows, t) -> int:
     and the loop's first epoch visits rows in `batch_order`."""
     from camelid.data.loader import batch_order
 
-    return sum(len(idx) * max(sum(len(e.input_ids) for e in rows[i]) for i in idx)
-               for idx in batch_order(len(rows), t.batch_size, t.seed, 0))
+    return sum(
+        len(idx) * max(sum(len(e.input_ids) for e in rows[i]) for i in idx)
+        for idx in batch_order(len(rows), t.batch_size, t.seed, 0)
+    )
 
 
 def worker_baseline(spec: dict) -> None:
@@ -274,8 +322,14 @@ def worker_baseline(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     tok = AutoTokenizer.from_pretrained(spec["tokenizer_path"])
     if tok.pad_token_id is None:
@@ -284,10 +338,16 @@ def worker_baseline(spec: dict) -> None:
     dtype = getattr(torch, spec["dtype"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=dtype, attn_implementation="sdpa")
     model.config.use_cache = False  # what LLaMA-Factory sets for training
-    model = get_peft_model(model, LoraConfig(
-        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules=LORA["target"],
-        task_type="CAUSAL_LM",
-    ))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=LORA["target"],
+            task_type="CAUSAL_LM",
+        ),
+    )
 
     rows = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels} for ids, labels in spec["train"]]
     try:
@@ -306,12 +366,29 @@ def worker_baseline(spec: dict) -> None:
     elif "group_by_length" in fields:
         extra["group_by_length"] = False
     args = TrainingArguments(
-        output_dir=spec["run_dir"], per_device_train_batch_size=bs, gradient_accumulation_steps=1, max_steps=steps,
-        learning_rate=spec["lr"], lr_scheduler_type="cosine", warmup_steps=int(0.03 * steps), weight_decay=0.0,
-        max_grad_norm=1.0, optim="adamw_torch", seed=spec["seed"], data_seed=spec["seed"],
-        logging_strategy="steps", logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
-        bf16=spec["dtype"] == "bfloat16", use_cpu=spec["device"] == "cpu", dataloader_num_workers=0,
-        dataloader_drop_last=False, remove_unused_columns=False, **extra,
+        output_dir=spec["run_dir"],
+        per_device_train_batch_size=bs,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=spec["lr"],
+        lr_scheduler_type="cosine",
+        warmup_steps=int(0.03 * steps),
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        seed=spec["seed"],
+        data_seed=spec["seed"],
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        bf16=spec["dtype"] == "bfloat16",
+        use_cpu=spec["device"] == "cpu",
+        dataloader_num_workers=0,
+        dataloader_drop_last=False,
+        remove_unused_columns=False,
+        **extra,
     )
     collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE)
     marks: dict = {}
@@ -332,14 +409,20 @@ def worker_baseline(spec: dict) -> None:
         processed[0] += batch["input_ids"].numel()  # padded tokens the model runs on
         return batch
 
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=counting_collator,
-                      callbacks=[Clock()])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, data_collator=counting_collator, callbacks=[Clock()]
+    )
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     useful, supervised = _useful(spec["train"])
     result = {
-        "side": "baseline", "examples": len(rows), "steps": trainer.state.global_step, "planned_steps": steps,
-        "wall_s": marks["end"] - marks["start"], "useful_tokens": useful, "supervised_tokens": supervised,
+        "side": "baseline",
+        "examples": len(rows),
+        "steps": trainer.state.global_step,
+        "planned_steps": steps,
+        "wall_s": marks["end"] - marks["start"],
+        "useful_tokens": useful,
+        "supervised_tokens": supervised,
         "processed_tokens": processed[0],
         "eval_loss": _held_out_loss(model, spec["eval"], spec["device"], spec["dtype"]),
     }
@@ -360,15 +443,35 @@ def run_side(side: str, spec: dict, work: Path) -> dict:
 
 def table(results: list[dict], device: str) -> str:
     gpu = device == "cuda"
-    head = ["side", "examples", "steps", "wall s", "useful tok/s", "supervised tok/s", "padding+fill overhead",
-            "peak RSS MB"] + (["peak GPU MB"] if gpu else []) + ["train loss first→final q.", "held-out loss after"]
+    head = (
+        [
+            "side",
+            "examples",
+            "steps",
+            "wall s",
+            "useful tok/s",
+            "supervised tok/s",
+            "padding+fill overhead",
+            "peak RSS MB",
+        ]
+        + (["peak GPU MB"] if gpu else [])
+        + ["train loss first→final q.", "held-out loss after"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         name = "camelid (packing)" if r["side"] == "camelid" else "HF Trainer + peft (padding)"
         steps = f"{r['steps']}" + (f" ({r['rows']} rows)" if "rows" in r else "")
         overhead = r["processed_tokens"] / r["useful_tokens"] - 1
-        cells = [name, str(r["examples"]), steps, f"{r['wall_s']:.1f}", f"{r['useful_tokens'] / r['wall_s']:.0f}",
-                 f"{r['supervised_tokens'] / r['wall_s']:.0f}", f"{overhead:+.0%}", f"{r['peak_rss_mb']:.0f}"]
+        cells = [
+            name,
+            str(r["examples"]),
+            steps,
+            f"{r['wall_s']:.1f}",
+            f"{r['useful_tokens'] / r['wall_s']:.0f}",
+            f"{r['supervised_tokens'] / r['wall_s']:.0f}",
+            f"{overhead:+.0%}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
         if gpu:
             cells.append(f"{r.get('peak_gpu_mb', 0):.0f}")
         ev = r.get("eval_loss")
@@ -424,7 +527,9 @@ def main(argv=None) -> None:
             info = load_inputs(Path(args.inputs))
             tok_path = str(Path(args.inputs) / "tokenizer")
             if info["max_length"] != args.max_length:
-                sys.exit(f"{args.inputs} was rendered with max_length={info['max_length']}; pass --max-length {info['max_length']}")
+                sys.exit(
+                    f"{args.inputs} was rendered with max_length={info['max_length']}; pass --max-length {info['max_length']}"
+                )
         else:
             info = render_examples(args.model, args.max_length, args.seed, work / "inputs")
             tok_path = str(work / "inputs" / "tokenizer")
@@ -443,10 +548,18 @@ def main(argv=None) -> None:
 
             model_path, model_name = hub.resolve_model(args.model), args.model
         spec = {
-            "train": examples[: args.examples], "eval": examples[args.examples: need],
-            "model_path": model_path, "tokenizer_path": tok_path, "pad_token_id": info["pad_token_id"],
-            "max_length": args.max_length, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-            "device": args.device, "dtype": args.dtype, "threads": args.threads,
+            "train": examples[: args.examples],
+            "eval": examples[args.examples : need],
+            "model_path": model_path,
+            "tokenizer_path": tok_path,
+            "pad_token_id": info["pad_token_id"],
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "device": args.device,
+            "dtype": args.dtype,
+            "threads": args.threads,
         }
         sides = [s.strip() for s in args.sides.split(",") if s.strip()]
         results = [run_side(side, spec, work) for side in sides]
@@ -463,36 +576,52 @@ def main(argv=None) -> None:
     if "camelid" in by and "baseline" in by:
         c, b = by["camelid"], by["baseline"]
         ratio = (c["useful_tokens"] / c["wall_s"]) / (b["useful_tokens"] / b["wall_s"])
-        lines.append(f"**camelid / baseline useful tokens/s: {ratio:.2f}×** (wall time {b['wall_s'] / c['wall_s']:.2f}× "
-                     f"shorter; the baseline ran on {b['processed_tokens'] / c['processed_tokens']:.2f}× the tokens camelid ran on)")
+        lines.append(
+            f"**camelid / baseline useful tokens/s: {ratio:.2f}×** (wall time {b['wall_s'] / c['wall_s']:.2f}× "
+            f"shorter; the baseline ran on {b['processed_tokens'] / c['processed_tokens']:.2f}× the tokens camelid ran on)"
+        )
         lines.append(
             f"\nWhere the difference comes from: packing removes the padding (the baseline ran on "
             f"{b['processed_tokens']:,} tokens for {b['useful_tokens']:,} useful ones, camelid on {c['processed_tokens']:,}), "
             f"and fuller rows mean fewer steps ({c['steps']} vs {b['steps']}), so per-step fixed costs (optimizer, "
             f"clipping, logging, kernel launches) are paid less often; but longer rows make attention costlier per token. "
             f"Per token the model actually ran on: camelid {c['processed_tokens'] / c['wall_s']:.0f} tok/s, "
-            f"baseline {b['processed_tokens'] / b['wall_s']:.0f} tok/s.")
+            f"baseline {b['processed_tokens'] / b['wall_s']:.0f} tok/s."
+        )
         if c.get("camelid_tokens_counted") not in (None, c["useful_tokens"]):
-            lines.append(f"\nwarning: camelid's loop counted {c['camelid_tokens_counted']} tokens, the script {c['useful_tokens']}")
+            lines.append(
+                f"\nwarning: camelid's loop counted {c['camelid_tokens_counted']} tokens, the script {c['useful_tokens']}"
+            )
     if by.get("camelid", {}).get("eval_loss_before") is not None:
-        lines.append(f"\nHeld-out loss of the untrained model: {by['camelid']['eval_loss_before']:.3f} (same examples and code).")
+        lines.append(
+            f"\nHeld-out loss of the untrained model: {by['camelid']['eval_loss_before']:.3f} (same examples and code)."
+        )
     busy = [f"{r['side']} {r['others_cores']:.2f}" for r in results if "others_cores" in r]
     if busy:
-        lines.append(f"\nOther processes' CPU use while each side ran (cores, of {os.cpu_count()}): {', '.join(busy)}"
-                     + (" — **the machine was shared; timings are unreliable**" if any(
-                         r.get("others_cores", 0) > 0.25 for r in results) else " (machine otherwise idle)"))
+        lines.append(
+            f"\nOther processes' CPU use while each side ran (cores, of {os.cpu_count()}): {', '.join(busy)}"
+            + (
+                " — **the machine was shared; timings are unreliable**"
+                if any(r.get("others_cores", 0) > 0.25 for r in results)
+                else " (machine otherwise idle)"
+            )
+        )
     report = "\n".join(lines)
     print("\n" + report + "\n")
 
     if args.out:
-        cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:]))
+        cmd = "python " + " ".join(
+            shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])
+        )
         key = f"{args.device}, {args.dtype}, {model_name}"
-        body = (f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
-                f"- machine: {device_name}; torch threads: {args.threads}\n"
-                f"- command: `{cmd}`\n"
-                f"- settings: {args.examples} examples (+{args.eval_examples} held out), micro-batch {args.batch_size}, "
-                f"max_length {args.max_length}, lr {args.lr}, {args.dtype} on {args.device}\n\n"
-                f"{report}\n")
+        body = (
+            f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
+            f"- machine: {device_name}; torch threads: {args.threads}\n"
+            f"- command: `{cmd}`\n"
+            f"- settings: {args.examples} examples (+{args.eval_examples} held out), micro-batch {args.batch_size}, "
+            f"max_length {args.max_length}, lr {args.lr}, {args.dtype} on {args.device}\n\n"
+            f"{report}\n"
+        )
         write_results(Path(args.out), SECTION, INTRO, key, body)
         print(f"wrote {args.out} (section '{SECTION[3:]}', subsection '{key}')")
 

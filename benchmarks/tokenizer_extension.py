@@ -43,7 +43,9 @@ Llama's tokenizer, which is not available offline: a 32k SentencePiece BPE with 
 complete Shakespeare plus 300 lines of alpaca_zh_demo (0.3% Chinese, so it knows common characters and falls back
 to bytes for rare ones, as Llama's does).
 """
-EXAMPLE = "人工智能是计算机科学、心理学、哲学等学科融合的交叉学科。"  # Chinese-LLaMA's README example: LLaMA 35 → 16 tokens
+EXAMPLE = (
+    "人工智能是计算机科学、心理学、哲学等学科融合的交叉学科。"  # Chinese-LLaMA's README example: LLaMA 35 → 16 tokens
+)
 
 
 def code_text() -> list[str]:
@@ -77,8 +79,10 @@ def case(name, base, base_proto, domain, zh, en, code):
     row = {"case": name, "seconds": seconds, **ext.stats, **checks}
     for key, texts in (("zh", zh), ("en", en), ("code", code)):
         row[key] = (tokens_per_char(base, texts), tokens_per_char(ext.tokenizer, texts))
-    row["example"] = (len(base.encode(EXAMPLE, add_special_tokens=False)),
-                      len(ext.tokenizer.encode(EXAMPLE, add_special_tokens=False)))
+    row["example"] = (
+        len(base.encode(EXAMPLE, add_special_tokens=False)),
+        len(ext.tokenizer.encode(EXAMPLE, add_special_tokens=False)),
+    )
     print(json.dumps({k: v for k, v in row.items()}, ensure_ascii=False, default=str))
     return row
 
@@ -120,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         case("SmolLM2 (byte-level BPE) + byte-level BPE 20k", smol, None, zh_bpe, zh, en, code),
         case("SmolLM2 (byte-level BPE) + SentencePiece BPE 20k", smol, None, zh_spm, zh, en, code),
-        case("Llama stand-in (SentencePiece BPE 32k) + SentencePiece BPE 20k", llama, llama_proto, zh_spm, zh, en, code),
+        case(
+            "Llama stand-in (SentencePiece BPE 32k) + SentencePiece BPE 20k", llama, llama_proto, zh_spm, zh, en, code
+        ),
     ]
     goals = [1.5, 1.5, 1.7]
 
@@ -144,17 +150,22 @@ def main(argv: list[str] | None = None) -> None:
             f"| {r['case']} | {r['base_vocab']:,} → {r['new_vocab']:,} | {r['added_domain_tokens']:,} "
             f"({r['intermediate_tokens']:,}) | {r['zh'][0]:.3f} → {r['zh'][1]:.3f} | **{ratio:.2f}×** (≥ {goal}×: "
             f"{'met' if ratio >= goal else 'not met'}) | {r['en'][0]:.3f} → {r['en'][1]:.3f} | "
-            f"{r['code'][0]:.3f} → {r['code'][1]:.3f} | {r['example'][0]} → {r['example'][1]} tokens |")
+            f"{r['code'][0]:.3f} → {r['code'][1]:.3f} | {r['example'][0]} → {r['example'][1]} tokens |"
+        )
     lines += [
         "",
-        "- every case: all old ids kept; decode(encode(x)) == x on " + ", ".join(
-            f"{r['round_trip_exact']}/{r['round_trip_texts']}" for r in rows)
+        "- every case: all old ids kept; decode(encode(x)) == x on "
+        + ", ".join(f"{r['round_trip_exact']}/{r['round_trip_texts']}" for r in rows)
         + " held-out texts; added domain tokens that are never produced from their own text: "
         + ", ".join(str(r["never_produced"]) for r in rows),
-        "- skipped domain tokens: " + "; ".join(f"{r['case'].split(' + ')[1]} into {r['case'].split(' (')[0]}: "
-                                                f"{r['skipped'] or 'none'}" for r in rows),
-        "- time: training " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-        + "; extending " + ", ".join(f"{r['seconds']:.1f} s" for r in rows),
+        "- skipped domain tokens: "
+        + "; ".join(
+            f"{r['case'].split(' + ')[1]} into {r['case'].split(' (')[0]}: {r['skipped'] or 'none'}" for r in rows
+        ),
+        "- time: training "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + "; extending "
+        + ", ".join(f"{r['seconds']:.1f} s" for r in rows),
     ]
     lines += [
         "",

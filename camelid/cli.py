@@ -26,8 +26,9 @@ import json
 import re
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import yaml
 
@@ -38,6 +39,7 @@ from camelid.utils import CamelidError, log, setup_logging
 @dataclass
 class Args:
     """One verb's command line, parsed (see the module docstring)."""
+
     verb: str
     plain: list[str] = field(default_factory=list)
     flags: dict[str, str | bool] = field(default_factory=dict)
@@ -113,13 +115,15 @@ def _check_override_sections(verb: str, overrides: list[str]) -> None:
     """A verb that reads no config refuses overrides; one that does warns about a section it would ignore."""
     read = SECTIONS.get(verb, ())
     if overrides and not read:
-        raise CamelidError(f"camelid {verb} reads no config keys, so '{overrides[0]}' means nothing to it\n"
-                           f"usage: {VERBS[verb].usage}")
+        raise CamelidError(
+            f"camelid {verb} reads no config keys, so '{overrides[0]}' means nothing to it\nusage: {VERBS[verb].usage}"
+        )
     for item in overrides:
         section = item.split("=", 1)[0].split(".")[0]
         if section not in read and section in {f.name for f in dataclasses.fields(Config)}:  # unknown: load fails
-            log.warning(f"camelid {verb} does not read {section}.*: '{item}' changes nothing "
-                        f"(it reads {', '.join(read)})")
+            log.warning(
+                f"camelid {verb} does not read {section}.*: '{item}' changes nothing (it reads {', '.join(read)})"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,8 +139,12 @@ def key_rows(verb: str) -> list[tuple[str, list[tuple[str, str, str, object]]]]:
         obj = defaults if name == "method" else getattr(defaults, name)
         docs, types = field_docs(owner), typing.get_type_hints(owner)
         keys = keys or [f.name for f in dataclasses.fields(owner)]
-        out.append(("" if name == "method" else name,
-                    [(k, type_name(types[k]), docs.get(k, ""), getattr(obj, k)) for k in keys]))
+        out.append(
+            (
+                "" if name == "method" else name,
+                [(k, type_name(types[k]), docs.get(k, ""), getattr(obj, k)) for k in keys],
+            )
+        )
     return out
 
 
@@ -155,12 +163,17 @@ def help_text(verb: str) -> str:
         lines += ["", "options:"] + [f"  {f + (' ' + m if m else ''):14}  {h}" for f, (m, h) in spec.flags.items()]
     if verb not in SECTIONS:  # `config`: VERB's keys are in `camelid VERB --help`
         return "\n".join(lines)
-    groups = [[(f"{section}.{k}" if section else k, t, d, _yaml_value(v)) for k, t, d, v in rows]
-              for section, rows in key_rows(verb)]
+    groups = [
+        [(f"{section}.{k}" if section else k, t, d, _yaml_value(v)) for k, t, d, v in rows]
+        for section, rows in key_rows(verb)
+    ]
     if not groups:
         return "\n".join(lines + ["", f"camelid {verb} reads no config keys."])
-    lines += ["", "config keys (section.key=default  type: what it does): a CONFIG.yaml sets them, section.key=value",
-              f"overrides them, `camelid config {verb}` writes them all to a file to start from"]
+    lines += [
+        "",
+        "config keys (section.key=default  type: what it does): a CONFIG.yaml sets them, section.key=value",
+        f"overrides them, `camelid config {verb}` writes them all to a file to start from",
+    ]
     width = min(44, max(len(f"{k}={v}") for group in groups for k, _, _, v in group))
     for group in groups:
         lines.append("")
@@ -229,11 +242,15 @@ def cmd_data(a: Args) -> None:
     records, stats = load_records(cfg.data.train, "preference" if pairs else "messages", cfg.data)
     for st in stats:
         cut = {k.replace("_", " "): n for k, n in st.get("trimmed", {}).items() if n}
-        print(f"{st['source']}: read {st['read']}, kept {st['kept']}, skipped {st['skipped']} {st['reasons'] or ''}"
-              + (f"; dropped from cut chats: {cut}" if cut else ""))
+        print(
+            f"{st['source']}: read {st['read']}, kept {st['kept']}, skipped {st['skipped']} {st['reasons'] or ''}"
+            + (f"; dropped from cut chats: {cut}" if cut else "")
+        )
     if pairs:  # rm / dpo data: each side as the stage renders it, the final answer supervised
         rendered, dropped = render_pairs(tok, records, cfg.data)
-        shown = [(f"{side} #{i}", getattr(p, side)) for i, p in enumerate(rendered[:2]) for side in ("chosen", "rejected")]
+        shown = [
+            (f"{side} #{i}", getattr(p, side)) for i, p in enumerate(rendered[:2]) for side in ("chosen", "rejected")
+        ]
         rendered = [r for p in rendered for r in (p.chosen, p.rejected)]
         what = f"{len(rendered) // 2} preference pairs"
     else:
@@ -241,8 +258,10 @@ def cmd_data(a: Args) -> None:
         shown, what = [("", r) for r in rendered[:2]], f"{len(rendered)} chats"
     lengths = sorted(len(r.input_ids) for r in rendered)
     sup = sum(r.n_supervised for r in rendered) / max(1, sum(lengths))
-    print(f"{what}; tokens p50={lengths[len(lengths) // 2]} max={lengths[-1]}; "
-          f"{sup:.0%} of tokens supervised; dropped: {dropped or 'none'}")
+    print(
+        f"{what}; tokens p50={lengths[len(lengths) // 2]} max={lengths[-1]}; "
+        f"{sup:.0%} of tokens supervised; dropped: {dropped or 'none'}"
+    )
     for label, r in shown:
         print("-" * 60 + (f" {label}" if label else "") + "\n" + show(tok, r) + "\n" + "-" * 60)
     print("[[...]] marks the tokens the loss is computed on")
@@ -258,8 +277,10 @@ def cmd_export(a: Args) -> None:
     if is_reward_model(out):
         print(f"merged reward model written to {out} (loads with AutoModelForSequenceClassification.from_pretrained)")
         return
-    print(f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained)\nserve it with vLLM: "
-          f"{vllm_command(out)}")
+    print(
+        f"merged model written to {out} (loads with AutoModelForCausalLM.from_pretrained)\nserve it with vLLM: "
+        f"{vllm_command(out)}"
+    )
 
 
 def cmd_eval(a: Args) -> None:
@@ -379,8 +400,10 @@ def cmd_kb(a: Args) -> None:
         hits = citations(search(kb, rest[1], cfg.rag))
         for c in hits:
             sim = "" if c["similarity"] is None else f" cos={c['similarity']:.3f}"
-            print(f"[{c['index']}] {c['label']}  (rrf={c['score']:.4f}{sim} terms={c['term_share']:.2f})\n"
-                  f"    {c['text'][:300]}")
+            print(
+                f"[{c['index']}] {c['label']}  (rrf={c['score']:.4f}{sim} terms={c['term_share']:.2f})\n"
+                f"    {c['text'][:300]}"
+            )
         if not hits:
             print("nothing relevant found")
     else:
@@ -411,72 +434,133 @@ def cmd_config(a: Args) -> None:
 _TRAIN_USAGE = "camelid {} [CONFIG] [section.key=value ...]"
 _OUT = {"--out": ("DIR", "where the output goes")}
 VERBS: dict[str, Verb] = {
-    "pt": Verb(lambda a: cmd_train("pt", a), _TRAIN_USAGE.format("pt"), "continued pretraining on plain text",
-               config="first"),
-    "sft": Verb(lambda a: cmd_train("sft", a), _TRAIN_USAGE.format("sft"),
-                "supervised fine-tuning on chats, the loss on the assistant's turns", config="first"),
-    "rm": Verb(lambda a: cmd_train("rm", a), _TRAIN_USAGE.format("rm"), "a reward model from preference pairs",
-               config="first"),
-    "dpo": Verb(lambda a: cmd_train("dpo", a), _TRAIN_USAGE.format("dpo"), "DPO / IPO / cDPO on preference pairs",
-                config="first"),
-    "ppo": Verb(lambda a: cmd_train("ppo", a), _TRAIN_USAGE.format("ppo"), "PPO (RLHF) against a reward model",
-                config="first"),
-    "data": Verb(cmd_data, _TRAIN_USAGE.format("data"),
-                 "show rendered examples with their loss mask, and counts: what a training stage would see",
-                 config="first"),
-    "export": Verb(cmd_export, "camelid export RUN_DIR OUT_DIR [--dtype auto|float32|bfloat16|float16]",
-                   "merge a LoRA run into a plain HF model folder (transformers and vLLM load it)",
-                   {"--dtype": ("DTYPE", "dtype of the merged weights; default auto (the base's own)")}, config="none"),
-    "eval": Verb(cmd_eval, "camelid eval MODEL_OR_RUN [--before] [--out DIR] [CONFIG.yaml] "
-                 "[eval.tasks=[mmlu] eval.limit=200 ...]", "benchmarks, perplexity, samples",
-                 {"--before": ("", "evaluate the run's base model (RUN/eval/before.json)"),
-                  "--out": ("DIR", "where results go; default RUN/eval, or eval-MODEL/eval")}),
-    "report": Verb(cmd_report, "camelid report RUN [RUN ...] [--out DIR]",
-                   "an offline HTML page: loss curves, scores before/after, samples side by side",
-                   {"--out": ("DIR", "default: the first RUN's report/")}, config="none"),
-    "chat": Verb(cmd_chat, "camelid chat MODEL_OR_RUN [CONFIG.yaml] [chat.temperature=0.7 ...]",
-                 "chat in the terminal (/reset clears the history, /exit leaves)"),
-    "serve": Verb(cmd_serve, "camelid serve MODEL_OR_RUN [CONFIG.yaml] [serve.port=8000 engine.max_running=64 ...]",
-                  "an OpenAI-compatible API for many users (127.0.0.1:8000 unless serve.host / serve.port)"),
-    "vllm": Verb(cmd_vllm, "camelid vllm RUN_OR_MODEL [SERVED_NAME]",
-                 "check vLLM can load it and print the exact `vllm serve` command", config="none"),
-    "pull": Verb(cmd_pull, "camelid pull NAME... | --list", "fetch a catalog model or dataset for offline use",
-                 {"--list": ("", "list the catalog")}, config="none"),
-    "tok": Verb(cmd_tok, "camelid tok train CORPUS... --out DIR [tok.kind=spm_bpe tok.vocab_size=20000 ...]\n"
-                "       camelid tok extend BASE [DOMAIN_TOKENIZER] --out DIR [tok.train=[CORPUS] tok.eval=[HELD_OUT] ...]\n"
-                "       camelid tok report TOKENIZER... [tok.eval=[TEXT ...]]",
-                "train a tokenizer; extend a model's vocabulary (tokenizer + resized embeddings); compare tokenizers",
-                _OUT),
-    "clean": Verb(cmd_clean, "camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]",
-                  "clean a corpus: normalize, dedup, quality filters, decontaminate, mask PII", _OUT),
-    "kb": Verb(cmd_kb, "camelid kb add KB PATH... [rag.embedding_model=... rag.chunk_tokens=200 ...]\n"
-               "       camelid kb rm KB NAME...      remove documents (a folder name removes all under it)\n"
-               "       camelid kb ls [KB]            knowledge bases, or the documents of one\n"
-               "       camelid kb search KB QUESTION [rag.retriever=bm25|dense|hybrid rag.top_k=5]\n"
-               "       camelid kb ask KB QUESTION model.name=MODEL_OR_RUN [rag.*]\n"
-               "(KB: a name under rag.root, default $CAMELID_HOME/kb, or a folder; a CONFIG.yaml may come among the "
-               "arguments, e.g. configs/kb_hybrid.yaml)",
-               "knowledge bases: ingest documents, retrieve, answer with citations"),
-    "quickstart": Verb(cmd_quickstart, "camelid quickstart [section.key=value ...]",
-                       "real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU (overrides change its "
-                       "recipe, configs/quickstart.yaml)", config="none"),
-    "config": Verb(cmd_config, "camelid config VERB [CONFIG.yaml] [section.key=value ...]",
-                   "print the keys VERB reads as a commented YAML file to start a config from"),
+    "pt": Verb(
+        lambda a: cmd_train("pt", a), _TRAIN_USAGE.format("pt"), "continued pretraining on plain text", config="first"
+    ),
+    "sft": Verb(
+        lambda a: cmd_train("sft", a),
+        _TRAIN_USAGE.format("sft"),
+        "supervised fine-tuning on chats, the loss on the assistant's turns",
+        config="first",
+    ),
+    "rm": Verb(
+        lambda a: cmd_train("rm", a), _TRAIN_USAGE.format("rm"), "a reward model from preference pairs", config="first"
+    ),
+    "dpo": Verb(
+        lambda a: cmd_train("dpo", a),
+        _TRAIN_USAGE.format("dpo"),
+        "DPO / IPO / cDPO on preference pairs",
+        config="first",
+    ),
+    "ppo": Verb(
+        lambda a: cmd_train("ppo", a), _TRAIN_USAGE.format("ppo"), "PPO (RLHF) against a reward model", config="first"
+    ),
+    "data": Verb(
+        cmd_data,
+        _TRAIN_USAGE.format("data"),
+        "show rendered examples with their loss mask, and counts: what a training stage would see",
+        config="first",
+    ),
+    "export": Verb(
+        cmd_export,
+        "camelid export RUN_DIR OUT_DIR [--dtype auto|float32|bfloat16|float16]",
+        "merge a LoRA run into a plain HF model folder (transformers and vLLM load it)",
+        {"--dtype": ("DTYPE", "dtype of the merged weights; default auto (the base's own)")},
+        config="none",
+    ),
+    "eval": Verb(
+        cmd_eval,
+        "camelid eval MODEL_OR_RUN [--before] [--out DIR] [CONFIG.yaml] [eval.tasks=[mmlu] eval.limit=200 ...]",
+        "benchmarks, perplexity, samples",
+        {
+            "--before": ("", "evaluate the run's base model (RUN/eval/before.json)"),
+            "--out": ("DIR", "where results go; default RUN/eval, or eval-MODEL/eval"),
+        },
+    ),
+    "report": Verb(
+        cmd_report,
+        "camelid report RUN [RUN ...] [--out DIR]",
+        "an offline HTML page: loss curves, scores before/after, samples side by side",
+        {"--out": ("DIR", "default: the first RUN's report/")},
+        config="none",
+    ),
+    "chat": Verb(
+        cmd_chat,
+        "camelid chat MODEL_OR_RUN [CONFIG.yaml] [chat.temperature=0.7 ...]",
+        "chat in the terminal (/reset clears the history, /exit leaves)",
+    ),
+    "serve": Verb(
+        cmd_serve,
+        "camelid serve MODEL_OR_RUN [CONFIG.yaml] [serve.port=8000 engine.max_running=64 ...]",
+        "an OpenAI-compatible API for many users (127.0.0.1:8000 unless serve.host / serve.port)",
+    ),
+    "vllm": Verb(
+        cmd_vllm,
+        "camelid vllm RUN_OR_MODEL [SERVED_NAME]",
+        "check vLLM can load it and print the exact `vllm serve` command",
+        config="none",
+    ),
+    "pull": Verb(
+        cmd_pull,
+        "camelid pull NAME... | --list",
+        "fetch a catalog model or dataset for offline use",
+        {"--list": ("", "list the catalog")},
+        config="none",
+    ),
+    "tok": Verb(
+        cmd_tok,
+        "camelid tok train CORPUS... --out DIR [tok.kind=spm_bpe tok.vocab_size=20000 ...]\n"
+        "       camelid tok extend BASE [DOMAIN_TOKENIZER] --out DIR [tok.train=[CORPUS] tok.eval=[HELD_OUT] ...]\n"
+        "       camelid tok report TOKENIZER... [tok.eval=[TEXT ...]]",
+        "train a tokenizer; extend a model's vocabulary (tokenizer + resized embeddings); compare tokenizers",
+        _OUT,
+    ),
+    "clean": Verb(
+        cmd_clean,
+        "camelid clean [CONFIG.yaml] INPUT... [--out DIR] [clean.key=value ...]",
+        "clean a corpus: normalize, dedup, quality filters, decontaminate, mask PII",
+        _OUT,
+    ),
+    "kb": Verb(
+        cmd_kb,
+        "camelid kb add KB PATH... [rag.embedding_model=... rag.chunk_tokens=200 ...]\n"
+        "       camelid kb rm KB NAME...      remove documents (a folder name removes all under it)\n"
+        "       camelid kb ls [KB]            knowledge bases, or the documents of one\n"
+        "       camelid kb search KB QUESTION [rag.retriever=bm25|dense|hybrid rag.top_k=5]\n"
+        "       camelid kb ask KB QUESTION model.name=MODEL_OR_RUN [rag.*]\n"
+        "(KB: a name under rag.root, default $CAMELID_HOME/kb, or a folder; a CONFIG.yaml may come among the "
+        "arguments, e.g. configs/kb_hybrid.yaml)",
+        "knowledge bases: ingest documents, retrieve, answer with citations",
+    ),
+    "quickstart": Verb(
+        cmd_quickstart,
+        "camelid quickstart [section.key=value ...]",
+        "real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU (overrides change its "
+        "recipe, configs/quickstart.yaml)",
+        config="none",
+    ),
+    "config": Verb(
+        cmd_config,
+        "camelid config VERB [CONFIG.yaml] [section.key=value ...]",
+        "print the keys VERB reads as a commented YAML file to start a config from",
+    ),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
-        print("usage: camelid VERB [ARG ...] [--flag [VALUE] ...] [CONFIG.yaml] [section.key=value ...]\n\n"
-              "verbs (`camelid VERB --help` for one):\n"
-              + "\n".join(f"  {v:10}  {spec.about}" for v, spec in VERBS.items()))
+        print(
+            "usage: camelid VERB [ARG ...] [--flag [VALUE] ...] [CONFIG.yaml] [section.key=value ...]\n\n"
+            "verbs (`camelid VERB --help` for one):\n"
+            + "\n".join(f"  {v:10}  {spec.about}" for v, spec in VERBS.items())
+        )
         if argv and argv[0] not in ("-h", "--help"):
             print(f"unknown verb '{argv[0]}'; verbs: {', '.join(VERBS)}")
             sys.exit(2)
         return
     verb, args = argv[0], argv[1:]
-    if any(x in ("-h", "--help") for x in args[:args.index("--") if "--" in args else len(args)]):
+    if any(x in ("-h", "--help") for x in args[: args.index("--") if "--" in args else len(args)]):
         print(help_text(verb))
         return
     setup_logging()

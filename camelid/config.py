@@ -109,6 +109,7 @@ class EmbeddingConfig:
 @dataclass
 class TokConfig:
     """`camelid tok train / extend / report`: train a tokenizer, add its vocabulary to a base's."""
+
     # auto: spm_bpe for `tok train`; for `tok extend`, what fits the base (spm_bpe for SentencePiece bases,
     # otherwise byte-level bpe with the base's own pre-tokenizer)
     kind: Literal["auto", "spm_bpe", "spm_unigram", "bpe", "wordpiece"] = "auto"  # auto: see the comment above
@@ -150,8 +151,10 @@ class DataConfig:
     system: str = ""  # system prompt added to chats that have none
 
     def check(self) -> list[str]:
-        return _failing((0 <= self.eval_split < 1, "data.eval_split must be in [0, 1)"),
-                        (self.max_length >= 8, "data.max_length must be >= 8"))
+        return _failing(
+            (0 <= self.eval_split < 1, "data.eval_split must be in [0, 1)"),
+            (self.max_length >= 8, "data.max_length must be >= 8"),
+        )
 
 
 @dataclass
@@ -212,9 +215,11 @@ class EngineConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default (see the comment above)
 
     def check(self) -> list[str]:
-        return _failing((self.block_size >= 1, "engine.block_size must be >= 1"),
-                        (self.max_batch_tokens >= 1, "engine.max_batch_tokens must be >= 1"),
-                        (self.max_running >= 1, "engine.max_running must be >= 1"))
+        return _failing(
+            (self.block_size >= 1, "engine.block_size must be >= 1"),
+            (self.max_batch_tokens >= 1, "engine.max_batch_tokens must be >= 1"),
+            (self.max_running >= 1, "engine.max_running must be >= 1"),
+        )
 
 
 @dataclass
@@ -272,8 +277,14 @@ class RagConfig:
     def check(self) -> list[str]:
         return _failing(
             (self.chunk_tokens >= 16, "rag.chunk_tokens must be >= 16"),
-            (0 <= self.chunk_overlap < self.chunk_tokens // 2, "rag.chunk_overlap must be in [0, rag.chunk_tokens / 2)"),
-            (self.top_k >= 1 and self.candidates >= self.top_k, "rag.top_k must be >= 1 and rag.candidates >= rag.top_k"),
+            (
+                0 <= self.chunk_overlap < self.chunk_tokens // 2,
+                "rag.chunk_overlap must be in [0, rag.chunk_tokens / 2)",
+            ),
+            (
+                self.top_k >= 1 and self.candidates >= self.top_k,
+                "rag.top_k must be >= 1 and rag.candidates >= rag.top_k",
+            ),
             (self.rrf_k >= 1 and self.embedding_batch >= 1, "rag.rrf_k and rag.embedding_batch must be >= 1"),
             (-1 <= self.min_similarity <= 1, "rag.min_similarity must be in [-1, 1]"),
             (0 <= self.max_unknown_share <= 1, "rag.max_unknown_share must be in [0, 1]"),
@@ -285,7 +296,9 @@ class RagConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=list)  # mmlu, arc_easy, ... or NAME=PATH (a local copy; mc_jsonl=exam.jsonl)
+    tasks: list[str] = field(
+        default_factory=list
+    )  # mmlu, arc_easy, ... or NAME=PATH (a local copy; mc_jsonl=exam.jsonl)
     k_shot: int = 0  # solved examples put before each multiple-choice question
     seed: int = 1234  # picks the k-shot examples
     limit: int = 0  # items per task; 0 = all
@@ -299,8 +312,10 @@ class EvalConfig:
     after_training: bool = True  # when anything above is set, sft/pt end by evaluating the base and the run
 
     def check(self) -> list[str]:
-        return _failing((self.k_shot >= 0, "eval.k_shot must be >= 0"),
-                        (0 < self.ppl_stride <= self.ppl_window, "eval.ppl_stride must be in [1, eval.ppl_window]"))
+        return _failing(
+            (self.k_shot >= 0, "eval.k_shot must be >= 0"),
+            (0 < self.ppl_stride <= self.ppl_window, "eval.ppl_stride must be in [1, eval.ppl_window]"),
+        )
 
 
 @dataclass
@@ -316,8 +331,10 @@ class DpoConfig:
     precompute_ref: bool = False  # score every pair with the reference once before training, then drop it
 
     def check(self) -> list[str]:
-        return _failing((self.beta > 0, "dpo.beta must be > 0"),
-                        (0 <= self.label_smoothing < 0.5, "dpo.label_smoothing must be in [0, 0.5)"))
+        return _failing(
+            (self.beta > 0, "dpo.beta must be > 0"),
+            (0 <= self.label_smoothing < 0.5, "dpo.label_smoothing must be in [0, 0.5)"),
+        )
 
 
 @dataclass
@@ -352,8 +369,10 @@ class PpoConfig:
         batches = self.rollout_batch >= 1 and self.mini_batch >= 1
         return _failing(
             (batches, "ppo.rollout_batch and ppo.mini_batch must be >= 1"),
-            (not batches or self.rollout_batch % self.mini_batch == 0,
-             f"ppo.rollout_batch ({self.rollout_batch}) must be a multiple of ppo.mini_batch ({self.mini_batch})"),
+            (
+                not batches or self.rollout_batch % self.mini_batch == 0,
+                f"ppo.rollout_batch ({self.rollout_batch}) must be a multiple of ppo.mini_batch ({self.mini_batch})",
+            ),
             (self.ptx_coef <= 0 or bool(self.ptx_data), "ppo.ptx_coef > 0 needs ppo.ptx_data"),
             (self.ppo_epochs >= 1, "ppo.ppo_epochs must be >= 1"),
             (self.max_new_tokens >= 1, "ppo.max_new_tokens must be >= 1"),
@@ -363,11 +382,13 @@ class PpoConfig:
         )
 
 
-
 @dataclass
 class CleanConfig:
     """`camelid clean`. Documents meet the rules in the order below; the first rule that fires removes one."""
-    inputs: list[str] = field(default_factory=list)  # .txt (a doc per line) / .jsonl / .json / .csv / .parquet, or catalog corpora
+
+    inputs: list[str] = field(
+        default_factory=list
+    )  # .txt (a doc per line) / .jsonl / .json / .csv / .parquet, or catalog corpora
     out: str = "runs/clean"  # kept corpus (one file per input), removed.jsonl, summary.md/json; replaced atomically
     text_field: str = "text"  # the record field holding the document (not used for .txt)
     on_error: Literal["fail", "skip"] = "fail"  # a bad record (bad JSON, no text): stop, or count it and go on
@@ -404,12 +425,20 @@ class CleanConfig:
     pii: list[PiiKind] = field(default_factory=lambda: list(typing.get_args(PiiKind)))  # masked in kept docs; [] = none
 
     def check(self) -> list[str]:
-        shares = (self.max_symbol_share, self.max_digit_share, self.max_repeated_line_share,
-                  self.max_repeated_ngram_share, self.min_language_share)
+        shares = (
+            self.max_symbol_share,
+            self.max_digit_share,
+            self.max_repeated_line_share,
+            self.max_repeated_ngram_share,
+            self.min_language_share,
+        )
         return _failing(
             (bool(self.inputs), "clean.inputs needs at least one file (camelid clean FILE ...)"),
             (self.min_units >= 0 and self.max_units >= 0, "clean.min_units and clean.max_units must be >= 0"),
-            (self.max_units == 0 or self.max_units >= self.min_units, "clean.max_units must be 0 or >= clean.min_units"),
+            (
+                self.max_units == 0 or self.max_units >= self.min_units,
+                "clean.max_units must be 0 or >= clean.min_units",
+            ),
             (all(0 <= v <= 1 for v in shares), "clean.*_share values must be in [0, 1]"),
             (self.repeat_ngram >= 2, "clean.repeat_ngram must be >= 2"),
             (self.decontam_ngram >= 1 and self.decontam_ngram_zh >= 1, "clean.decontam_ngram(_zh) must be >= 1"),
@@ -463,7 +492,10 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "kb": ("model", "rag", "chat", "engine"),  # kb ask: model.name answers, with chat's sampling
     "tok": ("model", "tok"),
     "clean": ("clean",),
-    "export": (), "report": (), "vllm": (), "pull": (),
+    "export": (),
+    "report": (),
+    "vllm": (),
+    "pull": (),
 }
 
 
@@ -479,12 +511,26 @@ def sections(stage: str) -> tuple[str, ...]:
 
 # Names people bring from transformers / LLaMA-Factory, so a near miss of those still finds our key.
 ALIASES = {
-    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
-    "lora_rank": "r", "rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target",
-    "lora_target": "target", "model_name_or_path": "name", "cutoff_len": "max_length", "max_seq_length": "max_length",
-    "lr_scheduler_type": "scheduler", "max_grad_norm": "max_grad_norm", "bf16": "mixed_precision",
-    "dataset": "train", "template": "template", "finetuning_type": "method",
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lora_rank": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target_modules": "target",
+    "lora_target": "target",
+    "model_name_or_path": "name",
+    "cutoff_len": "max_length",
+    "max_seq_length": "max_length",
+    "lr_scheduler_type": "scheduler",
+    "max_grad_norm": "max_grad_norm",
+    "bf16": "mixed_precision",
+    "dataset": "train",
+    "template": "template",
+    "finetuning_type": "method",
 }
 
 
@@ -682,11 +728,15 @@ def _combinations(cfg: Config, stage: str) -> list[str]:
         return errors
     if cfg.embedding.new_rows_only:
         if cfg.method != "embedding":
-            errors.append(f"embedding.new_rows_only trains only the new embedding rows, so it needs method embedding "
-                          f"(method is '{cfg.method}')")
+            errors.append(
+                f"embedding.new_rows_only trains only the new embedding rows, so it needs method embedding "
+                f"(method is '{cfg.method}')"
+            )
         if t.weight_decay > 0:
             # AdamW decays every row of a matrix that has a gradient, masked or not: old rows would shrink.
-            errors.append("embedding.new_rows_only needs train.weight_decay=0: AdamW's decay would move the old rows too")
+            errors.append(
+                "embedding.new_rows_only needs train.weight_decay=0: AdamW's decay would move the old rows too"
+            )
     if stage == "rm" and (cfg.eval.tasks or cfg.eval.perplexity or cfg.eval.samples):
         errors.append("a reward model is evaluated with eval.preference only (it does not generate or score text)")
     if stage != "rm" and cfg.eval.preference:
@@ -697,8 +747,10 @@ def _combinations(cfg: Config, stage: str) -> list[str]:
         if cfg.method not in ("full", "freeze", "lora", "qlora"):
             errors.append(f"method '{cfg.method}' is not supported by ppo; use full, freeze, lora or qlora")
         if cfg.ppo.layout == "shared" and cfg.method not in ("lora", "qlora"):
-            errors.append("ppo.layout=shared needs method lora or qlora (adapters switched on one base); "
-                          "use ppo.layout=separate for full or freeze")
+            errors.append(
+                "ppo.layout=shared needs method lora or qlora (adapters switched on one base); "
+                "use ppo.layout=separate for full or freeze"
+            )
         if cfg.ppo.layout == "separate" and cfg.method == "qlora":
             errors.append("ppo.layout=separate would load the reference unquantized; use ppo.layout=shared with qlora")
     if cfg.method == "ptuning" and d.packing and stage == "sft":
@@ -710,7 +762,11 @@ def _combinations(cfg: Config, stage: str) -> list[str]:
         errors.append("method 'ptuning' does not support model.gradient_checkpointing (peft prefix caches)")
     if t.mixed_precision == "fp16" and m.dtype == "bfloat16":
         errors.append("train.mixed_precision=fp16 with model.dtype=bfloat16 mixes two half formats; pick one")
-    if m.dtype in ("bfloat16", "float16") and cfg.method in ("full", "freeze", "embedding") and t.mixed_precision == "no":
+    if (
+        m.dtype in ("bfloat16", "float16")
+        and cfg.method in ("full", "freeze", "embedding")
+        and t.mixed_precision == "no"
+    ):
         errors.append(
             f"training {cfg.method} weights stored in {m.dtype} with mixed_precision=no loses updates to rounding; "
             "use model.dtype=float32 with train.mixed_precision=bf16"

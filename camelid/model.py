@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from camelid import hub
 from camelid.config import Config
@@ -36,8 +41,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 Model = Union[PreTrainedModel, "PeftModel"]
 
 
-def load_tokenizer(name_or_path: str | Path, template: str = "", trust_remote_code: bool = False, *,
-                   as_saved: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str | Path, template: str = "", trust_remote_code: bool = False, *, as_saved: bool = False
+) -> PreTrainedTokenizerBase:
     """The tokenizer of a model folder, catalog name, Hugging Face id or run folder (its final/), for training,
     inference and reward models alike: the chat template `template` names (a built-in), else its own, else the
     closest built-in; EOS as the pad token when it has none (padding is always masked out of the loss and
@@ -47,8 +53,9 @@ def load_tokenizer(name_or_path: str | Path, template: str = "", trust_remote_co
     src = hub.model_folder(name_or_path)
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     if not getattr(tok, "is_fast", False):
-        raise CamelidError(f"{src}: camelid needs a fast (Rust) tokenizer to compute loss masks and prompts from "
-                           "character offsets")
+        raise CamelidError(
+            f"{src}: camelid needs a fast (Rust) tokenizer to compute loss masks and prompts from character offsets"
+        )
     if not as_saved:
         ensure_template(tok, template)
         if tok.pad_token_id is None:
@@ -62,13 +69,19 @@ def load_model(cfg: Config, path: str | None = None, reward: bool = False, pad_t
     one label), so the trained model is a standard HF sequence classifier; `pad_token_id` tells it where rows end."""
     m = cfg.model
     src = path or hub.model_folder(m.name)
-    kwargs = {"dtype": DTYPES[m.dtype], "attn_implementation": m.attn_implementation, "trust_remote_code": m.trust_remote_code}
+    kwargs = {
+        "dtype": DTYPES[m.dtype],
+        "attn_implementation": m.attn_implementation,
+        "trust_remote_code": m.trust_remote_code,
+    }
     if m.attn_implementation == "flash_attention_2":
         require("flash_attn", "flash")
     if cfg.method == "qlora":
         kwargs["quantization_config"] = _bnb_config(cfg)
     if reward:
-        model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=1, pad_token_id=pad_token_id, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            src, num_labels=1, pad_token_id=pad_token_id, **kwargs
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     if m.gradient_checkpointing:
@@ -86,7 +99,9 @@ def _bnb_config(cfg: Config):
     if q.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
         bnb_4bit_compute_dtype=compute,
     )
 
@@ -133,18 +148,31 @@ def apply_method(model: PreTrainedModel, cfg: Config, task: str = "CAUSAL_LM") -
         if method == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
         target = "all-linear" if lc.target == ["all-linear"] else lc.target
-        model = get_peft_model(model, LoraConfig(
-            r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=target,
-            use_rslora=lc.rslora, use_dora=lc.dora, task_type=task,
-        ))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lc.r,
+                lora_alpha=lc.alpha,
+                lora_dropout=lc.dropout,
+                target_modules=target,
+                use_rslora=lc.rslora,
+                use_dora=lc.dora,
+                task_type=task,
+            ),
+        )
     elif method == "ptuning":
         from peft import PrefixTuningConfig, get_peft_model
 
         pc = cfg.ptuning
-        model = get_peft_model(model, PrefixTuningConfig(
-            num_virtual_tokens=pc.virtual_tokens, prefix_projection=pc.projection,
-            encoder_hidden_size=pc.projection_hidden, task_type="CAUSAL_LM",
-        ))
+        model = get_peft_model(
+            model,
+            PrefixTuningConfig(
+                num_virtual_tokens=pc.virtual_tokens,
+                prefix_projection=pc.projection,
+                encoder_hidden_size=pc.projection_hidden,
+                task_type="CAUSAL_LM",
+            ),
+        )
     else:  # config validation keeps this unreachable
         raise CamelidError(f"unknown method '{method}'")
     if task == "SEQ_CLS" and method in ("freeze", "embedding"):
@@ -158,8 +186,10 @@ def first_new_id(folder: str | Path) -> int:
     """The first row `camelid tok extend` added to the model in `folder` (from its camelid_vocab.json)."""
     info = Path(folder) / VOCAB_INFO
     if not info.is_file():
-        raise CamelidError(f"embedding.new_rows_only: {folder} has no {VOCAB_INFO} saying which rows are new "
-                           "(written by `camelid tok extend`); set embedding.first_new_id")
+        raise CamelidError(
+            f"embedding.new_rows_only: {folder} has no {VOCAB_INFO} saying which rows are new "
+            "(written by `camelid tok extend`); set embedding.first_new_id"
+        )
     return int(json.loads(info.read_text())["first_new_id"])
 
 
@@ -180,8 +210,9 @@ def mask_old_rows(model: PreTrainedModel, first: int) -> None:
 
 
 @torch.no_grad()
-def resize_embeddings(model: PreTrainedModel, old_tok: PreTrainedTokenizerBase,
-                      new_tok: PreTrainedTokenizerBase) -> int:
+def resize_embeddings(
+    model: PreTrainedModel, old_tok: PreTrainedTokenizerBase, new_tok: PreTrainedTokenizerBase
+) -> int:
     """Grow the input embeddings and output head to `len(new_tok)` rows. Each new row starts as the mean of the old
     rows of the pieces the old tokenizer cuts that token's text into (the output head likewise, tied or not), so a
     new token starts out meaning what its pieces meant. Old rows are untouched: old-token logits stay the same.
@@ -223,8 +254,9 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 # saving and loading what was trained
 
 
-def save_trained(model: Model, tokenizer: PreTrainedTokenizerBase, out: Path, cfg: Config,
-                 state_dict: dict | None = None) -> None:
+def save_trained(
+    model: Model, tokenizer: PreTrainedTokenizerBase, out: Path, cfg: Config, state_dict: dict | None = None
+) -> None:
     """Adapters as peft folders, other methods as full HF folders; the tokenizer (with its chat
     template) is saved beside either, so chat/serve/vLLM use the template training used.
     `state_dict` is the gathered one when training was sharded. Written to a temp folder and renamed, so a crash
@@ -251,8 +283,9 @@ def adapter_base(path: Path, adapter: dict) -> str:
         raise CamelidError(f"{path} is an adapter over {base}, which cannot be loaded: {e}") from None
 
 
-def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True,
-                       trust_remote_code: bool = False) -> tuple[Model, PreTrainedTokenizerBase]:
+def load_for_inference(
+    path: str | Path, dtype: str = "auto", merge: bool = True, trust_remote_code: bool = False
+) -> tuple[Model, PreTrainedTokenizerBase]:
     """(model, tokenizer) from a plain model folder, a catalog name, or an adapter/run folder."""
     path = Path(hub.model_folder(path))
     tok = load_tokenizer(path, trust_remote_code=trust_remote_code)
@@ -260,15 +293,18 @@ def load_for_inference(path: str | Path, dtype: str = "auto", merge: bool = True
     if adapter is not None:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(adapter_base(path, adapter), dtype=DTYPES[dtype],
-                                                    trust_remote_code=trust_remote_code)
+        base = AutoModelForCausalLM.from_pretrained(
+            adapter_base(path, adapter), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
         if len(tok) > base.get_input_embeddings().weight.shape[0]:  # as peft's AutoPeftModel does
             base.resize_token_embeddings(len(tok))
         model = PeftModel.from_pretrained(base, str(path))
         if merge and model.peft_config["default"].peft_type.value == "LORA":
             model = model.merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
     model.eval()
     return model, tok
 
@@ -282,11 +318,14 @@ def is_reward_model(path: str | Path) -> bool:
     config = path / "config.json"
     if not config.is_file():
         return False
-    return any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or [])
+    return any(
+        a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures") or []
+    )
 
 
-def load_reward_model(path: str | Path, dtype: str = "float32",
-                      trust_remote_code: bool = False) -> tuple[Model, PreTrainedTokenizerBase]:
+def load_reward_model(
+    path: str | Path, dtype: str = "float32", trust_remote_code: bool = False
+) -> tuple[Model, PreTrainedTokenizerBase]:
     """(reward model, tokenizer): a sequence classifier whose logits[:, 0] is the reward of each row.
     A LoRA reward model is merged into its base on load."""
     path = Path(hub.model_folder(path))
@@ -296,8 +335,9 @@ def load_reward_model(path: str | Path, dtype: str = "float32",
     if adapter is not None:
         from peft import PeftModel
 
-        model = AutoModelForSequenceClassification.from_pretrained(adapter_base(path, adapter), num_labels=1,
-                                                                   pad_token_id=tok.pad_token_id, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            adapter_base(path, adapter), num_labels=1, pad_token_id=tok.pad_token_id, **kwargs
+        )
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
@@ -314,8 +354,9 @@ def merge_adapter(path: str | Path, out: str | Path, dtype: str = "auto") -> Pat
     if adapter is None:
         raise CamelidError(f"{src} holds no adapter (adapter_config.json): nothing to merge")
     if adapter.get("peft_type") != "LORA":
-        raise CamelidError(f"{src}: a {adapter.get('peft_type')} adapter cannot be merged into weights; "
-                           "serve it as an adapter")
+        raise CamelidError(
+            f"{src}: a {adapter.get('peft_type')} adapter cannot be merged into weights; serve it as an adapter"
+        )
     if adapter.get("task_type") == "SEQ_CLS":
         model, tok = load_reward_model(src, dtype=dtype)
     else:
@@ -342,5 +383,7 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     if any(getattr(base.config, k, None) not in (None, 1, 1.0) for k in _LOGIT_POSTPROCESSING):
         return None
     head = base.get_output_embeddings()
-    linear = isinstance(head, torch.nn.Linear) or isinstance(getattr(head, "base_layer", None), torch.nn.Linear)  # LoRA on it
+    linear = isinstance(head, torch.nn.Linear) or isinstance(
+        getattr(head, "base_layer", None), torch.nn.Linear
+    )  # LoRA on it
     return (base.get_decoder(), head) if linear else None

@@ -54,7 +54,9 @@ def main(overrides: list[str] | None = None) -> dict:
     print("\n== answers to held-out prompts: before → after ==")
     for p, b, a in zip(prompts, before, after):
         print(f"\nQ: {p}\n  before: {b[:300]}\n  after:  {a[:300]}")
-    print(f"\neval loss {evals[0]:.4f} → {evals[-1]:.4f} (perplexity {2.718281828 ** evals[0]:.1f} → {2.718281828 ** evals[-1]:.1f})")
+    print(
+        f"\neval loss {evals[0]:.4f} → {evals[-1]:.4f} (perplexity {2.718281828 ** evals[0]:.1f} → {2.718281828 ** evals[-1]:.1f})"
+    )
     print(f"done in {time.time() - started:.0f} s; adapter + tokenizer in {final}")
     out = cfg.train.output_dir
     print(f"next: camelid chat {out}  |  camelid serve {out}  |  camelid export {out} runs/quickstart-merged")

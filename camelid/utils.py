@@ -10,8 +10,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger("camelid")
 
@@ -25,9 +26,7 @@ def require(module: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise CamelidError(
-            f"this feature needs the optional package '{module}': pip install 'camelid[{extra}]'"
-        ) from e
+        raise CamelidError(f"this feature needs the optional package '{module}': pip install 'camelid[{extra}]'") from e
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
-            "<|end_header_id|>", "<|eot_id|>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<bos>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+]
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
@@ -22,12 +32,21 @@ CORPUS = [
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "你好"},
-     {"role": "assistant", "content": "你好！有什么可以帮你？"}, {"role": "user", "content": "北京是哪里？"},
-     {"role": "assistant", "content": "北京是中国的首都。"}],
-    [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "1 2 3"},
-     {"role": "user", "content": "And to five?"}, {"role": "assistant", "content": "1 2 3 4 5"},
-     {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "You are welcome."}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "你好！有什么可以帮你？"},
+        {"role": "user", "content": "北京是哪里？"},
+        {"role": "assistant", "content": "北京是中国的首都。"},
+    ],
+    [
+        {"role": "user", "content": "Count to three."},
+        {"role": "assistant", "content": "1 2 3"},
+        {"role": "user", "content": "And to five?"},
+        {"role": "assistant", "content": "1 2 3 4 5"},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "You are welcome."},
+    ],
 ]
 
 
@@ -38,13 +57,24 @@ def build_tokenizer(template: str | None = None):
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tk.train_from_iterator(CORPUS, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token="<|begin_of_text|>", unk_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": [s for s in SPECIALS if s not in
-                                                          ("<|im_end|>", "<|endoftext|>", "<|begin_of_text|>")]})
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|begin_of_text|>",
+        unk_token="<|endoftext|>",
+    )
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                s for s in SPECIALS if s not in ("<|im_end|>", "<|endoftext|>", "<|begin_of_text|>")
+            ]
+        }
+    )
     if template:
         from camelid.data.templates import BUILTIN
 
@@ -56,9 +86,18 @@ def build_model_dir(path: Path, arch: str = "llama", template: str = "chatml", t
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     tok = build_tokenizer(template)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  tie_word_embeddings=tie, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     cfg = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -100,9 +139,16 @@ def tiny_config(model_dir, data, tmp_path, **over):
     from camelid.config import load_config
 
     base = {
-        "model.name": str(model_dir), "data.train": [str(data)], "data.max_length": 64,
-        "train.output_dir": str(tmp_path / "run"), "train.max_steps": 4, "train.batch_size": 4,
-        "train.lr": 1e-2, "train.warmup_ratio": 0.0, "train.tensorboard": False, "train.scheduler": "constant",
+        "model.name": str(model_dir),
+        "data.train": [str(data)],
+        "data.max_length": 64,
+        "train.output_dir": str(tmp_path / "run"),
+        "train.max_steps": 4,
+        "train.batch_size": 4,
+        "train.lr": 1e-2,
+        "train.warmup_ratio": 0.0,
+        "train.tensorboard": False,
+        "train.scheduler": "constant",
         "lora.dropout": 0.0,
     }
     base.update(over)

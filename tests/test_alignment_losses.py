@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import CHATS
 
 from camelid.data.loader import collate, collate_pairs, last_turn_only, render_pairs
 from camelid.data.templates import IGNORE, render
@@ -19,7 +20,6 @@ from camelid.train.losses import (
     sequence_logps,
     token_logps,
 )
-from conftest import CHATS
 
 T = torch.tensor
 # −log σ(1) and −log σ(−1), i.e. log(1 + e^−1) and log(1 + e): they differ by exactly 1.
@@ -28,8 +28,9 @@ NLS_M1 = 1.3132616875182228
 
 
 def close(got, want, tol=1e-6):
-    assert torch.allclose(torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64),
-                          atol=tol, rtol=0), (got, want)
+    assert torch.allclose(
+        torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64), atol=tol, rtol=0
+    ), (got, want)
 
 
 def test_constants_are_what_they_say():
@@ -45,8 +46,7 @@ def test_pairwise_reward_loss():
     close(pairwise_reward_loss(chosen, rejected), (NLS_1 + NLS_M1 + math.log(2)) / 3)
     # Llama 2's margin: the gap has to exceed m before the loss falls like a zero-margin gap would
     # gaps − 1 = 0, −2, −1
-    close(pairwise_reward_loss(chosen, rejected, margin=1.0),
-          (math.log(2) + math.log(1 + math.exp(2)) + NLS_M1) / 3)
+    close(pairwise_reward_loss(chosen, rejected, margin=1.0), (math.log(2) + math.log(1 + math.exp(2)) + NLS_M1) / 3)
     # a huge gap costs ~nothing, a huge wrong gap costs ~the gap
     close(pairwise_reward_loss(T([50.0]), T([0.0])), 0.0)
     close(pairwise_reward_loss(T([0.0]), T([50.0])), 50.0, tol=1e-5)
@@ -235,8 +235,9 @@ def test_entropy_from_logits():
     v = 50
     close(entropy_from_logits(torch.zeros(2, 3, v)), torch.full((2, 3), math.log(v)), tol=1e-5)
     close(entropy_from_logits(torch.full((1, v), 7.0)), [math.log(v)], tol=1e-5)  # shift-invariant
-    close(entropy_from_logits(T([[math.log(0.25), math.log(0.75)]])),
-          [-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))])
+    close(
+        entropy_from_logits(T([[math.log(0.25), math.log(0.75)]])), [-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
+    )
     close(entropy_from_logits(T([[100.0, 0.0, 0.0]])), [0.0], tol=1e-5)
     close(entropy_from_logits(torch.zeros(1, 4, dtype=torch.bfloat16)), [math.log(4)], tol=1e-5)  # computed in fp32
 
@@ -292,8 +293,10 @@ def test_sequence_logps_through_a_lora_model_and_with_adapters_off(tok_and_model
     tok, model = tok_and_model
     import copy
 
-    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                                 init_lora_weights=False, task_type="CAUSAL_LM")).eval()
+    peft_model = get_peft_model(
+        copy.deepcopy(model),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"),
+    ).eval()
     batch = collate([render(tok, c) for c in CHATS], tok.pad_token_id)
     batch.pop("num_tokens")
     with torch.no_grad():
@@ -310,7 +313,7 @@ def test_sequence_logps_through_a_lora_model_and_with_adapters_off(tok_and_model
 
 
 def _supervised_text(tok, r):
-    return tok.decode([i for i, l in zip(r.input_ids, r.labels) if l != IGNORE])
+    return tok.decode([i for i, lab in zip(r.input_ids, r.labels) if lab != IGNORE])
 
 
 def test_last_turn_only_masks_earlier_assistant_turns(tok_and_model):
@@ -322,7 +325,7 @@ def test_last_turn_only_masks_earlier_assistant_turns(tok_and_model):
     assert last.input_ids == full.input_ids
     assert _supervised_text(tok, last) == "You are welcome.<|im_end|>"
     # the kept labels are the original ones, at the same positions, and form one contiguous span at the end
-    kept = [i for i, l in enumerate(last.labels) if l != IGNORE]
+    kept = [i for i, lab in enumerate(last.labels) if lab != IGNORE]
     assert kept == list(range(kept[0], kept[-1] + 1))
     assert all(last.labels[i] == full.labels[i] for i in kept)
     single = render(tok, CHATS[0])

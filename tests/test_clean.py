@@ -79,8 +79,9 @@ def test_circle_zero_in_chinese_numerals_is_a_character(tmp_path):
     assert len(quality.units("二〇〇〇年")) == 5  # 〇 itself is a Han character
     assert quality.read_zeros("一九九○年，○表示合格") == "一九九〇年，○表示合格"  # a lone circle is a mark
     assert quality.symbol_heavy("○○○ ☆☆☆ 好的", 0.2) is not None
-    summary, removed, out = run(tmp_path, [headline, "一九九○年十月一日○时起执行新标准。", *GOOD_ZH],
-                                overrides=["clean.near_dedup=false"])
+    summary, removed, out = run(
+        tmp_path, [headline, "一九九○年十月一日○时起执行新标准。", *GOOD_ZH], overrides=["clean.near_dedup=false"]
+    )
     assert removed == {}
     assert (out / "corpus.txt").read_text(encoding="utf-8").splitlines()[0] == headline  # written unchanged
 
@@ -89,20 +90,27 @@ def test_repeated_lines_rule(tmp_path):
     menu = "Home\nAbout us\nContact\nHome\nAbout us\nContact\nHome\nAbout us\nContact\nA real sentence is here at last."
     doc = "\n".join(GOOD_EN)
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in (menu, doc)) + "\n")
-    cfg = load_config(None, [f"clean.inputs=[{tmp_path / 'd.jsonl'}]", f"clean.out={tmp_path / 'o'}",
-                             "clean.near_dedup=false"])
+    cfg = load_config(
+        None, [f"clean.inputs=[{tmp_path / 'd.jsonl'}]", f"clean.out={tmp_path / 'o'}", "clean.near_dedup=false"]
+    )
     s = clean.main(cfg)
     assert s["removed"] == {"repeated_lines": {"documents": 1, "share": 0.5, "mb": 0.0}}
     assert quality.repeated_lines(menu, 0.3).startswith("repeated lines 0.4")
-    play = "\n".join(f"Ham.\nLine {i} of a long speech, each one different from every other line here." for i in range(9))
+    play = "\n".join(
+        f"Ham.\nLine {i} of a long speech, each one different from every other line here." for i in range(9)
+    )
     assert quality.repeated_lines(play, 0.3) is None  # speakers' names repeat; their characters are few
 
 
 def test_near_dedup_finds_planted_near_duplicates_and_keeps_distinct_texts(tmp_path):
-    base_en = ("The annual report shows that revenue grew by twelve percent, driven by strong demand for "
-               "electric bicycles in European cities and a new factory that opened in the spring.")
-    base_zh = ("据统计，今年全市共接待国内外游客三千二百万人次，旅游总收入比去年增长百分之十五，"
-               "其中乡村旅游成为新的增长点，带动了周边农民增收致富。")
+    base_en = (
+        "The annual report shows that revenue grew by twelve percent, driven by strong demand for "
+        "electric bicycles in European cities and a new factory that opened in the spring."
+    )
+    base_zh = (
+        "据统计，今年全市共接待国内外游客三千二百万人次，旅游总收入比去年增长百分之十五，"
+        "其中乡村旅游成为新的增长点，带动了周边农民增收致富。"
+    )
     near = [
         base_en.replace("twelve", "eleven"),  # one word changed
         base_en + " Shares rose.",  # a sentence appended
@@ -126,8 +134,10 @@ def test_near_dedup_finds_planted_near_duplicates_and_keeps_distinct_texts(tmp_p
 def test_pii_masked_in_zh_and_en():
     valid_id, invalid_id = "11010519491231002X", "110105194912310021"
     assert zh_id_ok(valid_id) and not zh_id_ok(invalid_id)
-    zh = (f"联系人张三，手机13812345678，座机010-62751234，国际+86 139 1234 5678，邮箱zhang.san@example.com.cn，"
-          f"身份证号{valid_id}，银行卡4111 1111 1111 1111。")
+    zh = (
+        f"联系人张三，手机13812345678，座机010-62751234，国际+86 139 1234 5678，邮箱zhang.san@example.com.cn，"
+        f"身份证号{valid_id}，银行卡4111 1111 1111 1111。"
+    )
     masked, found = mask_pii(zh, ALL_PII)
     assert masked == ("联系人张三，手机[PHONE]，座机[PHONE]，国际[PHONE]，邮箱[EMAIL]，身份证号[ID]，银行卡[CARD]。")
     assert found == {"phone": 3, "email": 1, "id_card": 1, "bank_card": 1}
@@ -136,8 +146,10 @@ def test_pii_masked_in_zh_and_en():
     assert masked == "Call [PHONE] or [PHONE], write to [EMAIL]; SSN [ID]."
     # Not PII: a bad ID checksum, a card failing Luhn, dates, versions, prices, years, long order numbers, and
     # the numbers North America never assigns (area or exchange starting 0/1: the 555-123-4567 of examples).
-    clean_text = (f"号码{invalid_id}有误。Card 4111 1111 1111 1112. On 2024-01-15, v1.2.3.4 cost 79553 yuan in 1998; "
-                  "订单号20231201123456789。Call (555) 123-4567.")
+    clean_text = (
+        f"号码{invalid_id}有误。Card 4111 1111 1111 1112. On 2024-01-15, v1.2.3.4 cost 79553 yuan in 1998; "
+        "订单号20231201123456789。Call (555) 123-4567."
+    )
     assert mask_pii(clean_text, ALL_PII) == (clean_text, {})
     assert mask_pii(zh, ["email"])[0].count("[") == 1  # only the kinds asked for
 
@@ -146,8 +158,11 @@ def test_pii_leaves_ordinary_numbers_alone():
     """Prices, decimals, ISBNs, arithmetic, IDs of products, versions, dates, coordinates, ranges, amounts in 元:
     none is PII, though many have a phone's or a card's digits (275.43397884615385 hid a Luhn-valid 43397884615385;
     13800000000元 is a mobile's shape)."""
-    lines = [x for x in (FIXTURES / "ordinary.txt").read_text(encoding="utf-8").splitlines()
-             if x.strip() and not x.startswith("# ")]
+    lines = [
+        x
+        for x in (FIXTURES / "ordinary.txt").read_text(encoding="utf-8").splitlines()
+        if x.strip() and not x.startswith("# ")
+    ]
     assert len(lines) >= 200
     changed = {line: mask_pii(line, ALL_PII)[0] for line in lines}
     assert {a: b for a, b in changed.items() if a != b} == {}
@@ -161,7 +176,9 @@ def test_pii_masks_real_shaped_pii():
     # a mobile next to an amount, an operator or more digits is no phone; on its own it is
     assert mask_pii("13800000000元", ["phone"])[0] == "13800000000元"
     assert mask_pii("13800000000", ["phone"])[0] == "[PHONE]"
-    assert mask_pii("275.43397884615385 and 43397884615385", ["bank_card"])[0] == "275.43397884615385 and 43397884615385"
+    assert (
+        mask_pii("275.43397884615385 and 43397884615385", ["bank_card"])[0] == "275.43397884615385 and 43397884615385"
+    )
     assert luhn_ok("43397884615385") and not card_ok("43397884615385")  # Visa numbers have 16 or 19 digits
     assert card_ok("4358124074789841") and not card_ok("9782364056220")  # Luhn-valid ISBN-13: no issuer 97x
 
@@ -176,10 +193,16 @@ def test_pipeline_masks_pii_in_kept_documents_only(tmp_path):
 
 def test_decontamination_removes_planted_benchmark_questions(tmp_path):
     exam = [
-        {"question": "Which gas do plants absorb from the atmosphere during photosynthesis to build sugars?",
-         "choices": ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"], "answer": "B"},
-        {"question": "下列哪一项是我国古代四大发明之一，并且对世界文明的传播产生了深远影响？",
-         "choices": ["造纸术", "地动仪", "算盘", "针灸"], "answer": 0},
+        {
+            "question": "Which gas do plants absorb from the atmosphere during photosynthesis to build sugars?",
+            "choices": ["Oxygen", "Carbon dioxide", "Nitrogen", "Helium"],
+            "answer": "B",
+        },
+        {
+            "question": "下列哪一项是我国古代四大发明之一，并且对世界文明的传播产生了深远影响？",
+            "choices": ["造纸术", "地动仪", "算盘", "针灸"],
+            "answer": 0,
+        },
         {"question": "2+2?", "choices": ["3", "4"], "answer": 1},  # too short to check: reported, not matched
     ]
     (tmp_path / "exam.jsonl").write_text("\n".join(json.dumps(e, ensure_ascii=False) for e in exam) + "\n")
@@ -191,7 +214,9 @@ def test_decontamination_removes_planted_benchmark_questions(tmp_path):
     ] + GOOD_EN
     src = tmp_path / "corpus.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cli.main(["clean", str(src), "--out", str(tmp_path / "out"), f"clean.decontaminate=[mc_jsonl={tmp_path / 'exam.jsonl'}]"])
+    cli.main(
+        ["clean", str(src), "--out", str(tmp_path / "out"), f"clean.decontaminate=[mc_jsonl={tmp_path / 'exam.jsonl'}]"]
+    )
     removed = [json.loads(x) for x in (tmp_path / "out" / "removed.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(r["line"], r["rule"]) for r in removed] == [(1, "benchmark"), (2, "benchmark")]
     assert removed[0]["detail"] == "shares a 13-gram with mc_jsonl_exam/test/0"  # named as camelid eval names it
@@ -203,8 +228,12 @@ def test_decontamination_removes_planted_benchmark_questions(tmp_path):
     (tmp_path / "more").mkdir()
     (tmp_path / "more" / "quiz.jsonl").write_text(json.dumps(exam[0]) + "\n")
     both = benchmark_items([f"mc_jsonl={tmp_path / 'exam.jsonl'}", f"mc_jsonl={tmp_path / 'more' / 'quiz.jsonl'}"])
-    assert sorted(both) == ["mc_jsonl_exam/test/0", "mc_jsonl_exam/test/1", "mc_jsonl_exam/test/2",
-                            "mc_jsonl_quiz/test/0"]
+    assert sorted(both) == [
+        "mc_jsonl_exam/test/0",
+        "mc_jsonl_exam/test/1",
+        "mc_jsonl_exam/test/2",
+        "mc_jsonl_quiz/test/0",
+    ]
 
 
 def test_decontamination_against_catalog_mmlu(tmp_path):
@@ -223,28 +252,49 @@ def test_decontamination_against_catalog_mmlu(tmp_path):
 
 def _sentences(rng: random.Random, n: int, zh: bool) -> list[str]:
     if zh:
-        who, did, what = (["我们", "老师", "农民", "学生们", "工人", "记者"], ["认真地学习", "仔细地研究", "努力地建设",
-                          "高兴地参观", "详细地报道"], ["新的图书馆", "美丽的家乡", "古老的城市", "现代化的工厂", "这条河流"])
-        return [f"{rng.choice(who)}{rng.choice(did)}{rng.choice(what)}，{rng.choice(who)}也{rng.choice(did)}"
-                f"{rng.choice(what)}。" for _ in range(n)]
-    who, did, what = (["the farmer", "our teacher", "a young student", "the old doctor", "my neighbour"],
-                      ["carefully studied", "slowly walked across", "happily visited", "quietly painted"],
-                      ["the green valley", "a small village", "the new library", "the river bank", "an old castle"])
-    return [f"{rng.choice(who).capitalize()} {rng.choice(did)} {rng.choice(what)}, and then {rng.choice(who)} "
-            f"{rng.choice(did)} {rng.choice(what)}." for _ in range(n)]
+        who, did, what = (
+            ["我们", "老师", "农民", "学生们", "工人", "记者"],
+            ["认真地学习", "仔细地研究", "努力地建设", "高兴地参观", "详细地报道"],
+            ["新的图书馆", "美丽的家乡", "古老的城市", "现代化的工厂", "这条河流"],
+        )
+        return [
+            f"{rng.choice(who)}{rng.choice(did)}{rng.choice(what)}，{rng.choice(who)}也{rng.choice(did)}"
+            f"{rng.choice(what)}。"
+            for _ in range(n)
+        ]
+    who, did, what = (
+        ["the farmer", "our teacher", "a young student", "the old doctor", "my neighbour"],
+        ["carefully studied", "slowly walked across", "happily visited", "quietly painted"],
+        ["the green valley", "a small village", "the new library", "the river bank", "an old castle"],
+    )
+    return [
+        f"{rng.choice(who).capitalize()} {rng.choice(did)} {rng.choice(what)}, and then {rng.choice(who)} "
+        f"{rng.choice(did)} {rng.choice(what)}."
+        for _ in range(n)
+    ]
 
 
 def test_perplexity_filter_removes_gibberish_given_a_reference(tmp_path):
     rng = random.Random(0)
-    (tmp_path / "ref.txt").write_text("\n".join(_sentences(rng, 300, False) + _sentences(rng, 300, True)) + "\n",
-                                      encoding="utf-8")
+    (tmp_path / "ref.txt").write_text(
+        "\n".join(_sentences(rng, 300, False) + _sentences(rng, 300, True)) + "\n", encoding="utf-8"
+    )
     letters = "qwxzjkvbpy"
-    gibberish = [" ".join("".join(rng.choice(letters) for _ in range(rng.randint(3, 8))) for _ in range(14)),
-                 "".join(chr(rng.randint(0x4E00, 0x9FA5)) for _ in range(40))]
+    gibberish = [
+        " ".join("".join(rng.choice(letters) for _ in range(rng.randint(3, 8))) for _ in range(14)),
+        "".join(chr(rng.randint(0x4E00, 0x9FA5)) for _ in range(40)),
+    ]
     natural = _sentences(rng, 3, False) + _sentences(rng, 3, True)
     lines = natural + gibberish
-    summary, removed, out = run(tmp_path, lines, overrides=[f"clean.ppl_reference=[{tmp_path / 'ref.txt'}]",
-                                                             "clean.exact_dedup=false", "clean.near_dedup=false"])
+    summary, removed, out = run(
+        tmp_path,
+        lines,
+        overrides=[
+            f"clean.ppl_reference=[{tmp_path / 'ref.txt'}]",
+            "clean.exact_dedup=false",
+            "clean.near_dedup=false",
+        ],
+    )
     assert sorted(removed) == [7, 8] and {r["rule"] for r in removed.values()} == {"perplexity"}
     assert set(summary["perplexity_thresholds"]) == {"zh", "other"}
 
@@ -306,7 +356,7 @@ def test_kneser_ney_lm_is_a_distribution():
     lm = CharNgramLM.train(texts, order=3)
     chars = [chr(c) for c in lm.codepoints]
     for context in ["the c", "xq", "", "北京"]:
-        p = [np.exp(lm.log_probs([context + ch])[0][len(context)]) for ch in chars + ["\U0001F600"]]
+        p = [np.exp(lm.log_probs([context + ch])[0][len(context)]) for ch in chars + ["\U0001f600"]]
         p.append(np.exp(lm.log_probs([context])[0][len(context)]))  # EOS
         assert sum(p) == pytest.approx(1.0, abs=1e-9)
     # a batch scores each text as scoring it alone does

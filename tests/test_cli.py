@@ -5,14 +5,15 @@ import json
 import subprocess
 import sys
 
-
 from camelid.cli import main
 from camelid.config import load_config
 from camelid.serve import chat
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "camelid", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "camelid", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_data_verb_shows_the_mask(tiny_model, chat_file, capsys):
@@ -28,8 +29,13 @@ def test_data_verb_counts_the_turns_dropped_from_cut_chats(tiny_model, capsys):
 
 
 def test_duplicate_eval_names_are_refused_before_training(tmp_path):
-    proc = run_cli("sft", "model.name=does-not-matter", "data.train=x.jsonl", f"train.output_dir={tmp_path}/run",
-                   "eval.tasks=[mc_jsonl=a/exam.jsonl,mc_jsonl=b/exam.jsonl]")
+    proc = run_cli(
+        "sft",
+        "model.name=does-not-matter",
+        "data.train=x.jsonl",
+        f"train.output_dir={tmp_path}/run",
+        "eval.tasks=[mc_jsonl=a/exam.jsonl,mc_jsonl=b/exam.jsonl]",
+    )
     assert proc.returncode == 1 and "would both be reported as 'mc_jsonl_exam'" in proc.stderr
     assert not (tmp_path / "run").exists()
 
@@ -96,8 +102,15 @@ def test_chat_repl_outgrows_the_context_by_dropping_old_exchanges(tiny_model, mo
 
 
 def test_export_verb(tiny_model, chat_file, tmp_path):
-    proc = run_cli("sft", f"model.name={tiny_model}", f"data.train={chat_file}", f"train.output_dir={tmp_path}/run",
-                   "train.max_steps=2", "train.tensorboard=false", "data.max_length=64")
+    proc = run_cli(
+        "sft",
+        f"model.name={tiny_model}",
+        f"data.train={chat_file}",
+        f"train.output_dir={tmp_path}/run",
+        "train.max_steps=2",
+        "train.tensorboard=false",
+        "data.max_length=64",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run_cli("vllm", f"{tmp_path}/run")  # the real run folder: adapter, tokenizer, template
     assert proc.returncode == 0 and "--enable-lora" in proc.stdout and "chat_template.jinja" in proc.stdout

@@ -5,14 +5,26 @@ import dataclasses
 import pytest
 import yaml
 
-from camelid.config import (SECTIONS, Config, ConfigError, RagConfig, ServeConfig, TrainConfig, load_config,
-                            save_config, to_dict, validate)
+from camelid.config import (
+    SECTIONS,
+    Config,
+    ConfigError,
+    RagConfig,
+    ServeConfig,
+    TrainConfig,
+    load_config,
+    save_config,
+    to_dict,
+    validate,
+)
 
 REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parent.parent / "configs"
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.lr=1e-4", "lora.r=16", "data.packing=false", "data.train=a.jsonl", "lora.target=[q_proj,v_proj]"])
+    cfg = load_config(
+        None, ["train.lr=1e-4", "lora.r=16", "data.packing=false", "data.train=a.jsonl", "lora.target=[q_proj,v_proj]"]
+    )
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
     assert cfg.lora.r == 16 and cfg.data.packing is False
     assert cfg.data.train == ["a.jsonl"] and cfg.lora.target == ["q_proj", "v_proj"]
@@ -94,7 +106,9 @@ def test_a_stage_judges_only_the_sections_it_reads():
 def test_each_section_checks_its_own_fields():
     assert RagConfig(chunk_tokens=8, chunk_overlap=0).check() == ["rag.chunk_tokens must be >= 16"]
     assert TrainConfig().check() == [] and TrainConfig(lr=0, keep_last=0).check() == [
-        "train.lr must be > 0", "train.keep_last must be >= 1"]
+        "train.lr must be > 0",
+        "train.keep_last must be >= 1",
+    ]
     # Was a ZeroDivisionError from `rollout_batch % mini_batch` before any message.
     cfg = load_config(None, ["model.name=x", "data.train=a", "ppo.mini_batch=0"])
     with pytest.raises(ConfigError, match="ppo.rollout_batch and ppo.mini_batch must be >= 1"):

@@ -18,11 +18,31 @@ TIMEOUT = 600
 def test_zero3_two_processes_train_save_and_resume(tiny_model, chat_file, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_BUILD_OPS": "0"}
-    args = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/zero3.yaml"),
-            "--main_process_port", "29513", "-m", "camelid", "sft", f"model.name={tiny_model}", f"data.train={chat_file}",
-            f"train.output_dir={run}", "train.batch_size=2", "data.max_length=64", "method=lora", "train.lr=1e-2",
-            "train.tensorboard=false", "train.save_every=2", "train.warmup_ratio=0"]
-    first = subprocess.run(args + ["train.max_steps=4"], capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp_path)
+    args = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate/zero3.yaml"),
+        "--main_process_port",
+        "29513",
+        "-m",
+        "camelid",
+        "sft",
+        f"model.name={tiny_model}",
+        f"data.train={chat_file}",
+        f"train.output_dir={run}",
+        "train.batch_size=2",
+        "data.max_length=64",
+        "method=lora",
+        "train.lr=1e-2",
+        "train.tensorboard=false",
+        "train.save_every=2",
+        "train.warmup_ratio=0",
+    ]
+    first = subprocess.run(
+        args + ["train.max_steps=4"], capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
@@ -31,13 +51,20 @@ def test_zero3_two_processes_train_save_and_resume(tiny_model, chat_file, tmp_pa
 
     # The gathered adapter is complete: LoRA B matrices start at zero and must have moved.
     from safetensors.torch import load_file
+
     adapter = load_file(str(run / "final" / "adapter_model.safetensors"))
     b = [t for k, t in adapter.items() if "lora_B" in k]
     assert b and all(t.numel() > 0 for t in b) and any(t.abs().sum() > 0 for t in b)
 
     # Longer schedule in the same folder: resumes from the sharded checkpoint-2 and runs steps 3..6.
-    second = subprocess.run(args + ["train.max_steps=6", "train.keep_last=5"], capture_output=True, text=True,
-                            timeout=TIMEOUT, env=env, cwd=tmp_path)
+    second = subprocess.run(
+        args + ["train.max_steps=6", "train.keep_last=5"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        cwd=tmp_path,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stderr
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "loss" in x]

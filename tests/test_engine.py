@@ -8,12 +8,11 @@ import threading
 
 import pytest
 import torch
+from conftest import CHATS, CORPUS, build_model_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from camelid.config import EngineConfig
 from camelid.engine import Engine, SamplingParams
-
-from conftest import CHATS, CORPUS, build_model_dir
 
 ARCHS = ["llama", "qwen2"]
 
@@ -73,9 +72,16 @@ def prompts(tok) -> list[list[int]]:
 def hf_greedy(model, prompt, eos, max_new_tokens, **kw) -> list[int]:
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=sorted(eos), pad_token_id=sorted(eos)[0], **kw)
-    new = out[0, len(prompt):].tolist()
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(eos),
+            pad_token_id=sorted(eos)[0],
+            **kw,
+        )
+    new = out[0, len(prompt) :].tolist()
     for i, t in enumerate(new):  # compare up to (not including) the first eos
         if t in eos:
             return new[:i]
@@ -87,8 +93,11 @@ def forward_greedy(model, prompt, eos, max_new_tokens) -> list[int]:
     ids, new = list(prompt), []
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            t = int(model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-                    .logits[0, -1].argmax())
+            t = int(
+                model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+                .logits[0, -1]
+                .argmax()
+            )
             if t in eos:
                 break
             new.append(t)
@@ -264,15 +273,15 @@ def test_stop_string_truncates_and_never_leaks_in_stream(model_dirs, prompts):
     p = prompts[0]
     [full] = engine.generate([p], greedy(40, ignore_eos=True))
     text = full.text
-    start = next(i for i in range(3, len(text) - 3) if "\ufffd" not in text[i:i + 3] and text[i:i + 3].strip())
-    stop = text[start:start + 3]
+    start = next(i for i in range(3, len(text) - 3) if "\ufffd" not in text[i : i + 3] and text[i : i + 3].strip())
+    stop = text[start : start + 3]
     cut = text.find(stop)
 
     [out] = engine.generate([p], greedy(40, ignore_eos=True, stop=[stop]))
     assert out.finish_reason == "stop"
     assert out.text == text[:cut]
     assert stop not in out.text
-    assert out.token_ids == full.token_ids[:len(out.token_ids)] and len(out.token_ids) < 40
+    assert out.token_ids == full.token_ids[: len(out.token_ids)] and len(out.token_ids) < 40
 
     deltas = list(engine.stream(p, greedy(40, ignore_eos=True, stop=[stop])))
     assert deltas[-1].finished and deltas[-1].finish_reason == "stop"
@@ -325,7 +334,7 @@ def test_logprobs_match_a_reference_forward(model_dirs, prompts):
     seq = p + out.token_ids
     with torch.no_grad():
         logits = ref_model(model_dirs, "llama")(input_ids=torch.tensor([seq])).logits[0].float()
-    lp = torch.log_softmax(logits, -1)[len(p) - 1:len(seq) - 1]
+    lp = torch.log_softmax(logits, -1)[len(p) - 1 : len(seq) - 1]
     for i, (tok_id, entry) in enumerate(zip(out.token_ids, out.logprobs)):
         assert entry["token"] == tok_id
         assert entry["logprob"] == pytest.approx(float(lp[i, tok_id]), abs=1e-4)
@@ -345,11 +354,16 @@ def test_ptuning_prefix_is_served_from_pinned_blocks(model_dirs, prompts):
 
     def build():
         torch.manual_seed(1)
-        return get_peft_model(load(model_dirs["llama"]), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)).eval()
+        return get_peft_model(
+            load(model_dirs["llama"]), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)
+        ).eval()
 
     reference, served = build(), build()
-    engine = Engine(served, AutoTokenizer.from_pretrained(model_dirs["llama"]),
-                    EngineConfig(dtype="float32", block_size=4, kv_cache_tokens=1024, max_batch_tokens=16))
+    engine = Engine(
+        served,
+        AutoTokenizer.from_pretrained(model_dirs["llama"]),
+        EngineConfig(dtype="float32", block_size=4, kv_cache_tokens=1024, max_batch_tokens=16),
+    )
     for round_ in range(2):
         outs = engine.generate(prompts[:4], SamplingParams(max_tokens=12, temperature=0))
         for p, out in zip(prompts[:4], outs):

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CORPUS, build_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from camelid.config import EngineConfig
 from camelid.engine import Engine, SamplingParams
 from camelid.engine.detok import Detokenizer, TokenBytes, byte_level_alphabet
-
-from conftest import CORPUS, build_tokenizer
 
 BYTE_CHAR = {b: c for c, b in byte_level_alphabet().items()}
 
@@ -47,8 +46,11 @@ class Scripted(torch.nn.Module):
 
 def scripted_engine(model_dir, prompt: list[int], script: list[int]) -> Engine:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    engine = Engine(model, AutoTokenizer.from_pretrained(model_dir),
-                    EngineConfig(dtype="float32", block_size=4, kv_cache_tokens=1024, max_batch_tokens=64))
+    engine = Engine(
+        model,
+        AutoTokenizer.from_pretrained(model_dir),
+        EngineConfig(dtype="float32", block_size=4, kv_cache_tokens=1024, max_batch_tokens=64),
+    )
     engine.step_model = Scripted(engine.step_model, len(prompt), script)
     return engine
 
@@ -111,12 +113,21 @@ def test_generated_text_never_holds_a_replacement_character(tiny_model, tok):
     """The random tiny model samples byte tokens freely: whatever it produces, the text is whole characters and the
     stream adds up to it."""
     prompts = [tok.encode(CORPUS[i]) for i in (2, 3)] + [tok.encode("分成为一组🙂")]
-    engine = Engine(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), tok,
-                    EngineConfig(dtype="float32", block_size=4, kv_cache_tokens=2048, max_batch_tokens=64))
+    engine = Engine(
+        AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(),
+        tok,
+        EngineConfig(dtype="float32", block_size=4, kv_cache_tokens=2048, max_batch_tokens=64),
+    )
     deltas: dict[str, list[str]] = {}
-    reqs = [engine.submit(p, SamplingParams(max_tokens=40, temperature=1.0, seed=seed, ignore_eos=True),
-                          on_output=lambda o: deltas.setdefault(o.request_id, []).append(o.text))
-            for p in prompts for seed in range(4)]
+    reqs = [
+        engine.submit(
+            p,
+            SamplingParams(max_tokens=40, temperature=1.0, seed=seed, ignore_eos=True),
+            on_output=lambda o: deltas.setdefault(o.request_id, []).append(o.text),
+        )
+        for p in prompts
+        for seed in range(4)
+    ]
     while not all(r.finished for r in reqs):
         engine.step()
     outs = [r.result() for r in reqs]

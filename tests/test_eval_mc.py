@@ -12,7 +12,9 @@ from camelid.eval.items import MCItem
 
 @pytest.fixture(scope="module")
 def model_tok(tiny_model):
-    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(
+        tiny_model
+    )
 
 
 def items() -> list[MCItem]:
@@ -86,8 +88,10 @@ def test_a_ptuning_model_is_scored_row_by_row_through_its_prefix(model_tok):
 
     base, tok = model_tok
     torch.manual_seed(2)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base.name_or_path, dtype=torch.float32),
-                           PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base.name_or_path, dtype=torch.float32),
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    ).eval()
     assert mc.decoder_and_head(model) is None  # the prefix lives in peft's forward: the per-row path runs
     got = mc.score_items(model, tok, items(), batch_tokens=64, progress=False)
     for item, s in zip(items(), got):

@@ -6,16 +6,17 @@ import math
 
 import pytest
 import torch
+from conftest import CORPUS
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from camelid.eval.ppl import perplexity, reward_accuracy
 
-from conftest import CORPUS
-
 
 @pytest.fixture(scope="module")
 def model_tok(tiny_model):
-    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(
+        tiny_model
+    )
 
 
 def direct_nll(model, ids: list[int], window: int, stride: int) -> tuple[float, int]:

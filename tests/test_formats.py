@@ -27,30 +27,58 @@ def bot(c):
 
 # ------------------------------------------------------------------------------- converters
 
+
 def test_alpaca_with_history_and_system():
-    rec = {"instruction": "Summarize", "input": "Llamas live in the Andes.", "output": "Andean llamas.",
-           "system": "Be brief.", "history": [["hi", "hello"], ["你好", "你好！"]]}
+    rec = {
+        "instruction": "Summarize",
+        "input": "Llamas live in the Andes.",
+        "output": "Andean llamas.",
+        "system": "Be brief.",
+        "history": [["hi", "hello"], ["你好", "你好！"]],
+    }
     assert F.detect_format(rec) == "alpaca"
-    assert F.to_messages(rec) == {"messages": [
-        sys_("Be brief."), user("hi"), bot("hello"), user("你好"), bot("你好！"),
-        user("Summarize\n\nLlamas live in the Andes."), bot("Andean llamas.")]}
+    assert F.to_messages(rec) == {
+        "messages": [
+            sys_("Be brief."),
+            user("hi"),
+            bot("hello"),
+            user("你好"),
+            bot("你好！"),
+            user("Summarize\n\nLlamas live in the Andes."),
+            bot("Andean llamas."),
+        ]
+    }
 
 
 def test_alpaca_empty_input_and_no_system():
     assert F.to_messages({"instruction": "Say hi", "input": "", "output": "hi"}) == {
-        "messages": [user("Say hi"), bot("hi")]}
+        "messages": [user("Say hi"), bot("hi")]
+    }
 
 
 def test_sharegpt_with_top_level_system():
-    rec = {"system": "S", "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"},
-                                             {"from": "user", "value": "c"}, {"from": "assistant", "value": "d"}]}
+    rec = {
+        "system": "S",
+        "conversations": [
+            {"from": "human", "value": "a"},
+            {"from": "gpt", "value": "b"},
+            {"from": "user", "value": "c"},
+            {"from": "assistant", "value": "d"},
+        ],
+    }
     assert F.detect_format(rec) == "sharegpt"
     assert F.to_messages(rec) == {"messages": [sys_("S"), user("a"), bot("b"), user("c"), bot("d")]}
 
 
 def test_sharegpt_system_turn_wins_over_column():
-    rec = {"system": "column", "conversations": [{"from": "system", "value": "turn"},
-                                                  {"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
+    rec = {
+        "system": "column",
+        "conversations": [
+            {"from": "system", "value": "turn"},
+            {"from": "human", "value": "a"},
+            {"from": "gpt", "value": "b"},
+        ],
+    }
     assert F.to_messages(rec)["messages"][0] == sys_("turn")
 
 
@@ -62,12 +90,17 @@ def test_openai_messages():
 
 def test_lf_dpo_sharegpt_pair():
     # The shape of LLaMA-Factory's dpo_en_demo.json.
-    rec = {"conversations": [{"from": "human", "value": "Write a haiku."}],
-           "chosen": {"from": "gpt", "value": "Old pond, a frog jumps."},
-           "rejected": {"from": "gpt", "value": "No."}}
+    rec = {
+        "conversations": [{"from": "human", "value": "Write a haiku."}],
+        "chosen": {"from": "gpt", "value": "Old pond, a frog jumps."},
+        "rejected": {"from": "gpt", "value": "No."},
+    }
     assert F.detect_format(rec) == "preference"
-    assert F.to_preference(rec) == {"prompt": [user("Write a haiku.")],
-                                    "chosen": "Old pond, a frog jumps.", "rejected": "No."}
+    assert F.to_preference(rec) == {
+        "prompt": [user("Write a haiku.")],
+        "chosen": "Old pond, a frog jumps.",
+        "rejected": "No.",
+    }
     assert F.to_prompt(rec) == {"prompt": [user("Write a haiku.")]}
 
 
@@ -94,21 +127,37 @@ def test_prompt_and_text():
     assert F.KINDS["messages"] is F.to_messages and set(F.KINDS) == {"text", "messages", "preference", "prompt"}
 
 
-@pytest.mark.parametrize("rec, field, reason", [
-    ({"instruction": "i", "output": ["o"]}, "output", "expected a string, got list"),
-    ({"instruction": "i"}, "output", "missing"),
-    ({"instruction": "i", "output": " "}, "output", "empty assistant answer"),
-    ({"messages": [user("q"), user("q2"), bot("a")]}, "messages[1]", "expected an assistant turn"),
-    ({"messages": [user("q"), bot("a"), sys_("late"), user("q")]}, "messages[2]", "system message is allowed only first"),
-    ({"messages": [user("q")]}, "messages[0]", "must end with an assistant answer"),
-    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content", "got list"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}]},
-     "conversations[1].from", "tool turns ('function_call') are unsupported"),
-    ({"conversations": [{"from": "robot", "value": "q"}]}, "conversations[0].from", "unknown role 'robot'"),
-    ({"instruction": "i", "output": "o", "history": "x"}, "history", "expected a list"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "tools": '[{"name": "f"}]'},
-     "tools", "tool definitions are unsupported"),
-])
+@pytest.mark.parametrize(
+    "rec, field, reason",
+    [
+        ({"instruction": "i", "output": ["o"]}, "output", "expected a string, got list"),
+        ({"instruction": "i"}, "output", "missing"),
+        ({"instruction": "i", "output": " "}, "output", "empty assistant answer"),
+        ({"messages": [user("q"), user("q2"), bot("a")]}, "messages[1]", "expected an assistant turn"),
+        (
+            {"messages": [user("q"), bot("a"), sys_("late"), user("q")]},
+            "messages[2]",
+            "system message is allowed only first",
+        ),
+        ({"messages": [user("q")]}, "messages[0]", "must end with an assistant answer"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content", "got list"),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"}]},
+            "conversations[1].from",
+            "tool turns ('function_call') are unsupported",
+        ),
+        ({"conversations": [{"from": "robot", "value": "q"}]}, "conversations[0].from", "unknown role 'robot'"),
+        ({"instruction": "i", "output": "o", "history": "x"}, "history", "expected a list"),
+        (
+            {
+                "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+                "tools": '[{"name": "f"}]',
+            },
+            "tools",
+            "tool definitions are unsupported",
+        ),
+    ],
+)
 def test_bad_records(rec, field, reason):
     with pytest.raises(DataError) as e:
         F.to_messages(rec, path="x.jsonl", line=7)
@@ -132,10 +181,12 @@ def test_data_error_str_and_attributes():
     assert str(e) == "data/x.jsonl:17: field 'output': expected a string, got list"
     assert (e.path, e.line, e.field, e.reason) == ("data/x.jsonl", 17, "output", "expected a string, got list")
     import pickle
+
     assert str(pickle.loads(pickle.dumps(e))) == str(e)
 
 
 # ----------------------------------------------------------------------------------- readers
+
 
 def test_jsonl_bad_line_and_bad_field(tmp_path):
     p = tmp_path / "bad.jsonl"
@@ -201,6 +252,7 @@ def test_examples_load():
 
 # ------------------------------------------------------------------------ LLaMA-Factory folders
 
+
 def read_lf_entry(folder, name: str):
     """(path, line, standard alpaca/sharegpt record) for each record of a dataset_info.json entry, and its format:
     the mapping's output before any converter sees it."""
@@ -212,19 +264,35 @@ def test_lf_folder_column_and_tag_mapping():
     folder = EXAMPLES / "lf_folder"
     rows, fmt = read_lf_entry(folder, "shop_faq")
     assert fmt == "alpaca" and [line for _, line, _ in rows] == [1, 2, 3]
-    assert F.to_messages(rows[1][2], fmt) == {"messages": [
-        sys_("You answer questions for a bike shop."), user("Are you open on Sunday?"),
-        bot("Yes, from 10:00 to 16:00."), user("How long does a repair take?\n\nIt's a flat tyre."),
-        bot("A flat is usually fixed the same day, often within an hour.")]}
+    assert F.to_messages(rows[1][2], fmt) == {
+        "messages": [
+            sys_("You answer questions for a bike shop."),
+            user("Are you open on Sunday?"),
+            bot("Yes, from 10:00 to 16:00."),
+            user("How long does a repair take?\n\nIt's a flat tyre."),
+            bot("A flat is usually fixed the same day, often within an hour."),
+        ]
+    }
     recs, stats = F.load_source(f"{folder}@support_chats", "messages")
     assert stats["files"][0]["path"].endswith("support_chats.json")
     assert recs == [
-        {"messages": [sys_("You are a friendly bike shop agent."), user("My brakes squeak."),
-                      bot("Squeaking usually comes from dirty or glazed pads. Cleaning the rims or discs often helps."),
-                      user("And if it doesn't?"),
-                      bot("Then the pads may need replacing; bring the bike in and we'll check.")]},
-        {"messages": [sys_("你是自行车店的客服，回答要简短。"), user("轮胎气压应该打多少？"),
-                      bot("看轮胎侧面标注的范围，公路车一般在 80 到 110 psi 之间。")]}]
+        {
+            "messages": [
+                sys_("You are a friendly bike shop agent."),
+                user("My brakes squeak."),
+                bot("Squeaking usually comes from dirty or glazed pads. Cleaning the rims or discs often helps."),
+                user("And if it doesn't?"),
+                bot("Then the pads may need replacing; bring the bike in and we'll check."),
+            ]
+        },
+        {
+            "messages": [
+                sys_("你是自行车店的客服，回答要简短。"),
+                user("轮胎气压应该打多少？"),
+                bot("看轮胎侧面标注的范围，公路车一般在 80 到 110 psi 之间。"),
+            ]
+        },
+    ]
 
 
 def test_lf_folder_errors(tmp_path):
@@ -238,21 +306,36 @@ def test_lf_folder_errors(tmp_path):
 
 
 def test_lf_ranking_kto_and_pretraining(tmp_path):
-    (tmp_path / "pairs.jsonl").write_text(json.dumps({
-        "msgs": [{"r": "u", "c": "q"}], "good": {"r": "a", "c": "yes"}, "bad": {"r": "a", "c": "no"}}) + "\n")
+    (tmp_path / "pairs.jsonl").write_text(
+        json.dumps({"msgs": [{"r": "u", "c": "q"}], "good": {"r": "a", "c": "yes"}, "bad": {"r": "a", "c": "no"}})
+        + "\n"
+    )
     (tmp_path / "kto.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "label": true}\n'
-        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}], "label": false}\n')
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}], "label": false}\n'
+    )
     (tmp_path / "docs.jsonl").write_text('{"body": "doc one"}\n{"body": "doc two"}\n')
     tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
-    (tmp_path / "dataset_info.json").write_text(json.dumps({
-        "pairs": {"file_name": "pairs.jsonl", "formatting": "sharegpt", "ranking": True,
-                  "columns": {"messages": "msgs", "chosen": "good", "rejected": "bad"},
-                  "tags": {"role_tag": "r", "content_tag": "c", "user_tag": "u", "assistant_tag": "a"}},
-        "kto": {"file_name": "kto.jsonl", "formatting": "sharegpt",
-                "columns": {"messages": "messages", "kto_tag": "label"}, "tags": tags},
-        "docs": {"file_name": "docs.jsonl", "columns": {"prompt": "body"}},
-    }))
+    (tmp_path / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "pairs": {
+                    "file_name": "pairs.jsonl",
+                    "formatting": "sharegpt",
+                    "ranking": True,
+                    "columns": {"messages": "msgs", "chosen": "good", "rejected": "bad"},
+                    "tags": {"role_tag": "r", "content_tag": "c", "user_tag": "u", "assistant_tag": "a"},
+                },
+                "kto": {
+                    "file_name": "kto.jsonl",
+                    "formatting": "sharegpt",
+                    "columns": {"messages": "messages", "kto_tag": "label"},
+                    "tags": tags,
+                },
+                "docs": {"file_name": "docs.jsonl", "columns": {"prompt": "body"}},
+            }
+        )
+    )
     recs, _ = F.load_source(f"{tmp_path}@pairs", "preference")
     assert recs == [{"prompt": [user("q")], "chosen": "yes", "rejected": "no"}]
     recs, stats = F.load_source(f"{tmp_path}@kto", "messages", on_error="skip")
@@ -278,32 +361,42 @@ CUT = Path(__file__).resolve().parent / "fixtures" / "sharegpt_cut.jsonl"
 def test_cut_chats_lose_their_opening_assistant_and_closing_user_turns():
     recs, stats = F.load_source(str(CUT), "messages")  # on_error=fail: none of these is an error
     assert recs == [
-        {"messages": [user("And at sunset?"),
-                      bot("Light crosses more air at sunset, so the blue scatters away and red remains.")]},
+        {
+            "messages": [
+                user("And at sunset?"),
+                bot("Light crosses more air at sunset, so the blue scatters away and red remains."),
+            ]
+        },
         {"messages": [user("Translate 'good morning' into Chinese."), bot("早上好。")]},
         {"messages": [sys_("You are a patient tutor."), user("What is step three?"), bot("Divide both sides by 3.")]},
-        {"messages": [user("Name a prime number."), bot("7")]}]
+        {"messages": [user("Name a prime number."), bot("7")]},
+    ]
     assert stats["trimmed"] == {"leading_assistant_turns": 2, "trailing_user_turns": 2}
     assert (stats["kept"], stats["skipped"]) == (4, 0)
     # The same shapes in OpenAI messages.
     notes = Counter()
     assert F.to_messages({"messages": [sys_("S"), bot("cut"), user("q"), bot("a"), user("cut")]}, notes=notes) == {
-        "messages": [sys_("S"), user("q"), bot("a")]}
+        "messages": [sys_("S"), user("q"), bot("a")]
+    }
     assert notes == {"leading_assistant_turns": 1, "trailing_user_turns": 1}
     # Prompts (PPO, preference pairs) lose an opening assistant turn too; they end with their user turn.
     assert F.to_prompt({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "q"}]}) == {
-        "prompt": [user("q")]}
+        "prompt": [user("q")]
+    }
     assert F.to_preference({"messages": [bot("x"), user("q")], "chosen": "a", "rejected": "b"})["prompt"] == [user("q")]
 
 
-@pytest.mark.parametrize("turns, field, reason", [
-    ([bot("a"), bot("b"), user("q"), bot("c")], "messages[1]", "expected a user turn, got assistant"),
-    ([user("q"), bot("a"), user("q2"), user("q3")], "messages[3]", "expected an assistant turn, got user"),
-    ([bot("cut")], None, "no user turn"),
-    ([sys_("S"), bot("cut")], None, "no user turn"),
-    ([bot("cut"), user("q")], "messages[1]", "must end with an assistant answer"),
-    ([user("q"), {"role": "robot", "content": "x"}], "messages[1].role", "unknown role 'robot'"),
-])
+@pytest.mark.parametrize(
+    "turns, field, reason",
+    [
+        ([bot("a"), bot("b"), user("q"), bot("c")], "messages[1]", "expected a user turn, got assistant"),
+        ([user("q"), bot("a"), user("q2"), user("q3")], "messages[3]", "expected an assistant turn, got user"),
+        ([bot("cut")], None, "no user turn"),
+        ([sys_("S"), bot("cut")], None, "no user turn"),
+        ([bot("cut"), user("q")], "messages[1]", "must end with an assistant answer"),
+        ([user("q"), {"role": "robot", "content": "x"}], "messages[1].role", "unknown role 'robot'"),
+    ],
+)
 def test_broken_chats_still_fail(turns, field, reason):
     with pytest.raises(DataError) as e:
         F.to_messages({"messages": turns})
@@ -311,9 +404,10 @@ def test_broken_chats_still_fail(turns, field, reason):
 
 
 def test_trimmed_turns_are_counted_in_what_a_run_saves():
+    from conftest import build_tokenizer
+
     from camelid.config import load_config
     from camelid.data.loader import prepare_sft
-    from conftest import build_tokenizer
 
     cfg = load_config(None, [f"data.train=[{CUT}]", "data.eval_split=0"])
     prepared = prepare_sft(build_tokenizer("chatml"), cfg.data, 0)

@@ -19,8 +19,9 @@ from camelid.utils import CamelidError
 
 def test_sft_help_from_the_command_line():
     # Was: "config file not found: --help" (the first argument of a training verb was taken as its config file).
-    proc = subprocess.run([sys.executable, "-m", "camelid", "sft", "--help"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "camelid", "sft", "--help"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.startswith("usage: camelid sft [CONFIG]")
     assert "train.lr=0.0002 float: peak learning rate (AdamW)" in _squeezed(proc.stdout)
@@ -49,24 +50,44 @@ def test_every_verb_prints_its_help_and_runs_nothing(verb, monkeypatch, capsys):
         hints = typing.get_type_hints(type(getattr(Config(), section)))
         for f in dataclasses.fields(getattr(Config(), section)):
             assert f"\n  {section}.{f.name}=" in out, (verb, section, f.name)
-        assert any(f"{section}.{f.name}=" in line and f" {type_name(hints[f.name])}: " in line
-                   for f in dataclasses.fields(getattr(Config(), section)) for line in out.splitlines())
+        assert any(
+            f"{section}.{f.name}=" in line and f" {type_name(hints[f.name])}: " in line
+            for f in dataclasses.fields(getattr(Config(), section))
+            for line in out.splitlines()
+        )
     others = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS.get(verb, ())) - {"method"}
     assert not any(f"\n  {s}." in out for s in others)  # only what the verb reads
     if verb in SECTIONS and not SECTIONS[verb]:
         assert f"camelid {verb} reads no config keys" in out
 
 
-@pytest.mark.parametrize("argv, keys", [
-    (["chat", "-h"], ["chat.temperature=0.7 float: sampling temperature; 0 = greedy", "engine.block_size=16"]),
-    (["eval", "--before", "--help"], ["eval.tasks=[]", "eval.limit=0", "--before", "--out DIR"]),
-    (["serve", "runs/x", "serve.port=9000", "--help"],
-     ["serve.port=8000", "serve.host=127.0.0.1", "serve.max_prompts_per_request=64", "engine.max_running=64",
-      "generations in flight per API key"]),
-    (["sft", "--help"], ["method=lora full|freeze|lora|qlora|ptuning|embedding: what trains",
-                         "train.resume=true bool|force: ", "model.name='' str: ", "lora.target=[all-linear]"]),
-    (["kb", "ask", "-h"], ["usage: camelid kb add KB PATH...", "rag.min_rerank_score=-.inf float: "]),
-])
+@pytest.mark.parametrize(
+    "argv, keys",
+    [
+        (["chat", "-h"], ["chat.temperature=0.7 float: sampling temperature; 0 = greedy", "engine.block_size=16"]),
+        (["eval", "--before", "--help"], ["eval.tasks=[]", "eval.limit=0", "--before", "--out DIR"]),
+        (
+            ["serve", "runs/x", "serve.port=9000", "--help"],
+            [
+                "serve.port=8000",
+                "serve.host=127.0.0.1",
+                "serve.max_prompts_per_request=64",
+                "engine.max_running=64",
+                "generations in flight per API key",
+            ],
+        ),
+        (
+            ["sft", "--help"],
+            [
+                "method=lora full|freeze|lora|qlora|ptuning|embedding: what trains",
+                "train.resume=true bool|force: ",
+                "model.name='' str: ",
+                "lora.target=[all-linear]",
+            ],
+        ),
+        (["kb", "ask", "-h"], ["usage: camelid kb add KB PATH...", "rag.min_rerank_score=-.inf float: "]),
+    ],
+)
 def test_help_shows_type_default_and_description(argv, keys, capsys):
     main(argv)
     out = _squeezed(capsys.readouterr().out)
@@ -116,7 +137,11 @@ def test_config_verb_takes_a_file_and_overrides(tmp_path, capsys):
 def test_parse_splits_plain_arguments_flags_config_and_overrides():
     a = parse("eval", ["runs/x", "--out=ev", "--before", "eval.limit=3", "my.yaml", "method=full"])
     assert (a.plain, a.flags, a.config, a.overrides) == (
-        ["runs/x"], {"--out": "ev", "--before": True}, "my.yaml", ["eval.limit=3", "method=full"])
+        ["runs/x"],
+        {"--out": "ev", "--before": True},
+        "my.yaml",
+        ["eval.limit=3", "method=full"],
+    )
     a = parse("eval", ["--out", "ev", "runs/x"])
     assert a.plain == ["runs/x"] and a.flags == {"--out": "ev"}
     a = parse("sft", ["sft_lora", "train.lr=1e-4"])  # a training verb's first plain argument is its config
@@ -128,14 +153,17 @@ def test_parse_splits_plain_arguments_flags_config_and_overrides():
     assert a.plain == ["ask", "hb", "-x=1 or x.y=2?", "notes.yaml"] and a.config is None
 
 
-@pytest.mark.parametrize("verb, argv, message", [
-    ("serve", ["--port", "9000"], "unknown option '--port'"),
-    ("eval", ["runs/x", "--out"], "--out needs a value"),
-    ("eval", ["runs/x", "--before=yes"], "--before takes no value"),
-    ("sft", ["a.yaml", "b.yaml"], "one CONFIG at most"),
-    ("clean", ["a.yaml", "b.yml", "corpus.txt"], "one CONFIG.yaml at most"),
-    ("export", ["run", "out", "dtype=bfloat16"], "camelid export reads no config keys"),
-])
+@pytest.mark.parametrize(
+    "verb, argv, message",
+    [
+        ("serve", ["--port", "9000"], "unknown option '--port'"),
+        ("eval", ["runs/x", "--out"], "--out needs a value"),
+        ("eval", ["runs/x", "--before=yes"], "--before takes no value"),
+        ("sft", ["a.yaml", "b.yaml"], "one CONFIG at most"),
+        ("clean", ["a.yaml", "b.yml", "corpus.txt"], "one CONFIG.yaml at most"),
+        ("export", ["run", "out", "dtype=bfloat16"], "camelid export reads no config keys"),
+    ],
+)
 def test_parse_errors_name_the_argument_and_show_the_usage(verb, argv, message):
     with pytest.raises(CamelidError, match="usage: camelid " + verb) as e:
         parse(verb, argv)
@@ -149,8 +177,9 @@ def test_an_override_of_a_section_the_verb_does_not_read_is_warned_about(caplog)
     assert "data.max_length" not in caplog.text
 
 
-@pytest.mark.parametrize("argv", [["serve", "--port", "9000"], ["report"], ["export", "only-one"], ["chat"],
-                                  ["quickstart", "extra"]])
+@pytest.mark.parametrize(
+    "argv", [["serve", "--port", "9000"], ["report"], ["export", "only-one"], ["chat"], ["quickstart", "extra"]]
+)
 def test_a_usage_error_exits_1_with_the_usage(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

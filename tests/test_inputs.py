@@ -5,11 +5,11 @@ import json
 import time
 
 import pytest
+from conftest import tiny_config
 
 from camelid.cli import main as cli
 from camelid.train import dpo, ppo, pt, rm, sft
 from camelid.utils import CamelidError
-from conftest import tiny_config
 
 STAGES = {"sft": sft, "pt": pt, "rm": rm, "dpo": dpo}
 
@@ -32,7 +32,9 @@ def fails_fast(fn, match):
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_a_missing_data_file_fails_at_once_and_creates_no_run_folder(stage, tiny_model, data_dir, tmp_path):
     cfg = tiny_config(tiny_model, data_dir / "trian.jsonl", tmp_path)
-    fails_fast(lambda: STAGES[stage].main(cfg), f"'{data_dir / 'trian.jsonl'}' not found.*closest: {data_dir / 'train.jsonl'}")
+    fails_fast(
+        lambda: STAGES[stage].main(cfg), f"'{data_dir / 'trian.jsonl'}' not found.*closest: {data_dir / 'train.jsonl'}"
+    )
     assert not (tmp_path / "run").exists()
     cfg = tiny_config(tiny_model, data_dir / "train.jsonl", tmp_path, **{"data.eval": ["alpaca_zh_dmo"]})
     fails_fast(lambda: STAGES[stage].main(cfg), "'alpaca_zh_dmo' not found.*closest: alpaca_zh_demo")
@@ -51,8 +53,12 @@ def test_a_missing_reward_model_fails_at_once(tiny_model, tmp_path, monkeypatch)
     (tmp_path / "runs" / "rm-lora").mkdir(parents=True)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "Say hi"}) + "\n")
-    cfg = tiny_config(tiny_model, prompts, tmp_path, **{"ppo.reward_model": "runs/rm-lroa", "ppo.rollout_batch": 4,
-                                                         "ppo.mini_batch": 2})
+    cfg = tiny_config(
+        tiny_model,
+        prompts,
+        tmp_path,
+        **{"ppo.reward_model": "runs/rm-lroa", "ppo.rollout_batch": 4, "ppo.mini_batch": 2},
+    )
     fails_fast(lambda: ppo.main(cfg), "'runs/rm-lroa' not found.*closest: runs/rm-lora")
     assert not (tmp_path / "run").exists()
 

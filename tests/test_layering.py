@@ -6,8 +6,22 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "camelid"
-LAYER = {"__main__": 10, "cli": 9, "quickstart": 8, "train": 7, "eval": 7, "serve": 7, "rag": 6, "engine": 5,
-         "model": 4, "data": 3, "hub": 2, "config": 1, "utils": 0, "__init__": 0}
+LAYER = {
+    "__main__": 10,
+    "cli": 9,
+    "quickstart": 8,
+    "train": 7,
+    "eval": 7,
+    "serve": 7,
+    "rag": 6,
+    "engine": 5,
+    "model": 4,
+    "data": 3,
+    "hub": 2,
+    "config": 1,
+    "utils": 0,
+    "__init__": 0,
+}
 
 
 def layer_of(module: str) -> int:

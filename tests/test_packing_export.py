@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import CHATS, tiny_config
 from transformers import AutoModelForCausalLM
 
 from camelid.data.loader import batch_order, collate, pack
@@ -9,7 +10,6 @@ from camelid.data.templates import IGNORE, render
 from camelid.model import load_for_inference, load_tokenizer, merge_adapter
 from camelid.train import sft
 from camelid.train.losses import causal_lm_loss
-from conftest import CHATS, tiny_config
 
 
 def test_packed_row_logits_equal_unpacked(tiny_model, tmp_path):
@@ -38,7 +38,9 @@ def test_packed_row_logits_equal_unpacked(tiny_model, tmp_path):
         loss_packed, n = causal_lm_loss(packed[None], batch["labels"])
         pad = collate(examples, tok.pad_token_id)
         pad.pop("num_tokens")
-        loss_padded, n2 = causal_lm_loss(model(input_ids=pad["input_ids"], attention_mask=pad["attention_mask"]).logits, pad["labels"])
+        loss_padded, n2 = causal_lm_loss(
+            model(input_ids=pad["input_ids"], attention_mask=pad["attention_mask"]).logits, pad["labels"]
+        )
     assert n == n2
     torch.testing.assert_close(loss_packed, loss_padded, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss_fn_value, loss_padded, atol=1e-5, rtol=1e-5)
@@ -79,8 +81,9 @@ def test_export_merged_logits_equal_base_plus_adapter(tiny_model, chat_file, tmp
 
 def test_causal_lm_loss_matches_hand_computed_value():
     # Two rows, vocab 3; row 0 supervises tokens 1 and 2, row 1 only token 2.
-    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]],
-                           [[1.0, 1.0, 1.0], [0.0, 2.0, 0.0], [5.0, 0.0, 0.0]]])
+    logits = torch.tensor(
+        [[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]], [[1.0, 1.0, 1.0], [0.0, 2.0, 0.0], [5.0, 0.0, 0.0]]]
+    )
     labels = torch.tensor([[IGNORE, 1, 2], [IGNORE, IGNORE, 0]])
     loss, n = causal_lm_loss(logits, labels)
     lsm = torch.log_softmax(logits, -1)
@@ -93,8 +96,7 @@ def test_causal_lm_loss_matches_hand_computed_value():
 @pytest.mark.parametrize("method", ["full", "lora", "ptuning"])
 def test_lm_loss_fast_path_equals_the_full_forward(method, tiny_model, tmp_path):
     """Running the head only where the next token is trained gives the same loss and gradients."""
-    from camelid.model import load_model
-    from camelid.model import decoder_and_head
+    from camelid.model import decoder_and_head, load_model
     from camelid.train.losses import lm_loss
 
     cfg = tiny_config(tiny_model, "unused", tmp_path, method=method, **{"data.packing": False})

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from camelid.train import ppo
 
 
@@ -30,9 +30,17 @@ def prompt_file(tmp_path_factory) -> Path:
 
 def ppo_config(model, prompts, out: Path, **over):
     base = {
-        "method": "lora", "lora.target": ["q_proj", "v_proj", "lm_head"], "train.lr": 1e-2, "train.max_steps": 4,
-        "ppo.rollout_batch": 16, "ppo.mini_batch": 8, "ppo.ppo_epochs": 2, "ppo.max_new_tokens": 16,
-        "ppo.kl_coef": 0.05, "data.max_length": 64, "train.output_dir": str(out),
+        "method": "lora",
+        "lora.target": ["q_proj", "v_proj", "lm_head"],
+        "train.lr": 1e-2,
+        "train.max_steps": 4,
+        "ppo.rollout_batch": 16,
+        "ppo.mini_batch": 8,
+        "ppo.ppo_epochs": 2,
+        "ppo.max_new_tokens": 16,
+        "ppo.kl_coef": 0.05,
+        "data.max_length": 64,
+        "train.output_dir": str(out),
     }
     return tiny_config(model, prompts, out, **(base | over))
 
@@ -45,8 +53,10 @@ def test_toy_reward_rises_and_the_kl_penalty_bounds_the_drift(tiny_model, prompt
     runs = {}
     for kl_coef in (0.02, 0.5):
         out = tmp_path / f"kl{kl_coef}"
-        ppo.main(ppo_config(tiny_model, prompt_file, out, **{"train.max_steps": 20, "ppo.kl_coef": kl_coef}),
-                 reward_fn=cjk_share)
+        ppo.main(
+            ppo_config(tiny_model, prompt_file, out, **{"train.max_steps": 20, "ppo.kl_coef": kl_coef}),
+            reward_fn=cjk_share,
+        )
         runs[kl_coef] = metrics(out)
     loose = runs[0.02]
     first, last = [sum(m["score"] for m in ms) / len(ms) for ms in (loose[:3], loose[-5:])]
@@ -69,9 +79,10 @@ def test_toy_reward_rises_and_the_kl_penalty_bounds_the_drift(tiny_model, prompt
 def test_shared_layout_trains_adapters_and_value_head_but_not_the_base(tiny_model, prompt_file, tmp_path):
     import dataclasses
 
+    from transformers import AutoModelForCausalLM
+
     from camelid.engine import Engine
     from camelid.model import load_tokenizer
-    from transformers import AutoModelForCausalLM
 
     cfg = ppo_config(tiny_model, prompt_file, tmp_path / "run", **{"lora.target": ["all-linear"]})
     tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
@@ -103,8 +114,12 @@ def test_shared_layout_trains_adapters_and_value_head_but_not_the_base(tiny_mode
 
 def test_separate_layout_with_full_tuning_keeps_the_reference_frozen(tiny_model, prompt_file, tmp_path):
     out = tmp_path / "full"
-    cfg = ppo_config(tiny_model, prompt_file, out, **{"method": "full", "ppo.layout": "separate", "train.lr": 3e-4,
-                                                      "train.max_steps": 2})
+    cfg = ppo_config(
+        tiny_model,
+        prompt_file,
+        out,
+        **{"method": "full", "ppo.layout": "separate", "train.lr": 3e-4, "train.max_steps": 2},
+    )
     ppo.main(cfg, reward_fn=cjk_share)
     assert len(metrics(out)) == 2
     saved = load_file(str(out / "final" / "model.safetensors"))
@@ -114,8 +129,10 @@ def test_separate_layout_with_full_tuning_keeps_the_reference_frozen(tiny_model,
 
 def test_resume_continues_exactly_where_the_run_stopped(tiny_model, prompt_file, tmp_path):
     whole = tmp_path / "whole"
-    ppo.main(ppo_config(tiny_model, prompt_file, whole, **{"ppo.adaptive_kl": True, "ppo.kl_horizon": 100}),
-             reward_fn=cjk_share)
+    ppo.main(
+        ppo_config(tiny_model, prompt_file, whole, **{"ppo.adaptive_kl": True, "ppo.kl_horizon": 100}),
+        reward_fn=cjk_share,
+    )
 
     calls = {"n": 0}
 
@@ -126,8 +143,9 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_model, prompt_file,
         return cjk_share(prompts, answers)
 
     parts = tmp_path / "parts"
-    cfg = ppo_config(tiny_model, prompt_file, parts, **{"ppo.adaptive_kl": True, "ppo.kl_horizon": 100,
-                                                        "train.save_every": 2})
+    cfg = ppo_config(
+        tiny_model, prompt_file, parts, **{"ppo.adaptive_kl": True, "ppo.kl_horizon": 100, "train.save_every": 2}
+    )
     with pytest.raises(KeyboardInterrupt):
         ppo.main(cfg, reward_fn=dies_in_step_3)
     assert (parts / "checkpoint-2").is_dir()
@@ -141,8 +159,12 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_model, prompt_file,
 
 def test_ptx_mixes_a_language_model_loss_on_other_text(tiny_model, prompt_file, text_file, tmp_path):
     out = tmp_path / "ptx"
-    cfg = ppo_config(tiny_model, prompt_file, out, **{"train.max_steps": 2, "ppo.ptx_coef": 0.5,
-                                                      "ppo.ptx_data": [str(text_file)], "ppo.ptx_batch": 2})
+    cfg = ppo_config(
+        tiny_model,
+        prompt_file,
+        out,
+        **{"train.max_steps": 2, "ppo.ptx_coef": 0.5, "ppo.ptx_data": [str(text_file)], "ppo.ptx_batch": 2},
+    )
     ppo.main(cfg, reward_fn=cjk_share)
     ms = metrics(out)
     assert all(0 < m["ptx_loss"] < 20 for m in ms)
@@ -154,13 +176,25 @@ def test_ppo_against_a_trained_reward_model_run(tiny_model, prompt_file, tmp_pat
     pairs = tmp_path / "pairs.jsonl"
     with open(pairs, "w", encoding="utf-8") as f:
         for i in range(16):
-            f.write(json.dumps({"prompt": f"Question {i}?", "chosen": "北京是中国的首都。", "rejected": "Paris."},
-                               ensure_ascii=False) + "\n")
-    rm.main(tiny_config(tiny_model, pairs, tmp_path, **{"train.output_dir": str(tmp_path / "rm"), "train.max_steps": 6,
-                                                        "train.lr": 3e-3}))
+            f.write(
+                json.dumps(
+                    {"prompt": f"Question {i}?", "chosen": "北京是中国的首都。", "rejected": "Paris."},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
+    rm.main(
+        tiny_config(
+            tiny_model,
+            pairs,
+            tmp_path,
+            **{"train.output_dir": str(tmp_path / "rm"), "train.max_steps": 6, "train.lr": 3e-3},
+        )
+    )
     out = tmp_path / "ppo"
-    ppo.main(ppo_config(tiny_model, prompt_file, out, **{"ppo.reward_model": str(tmp_path / "rm"),
-                                                         "train.max_steps": 2}))
+    ppo.main(
+        ppo_config(tiny_model, prompt_file, out, **{"ppo.reward_model": str(tmp_path / "rm"), "train.max_steps": 2})
+    )
     ms = metrics(out)
     assert len(ms) == 2 and all(abs(m["score"]) < 100 for m in ms)
 

@@ -22,9 +22,11 @@ from camelid.rag.retrieve import search  # noqa: E402
 from camelid.rag.store import KnowledgeBase, kb_folder, safe_name  # noqa: E402
 from camelid.utils import CamelidError  # noqa: E402
 
-WORDS = ("the of and to a in is that for it as with on by this be are from at or an was which city river king "
-         "law money bank train school music water food health court market price road 北京 上海 经济 发展 人民 "
-         "政府 工作 会议 建设 国家 企业 市场 银行 教育 学校 医院 交通 铁路 农业 科技").split()
+WORDS = (
+    "the of and to a in is that for it as with on by this be are from at or an was which city river king "
+    "law money bank train school music water food health court market price road 北京 上海 经济 发展 人民 "
+    "政府 工作 会议 建设 国家 企业 市场 银行 教育 学校 医院 交通 铁路 农业 科技"
+).split()
 
 
 def build_encoder(path: Path, cross: bool = False) -> Path:
@@ -37,12 +39,28 @@ def build_encoder(path: Path, cross: bool = False) -> Path:
     tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tk.normalizer = normalizers.BertNormalizer(lowercase=True)
     tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tk.train_from_iterator([" ".join(WORDS)] * 5 + [PLANTED_EN, PLANTED_ZH],
-                           trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=160, num_labels=1)
+    tk.train_from_iterator(
+        [" ".join(WORDS)] * 5 + [PLANTED_EN, PLANTED_ZH],
+        trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=160,
+        num_labels=1,
+    )
     torch.manual_seed(0)
     model = BertForSequenceClassification(cfg) if cross else BertModel(cfg)
     model.save_pretrained(path)
@@ -50,8 +68,10 @@ def build_encoder(path: Path, cross: bool = False) -> Path:
     return path
 
 
-PLANTED_EN = ("The lighthouse keeper of Harrow Point rows to the mainland every Thursday to buy lamp oil. "
-              "In winter storms he stays on the rock for weeks.")
+PLANTED_EN = (
+    "The lighthouse keeper of Harrow Point rows to the mainland every Thursday to buy lamp oil. "
+    "In winter storms he stays on the rock for weeks."
+)
 PLANTED_ZH = "熊猫饲养员每天早上六点给大熊猫准备新鲜竹子。冬天的时候，竹子从四川运来。"
 
 
@@ -96,10 +116,18 @@ def test_each_format_is_ingested_with_source_heading_and_position(rag, tmp_path)
     d.mkdir()
     (d / "a.txt").write_text("First paragraph about rivers.\n\nSecond paragraph about kings.\n", encoding="utf-8")
     (d / "b.md").write_text("# Guide\n\n## Install\n\nRun the installer twice.\n", encoding="utf-8")
-    (d / "c.html").write_text("<html><head><script>var x=1;</script></head><body><nav>menu</nav><h1>Shop</h1>"
-                              "<h2>Prices</h2><p>Bread costs 3 &euro;.</p></body></html>", encoding="utf-8")
-    (d / "e.jsonl").write_text(json.dumps({"title": "FAQ", "text": "Returns take ten days."}) + "\n"
-                               + json.dumps({"text": "退货需要十天。"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    (d / "c.html").write_text(
+        "<html><head><script>var x=1;</script></head><body><nav>menu</nav><h1>Shop</h1>"
+        "<h2>Prices</h2><p>Bread costs 3 &euro;.</p></body></html>",
+        encoding="utf-8",
+    )
+    (d / "e.jsonl").write_text(
+        json.dumps({"title": "FAQ", "text": "Returns take ten days."})
+        + "\n"
+        + json.dumps({"text": "退货需要十天。"}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
     pdf = FPDF()
     pdf.set_font("Helvetica", size=12)
     for page in ("The first page talks about harbours.", "The second page talks about lighthouses."):
@@ -243,7 +271,9 @@ def test_dense_and_fused_retrieval(rag, corpus):
     loose = RagConfig(**{**rag.__dict__, "min_similarity": -1.0})
     assert kb.encoder().unknown_share("Смотритель маяка") == 1.0
     assert search(kb, "Смотритель маяка", loose, retriever="dense") == []
-    allowed = search(kb, "Смотритель маяка", RagConfig(**{**loose.__dict__, "max_unknown_share": 1.0}), retriever="dense")
+    allowed = search(
+        kb, "Смотритель маяка", RagConfig(**{**loose.__dict__, "max_unknown_share": 1.0}), retriever="dense"
+    )
     assert len(allowed) == rag.top_k and all(h.ranks == {"dense": i} for i, h in enumerate(allowed, 1))
 
 
@@ -333,8 +363,12 @@ def test_nothing_relevant_answers_not_found_without_generating(rag, engine):
 def test_cli_add_ls_search_rm(rag, corpus, capsys):
     from camelid.cli import main
 
-    o = [f"rag.root={rag.root}", f"rag.embedding_model={rag.embedding_model}", "rag.chunk_tokens=48",
-         "rag.chunk_overlap=8"]
+    o = [
+        f"rag.root={rag.root}",
+        f"rag.embedding_model={rag.embedding_model}",
+        "rag.chunk_tokens=48",
+        "rag.chunk_overlap=8",
+    ]
     main(["kb", "add", "handbook", str(corpus), *o])
     assert "added 14" in capsys.readouterr().out
     main(["kb", "ls", *o])
@@ -378,18 +412,30 @@ def test_api_answers_from_a_knowledge_base(tiny_model, rag, corpus, tmp_path, ca
         cites = r.model_extra["citations"]
         assert cites[0]["source"] == "docs/lighthouse.md" and cites[0]["label"].endswith("line 5")
         assert r.model == "kb:handbook" and r.usage.prompt_tokens > 100  # the sources went into the prompt
-        same = c.chat.completions.create(model="tiny", messages=q, max_tokens=8, temperature=0, extra_body={"kb": "handbook"})
+        same = c.chat.completions.create(
+            model="tiny", messages=q, max_tokens=8, temperature=0, extra_body={"kb": "handbook"}
+        )
         assert same.choices[0].message.content == r.choices[0].message.content
-        chunks = list(c.chat.completions.create(model="kb:handbook", messages=q, max_tokens=8, temperature=0, stream=True))
+        chunks = list(
+            c.chat.completions.create(model="kb:handbook", messages=q, max_tokens=8, temperature=0, stream=True)
+        )
         assert chunks[0].model_extra["citations"] == [{k: v for k, v in x.items() if k != "cited"} for x in cites]
         assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == r.choices[0].message.content
 
-        nothing = c.chat.completions.create(model="kb:handbook", messages=[
-            {"role": "user", "content": "zzzz qqqq xxxx"}], max_tokens=8)
+        nothing = c.chat.completions.create(
+            model="kb:handbook", messages=[{"role": "user", "content": "zzzz qqqq xxxx"}], max_tokens=8
+        )
         assert nothing.model_extra["citations"] == [] and "could not find" in nothing.choices[0].message.content
         # streamed, the "not found" answer too carries its (empty) citations on the first chunk alone
-        chunks = list(c.chat.completions.create(model="kb:handbook", messages=[
-            {"role": "user", "content": "zzzz qqqq xxxx"}], max_tokens=8, n=2, stream=True))
+        chunks = list(
+            c.chat.completions.create(
+                model="kb:handbook",
+                messages=[{"role": "user", "content": "zzzz qqqq xxxx"}],
+                max_tokens=8,
+                n=2,
+                stream=True,
+            )
+        )
         assert [ch.model_extra.get("citations") for ch in chunks] == [[], None]
         assert [ch.choices[0].delta.content for ch in chunks] == [nothing.choices[0].message.content] * 2
 
@@ -400,12 +446,25 @@ def test_api_answers_from_a_knowledge_base(tiny_model, rag, corpus, tmp_path, ca
         # alike (neither with chat.repetition_penalty, which would also penalize the words of the sources)
         from camelid.cli import main
 
-        main(["kb", "ask", "handbook", q[0]["content"], f"model.name={tiny_model}", f"rag.root={rag.root}",
-              "rag.min_similarity=0.9999", "rag.max_new_tokens=8", "engine.block_size=4", "engine.kv_cache_tokens=4096"])
+        main(
+            [
+                "kb",
+                "ask",
+                "handbook",
+                q[0]["content"],
+                f"model.name={tiny_model}",
+                f"rag.root={rag.root}",
+                "rag.min_similarity=0.9999",
+                "rag.max_new_tokens=8",
+                "engine.block_size=4",
+                "engine.kv_cache_tokens=4096",
+            ]
+        )
         printed = capsys.readouterr().out
         assert printed.startswith(body["answer"] + "\n")
-        assert [line.split("] ", 1)[1].lstrip("* ") for line in printed.splitlines()[-len(cites):]] == \
-            [c["label"] for c in cites]
+        assert [line.split("] ", 1)[1].lstrip("* ") for line in printed.splitlines()[-len(cites) :]] == [
+            c["label"] for c in cites
+        ]
         status, body = http(url, "/v1/kb/handbook/ask", {"question": "zzzz qqqq xxxx"})
         assert status == 200 and not body["found"] and body["citations"] == [] and "could not find" in body["answer"]
         status, body = http(url, "/v1/kb/handbook/ask", {"question": "x", "max_tokens": 100000})
@@ -419,13 +478,17 @@ def test_api_answers_from_a_knowledge_base(tiny_model, rag, corpus, tmp_path, ca
             assert status == code and "error" in body
         status, body = http(url, "/v1/chat/completions", {"model": "kb:other", "messages": q})
         assert status == 404 and body["error"]["param"] == "model"
-        status, body = http(url, "/v1/chat/completions", {"model": "kb:handbook", "messages": q + [
-            {"role": "assistant", "content": "hm"}]})
+        status, body = http(
+            url,
+            "/v1/chat/completions",
+            {"model": "kb:handbook", "messages": q + [{"role": "assistant", "content": "hm"}]},
+        )
         assert status == 400 and body["error"]["param"] == "messages"
 
         # a session keeps what the user said, not the sources the server added to the prompt
         sid = http(url, "/v1/sessions", {})[1]["id"]
-        c.chat.completions.create(model="kb:handbook", messages=q, max_tokens=4, temperature=0,
-                                  extra_body={"session_id": sid})
+        c.chat.completions.create(
+            model="kb:handbook", messages=q, max_tokens=4, temperature=0, extra_body={"session_id": sid}
+        )
         stored = http(url, f"/v1/sessions/{sid}")[1]["messages"]
         assert stored[0] == q[0] and stored[1]["role"] == "assistant"

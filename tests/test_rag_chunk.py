@@ -28,34 +28,70 @@ def write(tmp_path, name, text):
 
 # --- readers ----------------------------------------------------------------------------------------------------
 
+
 def test_txt_paragraphs_and_lines(tmp_path):
-    p = write(tmp_path, "poem.txt", "\ufeffFirst paragraph\nstill first.\r\n\r\n\n  Second one.  \n\nRoses are red,\nviolets blue.\n")
+    p = write(
+        tmp_path,
+        "poem.txt",
+        "\ufeffFirst paragraph\nstill first.\r\n\r\n\n  Second one.  \n\nRoses are red,\nviolets blue.\n",
+    )
     blocks = read_blocks(p)
     assert [(b.text, b.loc) for b in blocks] == [
-        ("First paragraph\nstill first.", 1), ("Second one.", 5), ("Roses are red,\nviolets blue.", 7)]
+        ("First paragraph\nstill first.", 1),
+        ("Second one.", 5),
+        ("Roses are red,\nviolets blue.", 7),
+    ]
     assert all(b.heading == () and b.kind == "line" for b in blocks)
 
 
 def test_markdown_headings_fences_links(tmp_path):
-    md = "\n".join([
-        "---", "title: front matter", "---",            # 1-3, skipped
-        "Guide", "=====", "",                          # 4-6 setext level 1
-        "See [the docs](https://example.com) and ![a cat](cat.png).", "",   # 7
-        "## Install ##", "",                           # 9
-        "Run it", "twice.", "",                        # 11-12
-        "```", "# not a heading", "", "more code", "```", "",   # 14-18
-        "Usage", "-----", "",                          # 20-21 setext level 2 replaces Install
-        "Use it.", "",                                 # 23
-        "### Deep", "deep text", "",                   # 25-26
-        "# Other", "", "other text",                   # 28, 30
-    ])
+    md = "\n".join(
+        [
+            "---",
+            "title: front matter",
+            "---",  # 1-3, skipped
+            "Guide",
+            "=====",
+            "",  # 4-6 setext level 1
+            "See [the docs](https://example.com) and ![a cat](cat.png).",
+            "",  # 7
+            "## Install ##",
+            "",  # 9
+            "Run it",
+            "twice.",
+            "",  # 11-12
+            "```",
+            "# not a heading",
+            "",
+            "more code",
+            "```",
+            "",  # 14-18
+            "Usage",
+            "-----",
+            "",  # 20-21 setext level 2 replaces Install
+            "Use it.",
+            "",  # 23
+            "### Deep",
+            "deep text",
+            "",  # 25-26
+            "# Other",
+            "",
+            "other text",  # 28, 30
+        ]
+    )
     blocks = read_blocks(write(tmp_path, "guide.md", md))
     got = [(b.heading, b.loc) for b in blocks]
-    assert got == [(("Guide",), 7), (("Guide", "Install"), 11), (("Guide", "Install"), 14), (("Guide", "Usage"), 23),
-                   (("Guide", "Usage", "Deep"), 26), (("Other",), 30)]
+    assert got == [
+        (("Guide",), 7),
+        (("Guide", "Install"), 11),
+        (("Guide", "Install"), 14),
+        (("Guide", "Usage"), 23),
+        (("Guide", "Usage", "Deep"), 26),
+        (("Other",), 30),
+    ]
     assert blocks[0].text == "See the docs and a cat."
     assert blocks[1].text == "Run it\ntwice."
-    assert "# not a heading" in blocks[2].text and "more code" in blocks[2].text   # one paragraph, not a heading
+    assert "# not a heading" in blocks[2].text and "more code" in blocks[2].text  # one paragraph, not a heading
     assert not any("front matter" in b.text for b in blocks)
     assert all("not a heading" not in h for b in blocks for h in b.heading)
 
@@ -107,22 +143,31 @@ def test_pdf_errors(tmp_path):
     with pytest.raises(CamelidError, match="broken.pdf"):
         read_blocks(tmp_path / "broken.pdf")
     pdf = fpdf.FPDF()
-    pdf.add_page()   # a page with nothing drawn: no text layer
+    pdf.add_page()  # a page with nothing drawn: no text layer
     pdf.output(str(tmp_path / "scan.pdf"))
     with pytest.raises(CamelidError, match=r"scan\.pdf.*no text layer"):
         read_blocks(tmp_path / "scan.pdf")
 
 
 def test_jsonl_records_and_errors(tmp_path):
-    p = write(tmp_path, "docs.jsonl", '{"title": "Alpacas", "text": "Soft wool.\\n\\nKind eyes."}\n\n'
-                                      '{"content": "No title here."}\n{"heading": ["A", "B"], "title": "x", "text": "Deep."}\n')
+    p = write(
+        tmp_path,
+        "docs.jsonl",
+        '{"title": "Alpacas", "text": "Soft wool.\\n\\nKind eyes."}\n\n'
+        '{"content": "No title here."}\n{"heading": ["A", "B"], "title": "x", "text": "Deep."}\n',
+    )
     assert [(b.text, b.heading, b.loc, b.kind) for b in read_blocks(p)] == [
-        ("Soft wool.", ("Alpacas",), 1, "line"), ("Kind eyes.", ("Alpacas",), 1, "line"),
-        ("No title here.", (), 3, "line"), ("Deep.", ("A", "B"), 4, "line")]
-    for body, where, field in [('{"text": "ok"}\n{"text": oops}\n', "bad.jsonl:2", "invalid JSON"),
-                               ('{"text": "ok"}\n\n{"body": "x"}\n', "bad.jsonl:3", "'text'"),
-                               ('{"text": 5}\n', "bad.jsonl:1", "'text'"),
-                               ('["a list"]\n', "bad.jsonl:1", "'text'")]:
+        ("Soft wool.", ("Alpacas",), 1, "line"),
+        ("Kind eyes.", ("Alpacas",), 1, "line"),
+        ("No title here.", (), 3, "line"),
+        ("Deep.", ("A", "B"), 4, "line"),
+    ]
+    for body, where, field in [
+        ('{"text": "ok"}\n{"text": oops}\n', "bad.jsonl:2", "invalid JSON"),
+        ('{"text": "ok"}\n\n{"body": "x"}\n', "bad.jsonl:3", "'text'"),
+        ('{"text": 5}\n', "bad.jsonl:1", "'text'"),
+        ('["a list"]\n', "bad.jsonl:1", "'text'"),
+    ]:
         with pytest.raises(CamelidError) as e:
             read_blocks(write(tmp_path, "bad.jsonl", body))
         assert where in str(e.value) and field in str(e.value)
@@ -139,6 +184,7 @@ def test_unknown_suffix_and_bad_bytes(tmp_path):
 
 # --- split_sentences --------------------------------------------------------------------------------------------
 
+
 def test_split_sentences_chinese():
     assert split_sentences("今天天气很好。我们去公园吧！你来吗？") == ["今天天气很好。", "我们去公园吧！", "你来吗？"]
     assert split_sentences("他说：“走吧。”然后走了……好的") == ["他说：“走吧。”", "然后走了……", "好的"]
@@ -146,19 +192,28 @@ def test_split_sentences_chinese():
 
 def test_split_sentences_english():
     assert split_sentences("Mr. Smith paid 3.14 dollars. He left!  Why? Dr. J. Watson knew; he stayed.") == [
-        "Mr. Smith paid 3.14 dollars. ", "He left!  ", "Why? ", "Dr. J. Watson knew; he stayed."]
+        "Mr. Smith paid 3.14 dollars. ",
+        "He left!  ",
+        "Why? ",
+        "Dr. J. Watson knew; he stayed.",
+    ]
     assert split_sentences('He said "Go." Then left.') == ['He said "Go." ', "Then left."]
     assert split_sentences("Use tools, e.g. a hammer. Done") == ["Use tools, e.g. a hammer. ", "Done"]
     assert split_sentences("no stop here\n\nnew paragraph") == ["no stop here\n\n", "new paragraph"]
 
 
 def test_split_sentences_mixed():
-    assert split_sentences("我用Python 3.11写代码。It works. 很好！OK") == ["我用Python 3.11写代码。", "It works. ", "很好！", "OK"]
+    assert split_sentences("我用Python 3.11写代码。It works. 很好！OK") == [
+        "我用Python 3.11写代码。",
+        "It works. ",
+        "很好！",
+        "OK",
+    ]
 
 
 def test_split_sentences_join_is_lossless():
     rng = random.Random(0)
-    alphabet = list("。！？….!?\"”」 \n\nabcXYZ你好3") + ["Mr.", "e.g.", " ", "\n"]
+    alphabet = list('。！？….!?"”」 \n\nabcXYZ你好3') + ["Mr.", "e.g.", " ", "\n"]
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
         pieces = split_sentences(text)
@@ -168,10 +223,13 @@ def test_split_sentences_join_is_lossless():
 
 # --- chunk_blocks -----------------------------------------------------------------------------------------------
 
+
 def english_doc():
     sents = [f"Sentence {i} has {'some ' * (i % 4)}words here." for i in range(30)]
-    return [Block(" ".join(sents[k:k + 5]), ("Doc", "Part A" if k < 15 else "Part B"), "line", 1 + 3 * k // 5)
-            for k in range(0, 30, 5)], sents
+    return [
+        Block(" ".join(sents[k : k + 5]), ("Doc", "Part A" if k < 15 else "Part B"), "line", 1 + 3 * k // 5)
+        for k in range(0, 30, 5)
+    ], sents
 
 
 def test_chunks_fit_and_end_at_sentences():
@@ -198,18 +256,24 @@ def test_overlap_and_no_overlap():
         common = [s for s in sents if s in a.text and s in b.text]
         if a.heading == b.heading:
             shared += bool(common)
-            if common:   # the overlap is a's tail and b's head
+            if common:  # the overlap is a's tail and b's head
                 assert a.text.endswith(common[-1]) and b.text.startswith(common[0])
-        assert b.text != a.text and not a.text.endswith(b.text)   # progress
+        assert b.text != a.text and not a.text.endswith(b.text)  # progress
     assert shared >= 2
 
 
 def test_chunks_never_span_headings_and_locs():
-    blocks = [Block("Alpha one. Alpha two.", ("H1",), "line", 1), Block("Alpha three.", ("H1",), "line", 4),
-              Block("Beta one.", ("H2",), "line", 7), Block("Beta two.", ("H2",), "line", 9)]
+    blocks = [
+        Block("Alpha one. Alpha two.", ("H1",), "line", 1),
+        Block("Alpha three.", ("H1",), "line", 4),
+        Block("Beta one.", ("H2",), "line", 7),
+        Block("Beta two.", ("H2",), "line", 9),
+    ]
     chunks = chunk_blocks(blocks, words, 100, 0)
     assert [(c.text, c.heading, c.start, c.end) for c in chunks] == [
-        ("Alpha one. Alpha two.\n\nAlpha three.", ("H1",), 1, 4), ("Beta one.\n\nBeta two.", ("H2",), 7, 9)]
+        ("Alpha one. Alpha two.\n\nAlpha three.", ("H1",), 1, 4),
+        ("Beta one.\n\nBeta two.", ("H2",), 7, 9),
+    ]
     assert [c.n_tokens for c in chunks] == [6, 4]
     small = chunk_blocks(blocks, words, 4, 0)
     assert [(c.start, c.end) for c in small] == [(1, 1), (4, 4), (7, 9)]
@@ -243,7 +307,7 @@ def test_chinese_chunks_end_with_full_stop():
     para = "大语言模型可以回答问题。微调让模型适应领域。检索增强生成引用资料。我们先切分文档。然后编码入库。"
     blocks = [Block(para, ("指南",), "line", 1), Block(para, ("指南",), "line", 3)]
     chunks = chunk_blocks(blocks, count, 30, 10)
-    assert len(chunks) > 2 and calls == [10]   # one batch for the section's ten sentences
+    assert len(chunks) > 2 and calls == [10]  # one batch for the section's ten sentences
     for c in chunks:
         assert c.text.endswith("。") and c.n_tokens <= 30 and len(c.text.replace("\n", "")) <= 30
 

@@ -15,41 +15,77 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCRIPT = "Say <script>alert(1)</script> & stop"
 
 BEFORE = {
-    "label": "before", "model": "tiny-base", "created": "2025-01-01T00:00:00",
+    "label": "before",
+    "model": "tiny-base",
+    "created": "2025-01-01T00:00:00",
     "tasks": {
         "arc_easy": {"acc": 0.5, "acc_norm_char": 0.52, "acc_norm_token": 0.51, "n": 200, "k_shot": 0},
-        "mmlu": {"acc": 0.3, "acc_norm_char": 0.3, "acc_norm_token": 0.3, "n": 200, "k_shot": 5, "subjects": {
-            "biology": {"acc": 0.35, "acc_norm_char": 0.35, "acc_norm_token": 0.35, "n": 100},
-            "algebra": {"acc": 0.25, "acc_norm_char": 0.25, "acc_norm_token": 0.25, "n": 100}}},
+        "mmlu": {
+            "acc": 0.3,
+            "acc_norm_char": 0.3,
+            "acc_norm_token": 0.3,
+            "n": 200,
+            "k_shot": 5,
+            "subjects": {
+                "biology": {"acc": 0.35, "acc_norm_char": 0.35, "acc_norm_token": 0.35, "n": 100},
+                "algebra": {"acc": 0.25, "acc_norm_char": 0.25, "acc_norm_token": 0.25, "n": 100},
+            },
+        },
     },
     "perplexity": {"domain.txt": {"ppl": 12.5, "tokens": 5000}},
     "samples": [{"prompt": SCRIPT, "output": "base <b>answer</b>"}, {"prompt": "2+2?", "output": "5"}],
 }
 AFTER = {
-    "label": "after", "model": "runs/x/final", "created": "2025-01-02T00:00:00",
+    "label": "after",
+    "model": "runs/x/final",
+    "created": "2025-01-02T00:00:00",
     "tasks": {
         "arc_easy": {"acc": 0.55, "acc_norm_char": 0.5, "acc_norm_token": 0.51, "n": 200, "k_shot": 0},
-        "mmlu": {"acc": 0.4, "acc_norm_char": 0.4, "acc_norm_token": 0.4, "n": 200, "k_shot": 5, "subjects": {
-            "biology": {"acc": 0.35, "acc_norm_char": 0.35, "acc_norm_token": 0.35, "n": 100},
-            "algebra": {"acc": 0.45, "acc_norm_char": 0.45, "acc_norm_token": 0.45, "n": 100}}},
+        "mmlu": {
+            "acc": 0.4,
+            "acc_norm_char": 0.4,
+            "acc_norm_token": 0.4,
+            "n": 200,
+            "k_shot": 5,
+            "subjects": {
+                "biology": {"acc": 0.35, "acc_norm_char": 0.35, "acc_norm_token": 0.35, "n": 100},
+                "algebra": {"acc": 0.45, "acc_norm_char": 0.45, "acc_norm_token": 0.45, "n": 100},
+            },
+        },
     },
     "perplexity": {"domain.txt": {"ppl": 10.0, "tokens": 5000}},
     "samples": [{"prompt": "2+2?", "output": "4"}, {"prompt": SCRIPT, "output": "tuned & fine"}],
 }
 
 
-def make_run(root: Path, name: str, results=(BEFORE, AFTER), eval_rows: bool = True, steps: int = 30,
-             start_loss: float = 3.0, config_extra: str = "") -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    results=(BEFORE, AFTER),
+    eval_rows: bool = True,
+    steps: int = 30,
+    start_loss: float = 3.0,
+    config_extra: str = "",
+) -> Path:
     """A run folder as `camelid sft` + `camelid eval` leave it, with a steadily falling loss."""
     run = root / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(
         "model:\n  name: tiny-base\nmethod: lora\ntrain:\n  lr: 0.001\n  max_steps: 30\n"
-        "data:\n  train:\n  - my_data.jsonl\n" + config_extra, encoding="utf-8")
+        "data:\n  train:\n  - my_data.jsonl\n" + config_extra,
+        encoding="utf-8",
+    )
     rows = [{"step": 0, "eval_loss": 2.9, "eval_ppl": 18.2}] if eval_rows else []
     for step in range(1, steps + 1):
-        row = {"step": step, "epoch": 0, "loss": start_loss - 0.05 * step + 0.02 * (step % 3), "lr": 1e-3,
-               "grad_norm": 0.5, "tokens": 100 * step, "tokens_per_s": 50.0}
+        row = {
+            "step": step,
+            "epoch": 0,
+            "loss": start_loss - 0.05 * step + 0.02 * (step % 3),
+            "lr": 1e-3,
+            "grad_norm": 0.5,
+            "tokens": 100 * step,
+            "tokens_per_s": 50.0,
+        }
         if eval_rows and step % 10 == 0:  # the loop merges mid-run evals into the training line
             row |= {"eval_loss": 2.9 - 0.04 * step, "eval_ppl": 1.0}
         rows.append(row)
@@ -81,10 +117,10 @@ def full_report(tmp_path_factory) -> tuple[Path, str]:
 def test_task_tables_have_numbers_and_colored_deltas(full_report):
     _, page = full_report
     # score | before | after | Δ, green for a gain, red for a loss, uncolored for no change
-    assert "<td>acc</td><td>0.5000</td><td>0.5500</td><td class=\"good\">+0.0500</td>" in page
-    assert "<td>acc_norm_char</td><td>0.5200</td><td>0.5000</td><td class=\"bad\">-0.0200</td>" in page
+    assert '<td>acc</td><td>0.5000</td><td>0.5500</td><td class="good">+0.0500</td>' in page
+    assert '<td>acc_norm_char</td><td>0.5200</td><td>0.5000</td><td class="bad">-0.0200</td>' in page
     assert "<td>acc_norm_token</td><td>0.5100</td><td>0.5100</td><td>+0.0000</td>" in page
-    assert "<td>acc</td><td>0.3000</td><td>0.4000</td><td class=\"good\">+0.1000</td>" in page
+    assert '<td>acc</td><td>0.3000</td><td>0.4000</td><td class="good">+0.1000</td>' in page
     assert "Δ (after − before)" in page
     assert "n = 200; k_shot = 5" in page
 
@@ -92,10 +128,12 @@ def test_task_tables_have_numbers_and_colored_deltas(full_report):
 def test_subject_table_sorted_by_delta_with_macro_average(full_report):
     _, page = full_report
     assert page.count("<details>") == 1  # only mmlu has subjects
-    macro = ('<td class="key">macro average</td><td class="key">0.3000</td><td class="key">0.4000</td>'
-             '<td class="good">+0.1000</td><td class="key">2 subjects</td>')
+    macro = (
+        '<td class="key">macro average</td><td class="key">0.3000</td><td class="key">0.4000</td>'
+        '<td class="good">+0.1000</td><td class="key">2 subjects</td>'
+    )
     assert macro in page
-    algebra = "<td>algebra</td><td>0.2500</td><td>0.4500</td><td class=\"good\">+0.2000</td><td>100</td>"
+    algebra = '<td>algebra</td><td>0.2500</td><td>0.4500</td><td class="good">+0.2000</td><td>100</td>'
     biology = "<td>biology</td><td>0.3500</td><td>0.3500</td><td>+0.0000</td><td>100</td>"
     assert algebra in page and biology in page
     assert page.index(macro) < page.index(algebra) < page.index(biology)  # biggest gain first
@@ -104,20 +142,28 @@ def test_subject_table_sorted_by_delta_with_macro_average(full_report):
 def test_perplexity_and_header(full_report):
     _, page = full_report
     # lower perplexity is better: a drop is green, with the relative change
-    assert "<td>domain.txt</td><td>12.500</td><td>10.000</td><td class=\"good\">-2.500 (-20.0%)</td><td>5000</td>" \
-        in page
-    for text in ("tiny-base", "<td>lora</td>", "<td>0.001</td>", "30 (max_steps)", "my_data.jsonl",
-                 "metrics.jsonl (30 training steps, 4 eval points)", "eval/before.json (model tiny-base",
-                 "eval/after.json (model runs/x/final"):
+    assert '<td>domain.txt</td><td>12.500</td><td>10.000</td><td class="good">-2.500 (-20.0%)</td><td>5000</td>' in page
+    for text in (
+        "tiny-base",
+        "<td>lora</td>",
+        "<td>0.001</td>",
+        "30 (max_steps)",
+        "my_data.jsonl",
+        "metrics.jsonl (30 training steps, 4 eval points)",
+        "eval/before.json (model tiny-base",
+        "eval/after.json (model runs/x/final",
+    ):
         assert text in page, text
-    assert "class=\"note\"" not in page  # nothing is missing
+    assert 'class="note"' not in page  # nothing is missing
 
 
 def test_samples_side_by_side_and_escaped(full_report):
     _, page = full_report
     assert "<script" not in page and "<b>" not in page
-    row = ('<tr><td class="text">Say &lt;script&gt;alert(1)&lt;/script&gt; &amp; stop</td>'
-           '<td class="text">base &lt;b&gt;answer&lt;/b&gt;</td><td class="text">tuned &amp; fine</td></tr>')
+    row = (
+        '<tr><td class="text">Say &lt;script&gt;alert(1)&lt;/script&gt; &amp; stop</td>'
+        '<td class="text">base &lt;b&gt;answer&lt;/b&gt;</td><td class="text">tuned &amp; fine</td></tr>'
+    )
     assert row in page  # matched by prompt even though the two files list them in another order
     assert '<td class="text">2+2?</td><td class="text">5</td><td class="text">4</td>' in page
 
@@ -177,8 +223,9 @@ def test_two_runs_side_by_side(tmp_path):
     assert "<tr><td>run-b</td><td>30</td><td>3.9700</td><td>2.5000</td>" in page
     assert "<th>run-a</th><th>run-b</th>" in page  # config header, one column per run
     # benchmark overview: run-a has before/after, run-b only before
-    assert "<td>arc_easy</td><td>0.5000</td><td>0.5500</td><td class=\"good\">+0.0500</td><td>0.5000</td><td>—</td>" \
-        in page
+    assert (
+        '<td>arc_easy</td><td>0.5000</td><td>0.5500</td><td class="good">+0.0500</td><td>0.5000</td><td>—</td>' in page
+    )
     assert sorted(images(index)) == ["benchmarks-1.png", "benchmarks-2.png", "eval_loss.png", "loss.png"]
 
 
@@ -212,10 +259,18 @@ def test_smooth_is_a_debiased_moving_average():
 
 def test_partial_and_odd_results_render(tmp_path):
     """Fields may be missing or odd (a task on one side only, no subjects before, a bad value): no crash, '—' cells."""
-    before = {"label": "before", "tasks": {"arc_easy": {"acc": 0.5}, "mmlu": {"acc": 0.3}},
-              "perplexity": {"a.txt": {"ppl": "n/a"}}, "samples": ["not a dict"]}
-    after = {"label": "after", "tasks": {"mmlu": {"acc": 0.4, "subjects": {"law": {"acc": 0.4}}}, "ceval": {"acc": None}},
-             "perplexity": [], "samples": []}
+    before = {
+        "label": "before",
+        "tasks": {"arc_easy": {"acc": 0.5}, "mmlu": {"acc": 0.3}},
+        "perplexity": {"a.txt": {"ppl": "n/a"}},
+        "samples": ["not a dict"],
+    }
+    after = {
+        "label": "after",
+        "tasks": {"mmlu": {"acc": 0.4, "subjects": {"law": {"acc": 0.4}}}, "ceval": {"acc": None}},
+        "perplexity": [],
+        "samples": [],
+    }
     run = make_run(tmp_path, "odd", results=(before, after))
     page = squash(write_report([run], tmp_path / "out").read_text(encoding="utf-8"))
     assert "<td>acc</td><td>0.5000</td><td>—</td><td>—</td>" in page  # arc_easy: after missing
@@ -228,13 +283,22 @@ def test_partial_and_odd_results_render(tmp_path):
 def test_ppo_and_preference_runs_get_their_curves(tmp_path):
     ppo = tmp_path / "ppo"
     ppo.mkdir()
-    (ppo / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "score": 0.1 * s, "kl": 0.5 * s, "entropy": 6 - 0.1 * s}) + "\n" for s in range(1, 6)))
+    (ppo / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"step": s, "score": 0.1 * s, "kl": 0.5 * s, "entropy": 6 - 0.1 * s}) + "\n" for s in range(1, 6)
+        )
+    )
     rm = tmp_path / "rm"
     rm.mkdir()
-    (rm / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "loss": 0.7 - 0.1 * s, "eval_loss": 0.7, "eval_accuracy": 0.5 + 0.1 * s,
-                    "eval_margin": s}) + "\n" for s in (0, 2, 4)))
+    (rm / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {"step": s, "loss": 0.7 - 0.1 * s, "eval_loss": 0.7, "eval_accuracy": 0.5 + 0.1 * s, "eval_margin": s}
+            )
+            + "\n"
+            for s in (0, 2, 4)
+        )
+    )
     index = write_report([ppo, rm], tmp_path / "out")
     page = index.read_text(encoding="utf-8")
     assert "<h2>Alignment</h2>" in page

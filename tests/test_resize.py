@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_model_dir, tiny_config
 from safetensors.torch import load_file
 from test_tokenizer import zh_lines
 
 from camelid.config import ConfigError, load_config, validate
 from camelid.utils import CamelidError
-from conftest import build_model_dir, tiny_config
 
 pytest.importorskip("sentencepiece")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -48,7 +48,9 @@ def test_resize_keeps_old_logits_and_starts_new_rows_at_their_pieces_mean(extend
     assert new.config.vocab_size == new.get_input_embeddings().num_embeddings == len(new_tok) > first
     tied = old.config.tie_word_embeddings
     assert (new.get_output_embeddings().weight is new.get_input_embeddings().weight) == tied
-    ids = old_tok(["北京是中国的首都。The quick brown fox.", "你好！请问有什么可以帮你？"], return_tensors="pt", padding=True)
+    ids = old_tok(
+        ["北京是中国的首都。The quick brown fox.", "你好！请问有什么可以帮你？"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         before, after = old(**ids).logits, new(**ids).logits
     assert torch.equal(before, after[..., :first])  # old tokens in, old tokens' logits out: bit for bit
@@ -57,8 +59,10 @@ def test_resize_keeps_old_logits_and_starts_new_rows_at_their_pieces_mean(extend
     for i in (first, first + 7, len(new_tok) - 1):
         parts = [t.id for t in pieces.tokenize(new_tok.convert_ids_to_tokens(i))]
         assert len(parts) >= 2
-        for w_old, w_new in [(old.get_input_embeddings().weight, new.get_input_embeddings().weight),
-                             (old.get_output_embeddings().weight, new.get_output_embeddings().weight)]:
+        for w_old, w_new in [
+            (old.get_input_embeddings().weight, new.get_input_embeddings().weight),
+            (old.get_output_embeddings().weight, new.get_output_embeddings().weight),
+        ]:
             torch.testing.assert_close(w_new[i], w_old[parts].mean(0))
 
 
@@ -91,8 +95,13 @@ def test_new_rows_only_moves_only_new_rows(extended, tmp_path):
 
 
 def test_new_rows_only_is_checked(tiny_model, text_file, tmp_path):
-    cfg = tiny_config(tiny_model, text_file, tmp_path, method="embedding", **{"embedding.new_rows_only": True,
-                                                                              "train.weight_decay": 0.1})
+    cfg = tiny_config(
+        tiny_model,
+        text_file,
+        tmp_path,
+        method="embedding",
+        **{"embedding.new_rows_only": True, "train.weight_decay": 0.1},
+    )
     with pytest.raises(ConfigError, match="weight_decay"):
         validate(cfg, "pt")
     with pytest.raises(ConfigError, match="needs method embedding"):
@@ -115,19 +124,46 @@ def test_two_stage_recipe_end_to_end(extended, tmp_path):
     from camelid.train import pt
 
     _, ext_dir, corpus = extended
-    tiny = ["data.max_length=64", "data.eval_split=0.1", "train.max_steps=3", "train.batch_size=4", "train.grad_accum=1",
-            "train.tensorboard=false", f"data.train=[{corpus}]"]
-    one = pt.main(load_config(CONFIGS / "pt_vocab_stage1.yaml", tiny + [
-        f"model.name={ext_dir}", f"train.output_dir={tmp_path / 's1'}", "train.lr=1e-2"]))
-    two = pt.main(load_config(CONFIGS / "pt_vocab_stage2.yaml", tiny + [
-        f"model.name={tmp_path / 's1' / 'final'}", f"train.output_dir={tmp_path / 's2'}", "lora.r=4", "lora.alpha=8"]))
+    tiny = [
+        "data.max_length=64",
+        "data.eval_split=0.1",
+        "train.max_steps=3",
+        "train.batch_size=4",
+        "train.grad_accum=1",
+        "train.tensorboard=false",
+        f"data.train=[{corpus}]",
+    ]
+    one = pt.main(
+        load_config(
+            CONFIGS / "pt_vocab_stage1.yaml",
+            tiny + [f"model.name={ext_dir}", f"train.output_dir={tmp_path / 's1'}", "train.lr=1e-2"],
+        )
+    )
+    two = pt.main(
+        load_config(
+            CONFIGS / "pt_vocab_stage2.yaml",
+            tiny
+            + [
+                f"model.name={tmp_path / 's1' / 'final'}",
+                f"train.output_dir={tmp_path / 's2'}",
+                "lora.r=4",
+                "lora.alpha=8",
+            ],
+        )
+    )
     assert one["eval_loss"] > 0 and two["eval_loss"] > 0
     merged = merge_adapter(tmp_path / "s2", tmp_path / "merged")
     model, tok = load_for_inference(merged, dtype="float32")
-    assert model.get_input_embeddings().num_embeddings == len(tok) == json.loads(
-        (ext_dir / "camelid_vocab.json").read_text())["vocab_size"]
-    [answer] = answers(Engine(model, tok), [[{"role": "user", "content": "北京是中国的首都。"}]],
-                       SamplingParams(max_tokens=8, temperature=0))
+    assert (
+        model.get_input_embeddings().num_embeddings
+        == len(tok)
+        == json.loads((ext_dir / "camelid_vocab.json").read_text())["vocab_size"]
+    )
+    [answer] = answers(
+        Engine(model, tok),
+        [[{"role": "user", "content": "北京是中国的首都。"}]],
+        SamplingParams(max_tokens=8, temperature=0),
+    )
     assert isinstance(answer, str)
     cfg = load_config(None, [f"eval.perplexity=[{corpus}]", "eval.ppl_window=32", "eval.ppl_stride=16"])
     result = json.loads(evaluate(cfg, str(merged), out=str(tmp_path / "ev")).read_text())

@@ -13,16 +13,24 @@ import time
 
 import pytest
 import yaml
+from conftest import tiny_config
 
 from camelid.config import load_config
 from camelid.train import sft
 from camelid.train.loop import latest_checkpoint
 from camelid.utils import CamelidError
-from conftest import tiny_config
 
-OVER = {"train.max_steps": 12, "train.save_every": 4, "train.keep_last": 2, "lora.dropout": 0.1,
-        "train.scheduler": "cosine", "train.warmup_ratio": 0.2, "train.grad_accum": 2, "train.batch_size": 2,
-        "data.packing": False}
+OVER = {
+    "train.max_steps": 12,
+    "train.save_every": 4,
+    "train.keep_last": 2,
+    "lora.dropout": 0.1,
+    "train.scheduler": "cosine",
+    "train.warmup_ratio": 0.2,
+    "train.grad_accum": 2,
+    "train.batch_size": 2,
+    "data.packing": False,
+}
 
 
 def step_losses(run_dir):
@@ -82,10 +90,12 @@ def test_resume_refuses_a_config_that_changes_training_and_says_how_out(tiny_mod
     sft.main(short(tiny_model, chat_file, tmp_path))
     run = tmp_path / "run"
     saved = {f: (run / f).read_bytes() for f in ("config.yaml", "data.json", "metrics.jsonl")}
-    for over, change in (({"train.lr": 1e-3}, "train.lr: 0.01 → 0.001"),
-                         ({"data.max_length": 48}, "data.max_length: 64 → 48"),
-                         ({"lora.r": 16}, "lora.r: 8 → 16"),  # which also ended in a tensor size RuntimeError
-                         ({"train.max_steps": 6, "train.scheduler": "cosine"}, "train.scheduler: \"constant\" → \"cosine\"")):
+    for over, change in (
+        ({"train.lr": 1e-3}, "train.lr: 0.01 → 0.001"),
+        ({"data.max_length": 48}, "data.max_length: 64 → 48"),
+        ({"lora.r": 16}, "lora.r: 8 → 16"),  # which also ended in a tensor size RuntimeError
+        ({"train.max_steps": 6, "train.scheduler": "cosine"}, 'train.scheduler: "constant" → "cosine"'),
+    ):
         started = time.perf_counter()
         with pytest.raises(CamelidError) as e:
             sft.main(short(tiny_model, chat_file, tmp_path, **over))
@@ -105,9 +115,11 @@ def test_extending_the_run_is_allowed_and_recorded(tiny_model, chat_file, tmp_pa
     assert sorted(step_losses(run)) == [1, 2, 4, 6]  # steps 3, 4 run again from checkpoint-2, logged every 2
     (entry,) = history(run)
     assert entry["resumed_at_step"] == 2 and entry["stage"] == "sft" and entry["resume"] is True
-    assert entry["changes"] == {"train.max_steps": {"old": 4, "new": 6, "kind": "free"},
-                                "train.log_every": {"old": 1, "new": 2, "kind": "free"},
-                                "eval.limit": {"old": 0, "new": 5, "kind": "unrelated"}}
+    assert entry["changes"] == {
+        "train.max_steps": {"old": 4, "new": 6, "kind": "free"},
+        "train.log_every": {"old": 1, "new": 2, "kind": "free"},
+        "eval.limit": {"old": 0, "new": 5, "kind": "unrelated"},
+    }
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 6
 
 
@@ -116,7 +128,9 @@ def test_resume_force_accepts_a_change_and_records_it(tiny_model, chat_file, tmp
     run = tmp_path / "run"
     sft.main(short(tiny_model, chat_file, tmp_path, **{"train.lr": 1e-3, "train.resume": "force"}))
     (entry,) = history(run)
-    assert entry["resume"] == "force" and entry["changes"] == {"train.lr": {"old": 0.01, "new": 0.001, "kind": "locked"}}
+    assert entry["resume"] == "force" and entry["changes"] == {
+        "train.lr": {"old": 0.01, "new": 0.001, "kind": "locked"}
+    }
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["lr"]) for r in rows if "lr" in r] == [(1, 0.01), (2, 0.01), (3, 0.001), (4, 0.001)]
     # A later plain resume compares with what the folder now says (lr 1e-3), and records a second change.
@@ -126,8 +140,11 @@ def test_resume_force_accepts_a_change_and_records_it(tiny_model, chat_file, tmp
 
 def test_a_forced_resume_with_another_lora_rank_names_the_tensor_and_the_shapes(tiny_model, chat_file, tmp_path):
     sft.main(short(tiny_model, chat_file, tmp_path))
-    with pytest.raises(CamelidError, match=r"checkpoint-2/trainable\.safetensors: tensor \S+lora_A\S+ has shape "
-                                           r"\[8, (\d+)\] but this model.s is \[16, \1\]"):
+    with pytest.raises(
+        CamelidError,
+        match=r"checkpoint-2/trainable\.safetensors: tensor \S+lora_A\S+ has shape "
+        r"\[8, (\d+)\] but this model.s is \[16, \1\]",
+    ):
         sft.main(short(tiny_model, chat_file, tmp_path, **{"lora.r": 16, "train.resume": "force"}))
 
 
@@ -136,7 +153,10 @@ def test_data_edited_in_place_counts_as_a_change(tiny_model, chat_file, tmp_path
     shutil.copyfile(chat_file, data)
     sft.main(short(tiny_model, data, tmp_path))
     data.write_text(data.read_text(encoding="utf-8") + chat_file.read_text(encoding="utf-8").splitlines()[0] + "\n")
-    with pytest.raises(CamelidError, match=f"data file {re.escape(str(data.resolve()))} \\(sha256\\): [0-9a-f]{{12}}… → [0-9a-f]{{12}}…"):
+    with pytest.raises(
+        CamelidError,
+        match=f"data file {re.escape(str(data.resolve()))} \\(sha256\\): [0-9a-f]{{12}}… → [0-9a-f]{{12}}…",
+    ):
         sft.main(short(tiny_model, data, tmp_path))
 
 
@@ -148,7 +168,9 @@ def test_resume_false_starts_over_in_a_new_folder_and_keeps_the_earlier_run(tiny
     sft.main(cfg)
     assert cfg.train.output_dir == str(tmp_path / "run-2")  # so later steps (eval after training) find it
     assert sorted(step_losses(tmp_path / "run-2")) == [1, 2, 3, 4]
-    assert yaml.safe_load((tmp_path / "run-2" / "config.yaml").read_text())["train"]["output_dir"] == str(tmp_path / "run-2")
+    assert yaml.safe_load((tmp_path / "run-2" / "config.yaml").read_text())["train"]["output_dir"] == str(
+        tmp_path / "run-2"
+    )
     assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 from test_cli import run_cli
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -18,16 +19,22 @@ from camelid.data.loader import collate_pairs, render_pairs
 from camelid.model import is_reward_model, load_model, load_reward_model, load_tokenizer
 from camelid.train import dpo, rm
 from camelid.train.losses import sequence_logps
-from conftest import tiny_config
 
 
 def write_pairs(path, n, start=0):
     """A separable preference: the chosen answer says Paris, the rejected one London."""
     with open(path, "w", encoding="utf-8") as f:
         for i in range(start, start + n):
-            f.write(json.dumps({"prompt": f"What is the capital of France? #{i}",
-                                "chosen": f"Paris is the capital. {i % 7}",
-                                "rejected": f"London is the capital. {i % 7}"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": f"What is the capital of France? #{i}",
+                        "chosen": f"Paris is the capital. {i % 7}",
+                        "rejected": f"London is the capital. {i % 7}",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -67,8 +74,10 @@ class Spy:
 def eval_batch(tiny_model, pairs):
     tok = load_tokenizer(str(tiny_model))
     records = [json.loads(x) for x in pairs[1].read_text().splitlines()]
-    records = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": r["chosen"], "rejected": r["rejected"]}
-               for r in records]
+    records = [
+        {"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": r["chosen"], "rejected": r["rejected"]}
+        for r in records
+    ]
     ps, _ = render_pairs(tok, records, DataConfig(max_length=64))
     batch = collate_pairs(ps, tok.pad_token_id)
     batch.pop("num_tokens")
@@ -87,7 +96,9 @@ def test_rm_lora_learns_loads_evaluates_and_exports(tiny_model, pairs, tmp_path)
     cfg = config(tiny_model, pairs, tmp_path, method="lora", **{"train.max_steps": 30, "train.lr": 3e-3})
     tok, batch = eval_batch(tiny_model, pairs)
     torch.manual_seed(cfg.train.seed)  # the run seeds the same way: same random head and LoRA init
-    init = {n: p.detach().clone() for n, p in load_model(cfg, reward=True, pad_token_id=tok.pad_token_id).named_parameters()}
+    init = {
+        n: p.detach().clone() for n, p in load_model(cfg, reward=True, pad_token_id=tok.pad_token_id).named_parameters()
+    }
     spy = Spy(rm.reward_loss(cfg.rm.margin))
     metrics = rm.main(cfg, loss_fn=spy)
     run = tmp_path / "run"
@@ -136,7 +147,9 @@ def test_rm_lora_learns_loads_evaluates_and_exports(tiny_model, pairs, tmp_path)
     assert exported.config.num_labels == 1 and exported.config.pad_token_id == tok.pad_token_id
     from peft import PeftModel
 
-    unmerged = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1, pad_token_id=tok.pad_token_id)
+    unmerged = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model, num_labels=1, pad_token_id=tok.pad_token_id
+    )
     unmerged = PeftModel.from_pretrained(unmerged, str(run / "final")).eval()
     with torch.no_grad():
         a = exported(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -147,8 +160,13 @@ def test_rm_lora_learns_loads_evaluates_and_exports(tiny_model, pairs, tmp_path)
 
 @pytest.mark.parametrize("method", ["full", "freeze"])
 def test_rm_full_and_freeze_save_a_plain_classifier(method, tiny_model, pairs, tmp_path):
-    cfg = config(tiny_model, pairs, tmp_path, method=method, **{
-        "train.max_steps": 20, "train.lr": 1e-3 if method == "full" else 1e-2, "freeze.last_n_blocks": 1})
+    cfg = config(
+        tiny_model,
+        pairs,
+        tmp_path,
+        method=method,
+        **{"train.max_steps": 20, "train.lr": 1e-3 if method == "full" else 1e-2, "freeze.last_n_blocks": 1},
+    )
     tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     torch.manual_seed(cfg.train.seed)
     ref = load_model(cfg, reward=True, pad_token_id=tok.pad_token_id)
@@ -240,14 +258,19 @@ def test_dpo_full_uses_a_frozen_copy(tiny_model, pairs, tmp_path, record_referen
         assert not p.requires_grad and torch.equal(p.detach(), base[n]), n
     policy = dict(ref.policy.named_parameters())
     assert all(p.requires_grad for p in policy.values())
-    assert not torch.equal(policy["model.layers.0.self_attn.q_proj.weight"].detach(), base["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        policy["model.layers.0.self_attn.q_proj.weight"].detach(), base["model.layers.0.self_attn.q_proj.weight"]
+    )
     assert not (tmp_path / "run" / "final" / "adapter_config.json").exists()
 
 
-@pytest.mark.parametrize("over,loss0", [
-    ({"dpo.loss": "ipo", "dpo.beta": 0.5}, 1.0),  # h = 0 at step 0: (0 − 1/(2·0.5))² = 1
-    ({"dpo.label_smoothing": 0.2}, math.log(2)),  # cDPO at h = 0: 0.8·log 2 + 0.2·log 2
-])
+@pytest.mark.parametrize(
+    "over,loss0",
+    [
+        ({"dpo.loss": "ipo", "dpo.beta": 0.5}, 1.0),  # h = 0 at step 0: (0 − 1/(2·0.5))² = 1
+        ({"dpo.label_smoothing": 0.2}, math.log(2)),  # cDPO at h = 0: 0.8·log 2 + 0.2·log 2
+    ],
+)
 def test_dpo_ipo_and_label_smoothing_run(over, loss0, tiny_model, pairs, tmp_path):
     cfg = config(tiny_model, pairs, tmp_path, method="lora", **{"train.max_steps": 6, "train.lr": 1e-2, **over})
     dpo.main(cfg)
@@ -261,8 +284,13 @@ def test_dpo_ipo_and_label_smoothing_run(over, loss0, tiny_model, pairs, tmp_pat
 def test_precomputed_reference_gives_the_live_losses(method, tiny_model, pairs, tmp_path, record_reference):
     got = {}
     for pre in (False, True):
-        cfg = config(tiny_model, pairs, tmp_path / str(pre), method=method, **{
-            "train.max_steps": 2, "train.lr": 1e-3, "dpo.precompute_ref": pre})
+        cfg = config(
+            tiny_model,
+            pairs,
+            tmp_path / str(pre),
+            method=method,
+            **{"train.max_steps": 2, "train.lr": 1e-3, "dpo.precompute_ref": pre},
+        )
         dpo.main(cfg)
         got[pre] = [r for r in metric_rows(tmp_path / str(pre) / "run")]
     live, pre = record_reference
@@ -299,9 +327,18 @@ def test_bad_preference_data_names_file_line_and_field(tiny_model, tmp_path, cap
     assert e.value.code == 1 and "missing.jsonl:3" in err and "'rejected'" in err and "missing" in err
 
 
-RESUME = {"method": "lora", "train.max_steps": 8, "train.save_every": 4, "train.eval_every": 4, "train.grad_accum": 2,
-          "train.batch_size": 2, "train.lr": 3e-3, "lora.dropout": 0.1, "train.scheduler": "cosine",
-          "train.warmup_ratio": 0.25}
+RESUME = {
+    "method": "lora",
+    "train.max_steps": 8,
+    "train.save_every": 4,
+    "train.eval_every": 4,
+    "train.grad_accum": 2,
+    "train.batch_size": 2,
+    "train.lr": 3e-3,
+    "lora.dropout": 0.1,
+    "train.scheduler": "cosine",
+    "train.warmup_ratio": 0.25,
+}
 
 
 def test_rm_resume_matches_an_uninterrupted_run(tiny_model, pairs, tmp_path):
@@ -344,13 +381,29 @@ def write_cut_pairs(path):
     sides (a multi-turn prompt cut inside an earlier assistant turn, which then passed as the "answer"; answers
     equal up to the cut), so their rewards were equal and the loss ln 2 whatever the model did."""
     long_turn = "The history of Paris is long and the city grew along the Seine over many centuries. " * 3
-    rows = [{"messages": [{"role": "user", "content": f"Tell me about Paris. #{i}"},
-                          {"role": "assistant", "content": long_turn},
-                          {"role": "user", "content": "And its capital status?"}],
-             "chosen": "Paris is the capital.", "rejected": "London is the capital."} for i in range(2)]
-    rows.append({"prompt": "Describe the river.", "chosen": long_turn + "It is calm.", "rejected": long_turn + "It is wild."})
-    rows += [{"prompt": f"What is the capital of France? #{i}", "chosen": "Paris is the capital.",
-              "rejected": "London is the capital."} for i in range(12)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Tell me about Paris. #{i}"},
+                {"role": "assistant", "content": long_turn},
+                {"role": "user", "content": "And its capital status?"},
+            ],
+            "chosen": "Paris is the capital.",
+            "rejected": "London is the capital.",
+        }
+        for i in range(2)
+    ]
+    rows.append(
+        {"prompt": "Describe the river.", "chosen": long_turn + "It is calm.", "rejected": long_turn + "It is wild."}
+    )
+    rows += [
+        {
+            "prompt": f"What is the capital of France? #{i}",
+            "chosen": "Paris is the capital.",
+            "rejected": "London is the capital.",
+        }
+        for i in range(12)
+    ]
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
@@ -374,15 +427,21 @@ class NoTwinSides:
 @pytest.mark.parametrize("stage", ["rm", "dpo"])
 def test_pairs_identical_after_truncation_are_dropped_and_counted(stage, tiny_model, tmp_path, monkeypatch):
     data = write_cut_pairs(tmp_path / "cut.jsonl")
-    cfg = tiny_config(tiny_model, data, tmp_path, **{"data.max_length": 64, "train.max_steps": 3,
-                                                     "data.eval_split": 0.2, "train.eval_every": 2})
+    cfg = tiny_config(
+        tiny_model,
+        data,
+        tmp_path,
+        **{"data.max_length": 64, "train.max_steps": 3, "data.eval_split": 0.2, "train.eval_every": 2},
+    )
     tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     from camelid.data.loader import load_records
 
     records, _ = load_records(cfg.data.train, "preference", cfg.data)
     pairs_, dropped = render_pairs(tok, records, cfg.data)
-    assert dropped == {"answer cut to nothing by data.max_length": 2,
-                       "chosen and rejected identical within data.max_length": 1}
+    assert dropped == {
+        "answer cut to nothing by data.max_length": 2,
+        "chosen and rejected identical within data.max_length": 1,
+    }
     assert len(pairs_) == 12
     for p in pairs_:  # each side is supervised on its own final answer, and the sides differ
         assert p.chosen.input_ids != p.rejected.input_ids and p.chosen.n_supervised and p.rejected.n_supervised

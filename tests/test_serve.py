@@ -32,9 +32,24 @@ def server(model_dir, db, *overrides, keys=KEYS):
     port = free_port()
     env = {**os.environ, "CAMELID_API_KEYS": ",".join(keys)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "camelid", "serve", str(model_dir), f"serve.port={port}", f"serve.sessions_db={db}",
-         "serve.model_name=tiny", "engine.block_size=4", "engine.kv_cache_tokens=4096", *overrides],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "camelid",
+            "serve",
+            str(model_dir),
+            f"serve.port={port}",
+            f"serve.sessions_db={db}",
+            "serve.model_name=tiny",
+            "engine.block_size=4",
+            "engine.kv_cache_tokens=4096",
+            *overrides,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -69,7 +84,9 @@ def http(url, path, body=None, key=KEYS[0], method=None, raw: bytes | None = Non
 
 def metrics(url) -> dict[str, float]:
     text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and line[0] != "#"}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and line[0] != "#"
+    }
 
 
 def errors(m: dict[str, float], **labels) -> float:
@@ -81,8 +98,9 @@ def errors(m: dict[str, float], **labels) -> float:
 @pytest.fixture(scope="module")
 def live(tiny_model, tmp_path_factory):
     db = tmp_path_factory.mktemp("serve") / "sessions.sqlite"
-    with server(tiny_model, db, "serve.max_concurrent_per_key=2", "serve.max_tokens=256",
-                "serve.max_body_bytes=20000") as (url, _):
+    with server(
+        tiny_model, db, "serve.max_concurrent_per_key=2", "serve.max_tokens=256", "serve.max_body_bytes=20000"
+    ) as (url, _):
         yield url, db
 
 
@@ -101,15 +119,24 @@ def test_models_chat_completions_and_streaming(live):
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].finish_reason in ("stop", "length")
     assert r.usage.completion_tokens <= 12 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-    chunks = list(c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=12, temperature=0, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny",
+            messages=HELLO,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == r.choices[0].message.content  # greedy: streamed = non-streamed
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == r.choices[0].finish_reason
 
-    two = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=8, temperature=1.0, n=2, seed=3,
-                                    logprobs=True, top_logprobs=2)
+    two = c.chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=8, temperature=1.0, n=2, seed=3, logprobs=True, top_logprobs=2
+    )
     assert [ch.index for ch in two.choices] == [0, 1]
     lp = two.choices[0].logprobs.content
     assert len(lp) == len(two.choices[0].logprobs.content) > 0 and all(x.logprob <= 0 for x in lp)
@@ -117,11 +144,20 @@ def test_models_chat_completions_and_streaming(live):
 
     comp = c.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=6, temperature=0, logprobs=1)
     assert comp.object == "text_completion" and comp.usage.completion_tokens == len(comp.choices[0].logprobs.tokens)
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model="tiny", prompt="The quick brown fox", max_tokens=6, temperature=0, stream=True))
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model="tiny", prompt="The quick brown fox", max_tokens=6, temperature=0, stream=True
+        )
+    )
     assert streamed == comp.choices[0].text
-    stopped = c.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=6, temperature=0,
-                                   stop=[comp.choices[0].text[2:4]] if len(comp.choices[0].text) >= 4 else None)
+    stopped = c.completions.create(
+        model="tiny",
+        prompt="The quick brown fox",
+        max_tokens=6,
+        temperature=0,
+        stop=[comp.choices[0].text[2:4]] if len(comp.choices[0].text) >= 4 else None,
+    )
     assert comp.choices[0].text.startswith(stopped.choices[0].text)
 
 
@@ -147,8 +183,14 @@ def test_errors_are_4xx_with_a_reason_and_the_server_keeps_serving(live):
     long = [{"role": "user", "content": "fox dog " * 400}]
     status, body = http(url, "/v1/chat/completions", {"model": "tiny", "messages": long, "max_tokens": 8})
     assert status == 400 and body["error"]["code"] == "context_length_exceeded"
-    status, body = http(url, "/v1/chat/completions", {"model": "tiny", "messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
+    status, body = http(
+        url,
+        "/v1/chat/completions",
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+        },
+    )
     assert status == 400 and "messages" in body["error"]["message"]
     assert http(url, "/v1/nothing", {})[0] == 404
     # still serving
@@ -159,8 +201,12 @@ def test_errors_are_4xx_with_a_reason_and_the_server_keeps_serving(live):
 def test_per_key_concurrency_limit(live):
     url, _ = live
     c = client(url)
-    streams = [c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=200, stream=True,
-                                         extra_body={"ignore_eos": True}) for _ in range(2)]
+    streams = [
+        c.chat.completions.create(
+            model="tiny", messages=HELLO, max_tokens=200, stream=True, extra_body={"ignore_eos": True}
+        )
+        for _ in range(2)
+    ]
     for s in streams:
         next(iter(s))
     with pytest.raises(openai.RateLimitError):
@@ -182,8 +228,9 @@ def wait_idle(url) -> dict[str, float]:
 def test_cancelled_stream_frees_its_kv_blocks(live):
     url, _ = live
     before = wait_idle(url)['camelid_requests_total{finish_reason="abort"}']
-    stream = client(url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=250, stream=True,
-                                                 extra_body={"ignore_eos": True})
+    stream = client(url).chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=250, stream=True, extra_body={"ignore_eos": True}
+    )
     it = iter(stream)
     for _ in range(3):
         next(it)
@@ -200,10 +247,16 @@ def test_sessions_keep_history_reuse_prefix_and_are_per_key(live):
     sess = c.post("/sessions", body={"messages": [{"role": "system", "content": "Answer briefly."}]}, cast_to=dict)
     assert sess["id"].startswith("sess_")
     sid = sess["id"]
-    first = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=8, temperature=0,
-                                      extra_body={"session_id": sid})
-    second = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "And of China?"}],
-                                       max_tokens=8, temperature=0, extra_body={"session_id": sid})
+    first = c.chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=8, temperature=0, extra_body={"session_id": sid}
+    )
+    second = c.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "And of China?"}],
+        max_tokens=8,
+        temperature=0,
+        extra_body={"session_id": sid},
+    )
     assert second.usage.prompt_tokens > first.usage.prompt_tokens + 3  # the server added the history
     assert second.usage.prompt_tokens_details.cached_tokens >= 4  # earlier turns' KV blocks were reused
     status, got = http(url, f"/v1/sessions/{sid}")
@@ -216,7 +269,10 @@ def test_sessions_keep_history_reuse_prefix_and_are_per_key(live):
     assert http(url, f"/v1/sessions/{sid}", key=KEYS[1], method="DELETE")[0] == 404
     with pytest.raises(openai.NotFoundError):
         client(url, KEYS[1]).chat.completions.create(model="tiny", messages=HELLO, extra_body={"session_id": sid})
-    assert http(url, f"/v1/sessions/{sid}", method="DELETE") == (200, {"id": sid, "object": "session.deleted", "deleted": True})
+    assert http(url, f"/v1/sessions/{sid}", method="DELETE") == (
+        200,
+        {"id": sid, "object": "session.deleted", "deleted": True},
+    )
     assert http(url, f"/v1/sessions/{sid}")[0] == 404
 
 
@@ -240,11 +296,13 @@ def test_sessions_survive_a_restart_and_shutdown_is_graceful(tiny_model, tmp_pat
     db = tmp_path / "s.sqlite"
     with server(tiny_model, db) as (url, proc):
         _, sess = http(url, "/v1/sessions", {})
-        r = client(url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=6, temperature=0,
-                                                extra_body={"session_id": sess["id"]})
+        r = client(url).chat.completions.create(
+            model="tiny", messages=HELLO, max_tokens=6, temperature=0, extra_body={"session_id": sess["id"]}
+        )
         # SIGTERM while a long request runs: it still completes, then the process exits cleanly
-        stream = client(url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=60, stream=True,
-                                                     extra_body={"ignore_eos": True})
+        stream = client(url).chat.completions.create(
+            model="tiny", messages=HELLO, max_tokens=60, stream=True, extra_body={"ignore_eos": True}
+        )
         it = iter(stream)
         next(it)
         proc.send_signal(signal.SIGTERM)
@@ -254,14 +312,27 @@ def test_sessions_survive_a_restart_and_shutdown_is_graceful(tiny_model, tmp_pat
     with server(tiny_model, db, "serve.request_timeout=0.1") as (url, _):
         _, got = http(url, f"/v1/sessions/{sess['id']}")
         assert got["messages"] == [HELLO[0], {"role": "assistant", "content": r.choices[0].message.content}]
-        status, body = http(url, "/v1/chat/completions", {"model": "tiny", "messages": HELLO, "max_tokens": 480,
-                                                          "ignore_eos": True})
+        status, body = http(
+            url, "/v1/chat/completions", {"model": "tiny", "messages": HELLO, "max_tokens": 480, "ignore_eos": True}
+        )
         assert status == 504 and body["error"]["code"] == "timeout"
         assert http(url, "/health", key=None)[0] == 200
 
 
 def test_binding_beyond_localhost_requires_keys(tiny_model, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "camelid", "serve", str(tiny_model), "serve.host=0.0.0.0",
-                           f"serve.sessions_db={tmp_path}/s.db"], capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k != "CAMELID_API_KEYS"}, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "camelid",
+            "serve",
+            str(tiny_model),
+            "serve.host=0.0.0.0",
+            f"serve.sessions_db={tmp_path}/s.db",
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "CAMELID_API_KEYS"},
+        timeout=120,
+    )
     assert proc.returncode == 1 and "API keys" in proc.stderr

@@ -8,7 +8,18 @@ import threading
 import time
 
 import pytest
-from test_serve_isolation import KEYS, app_server, errors, http, idle, metrics, raw_request, read_all, sse_events, wait_for
+from test_serve_isolation import (
+    KEYS,
+    app_server,
+    errors,
+    http,
+    idle,
+    metrics,
+    raw_request,
+    read_all,
+    sse_events,
+    wait_for,
+)
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 COMP = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
@@ -31,8 +42,17 @@ WRONG = {
     "stream_options": ["x", {"include_usage": "yes"}, {"bad": 1}],
 }
 CHAT_ONLY = {
-    "messages": ["hi", {}, [1], [], None, [{"role": "x", "content": "hi"}], [{"role": "user", "content": 1}],
-                 [{"role": "user", "content": [{"type": "image_url"}]}], [{"role": "user", "content": "hi", "x": 1}]],
+    "messages": [
+        "hi",
+        {},
+        [1],
+        [],
+        None,
+        [{"role": "x", "content": "hi"}],
+        [{"role": "user", "content": 1}],
+        [{"role": "user", "content": [{"type": "image_url"}]}],
+        [{"role": "user", "content": "hi", "x": 1}],
+    ],
     "logprobs": [1, "true"],
     "top_logprobs": [21, -1],
     "max_completion_tokens": [-1, "1"],
@@ -57,31 +77,52 @@ def bodies() -> list[tuple[str, bytes, dict]]:
         out.append(("/v1/completions", b'{"model": "tiny", "prompt": ' + b"[" * n + b"]" * n + b"}", {}))
         out.append(("/v1/chat/completions", b'{"a":' * n + b"1" + b"}" * n, {}))
     out += [("/v1/completions", b'{"model": "tiny", "metadata": ' + b"[" * 200 + b"]" * 200 + b', "prompt": "hi"}', {})]
-    out += [("/v1/completions", raw, {}) for raw in [
-        b"", b"null", b"[]", b"1", b'"text"', b"{", b'{"model": "tiny", "prompt": "hi",}', b"\x00\x01",
-        '{"model": "tiny", "prompt": "caf\u00e9"}'.encode("latin-1"),  # not UTF-8
-        b'{"model": "tiny", "prompt": "\xc0\xaf"}',  # an overlong encoding
-        b'{"model": "tiny", "prompt": "hi", "temperature": NaN}', b'{"model": "tiny", "prompt": "hi", "top_p": Infinity}',
-        b'{"model": "tiny", "prompt": "hi", "seed": 1' + b"0" * 5000 + b"}",  # past Python's int-parsing limit
-        b'{"model": "tiny", "prompt": "hi", "max_tokens": 1e999}',
-        b'{"model": "tiny", "prompt": "hi", "\\ud800": 1}',
-        json.dumps({**COMP, "model": "m" * 400_000}).encode(),  # a huge string
-        json.dumps({**COMP, "prompt": "fox " * 200_000}).encode(),  # past the context
-        json.dumps({**COMP, "prompt": "x" * 1_100_000}).encode(),  # past serve.max_body_bytes
-    ]]
+    out += [
+        ("/v1/completions", raw, {})
+        for raw in [
+            b"",
+            b"null",
+            b"[]",
+            b"1",
+            b'"text"',
+            b"{",
+            b'{"model": "tiny", "prompt": "hi",}',
+            b"\x00\x01",
+            '{"model": "tiny", "prompt": "caf\u00e9"}'.encode("latin-1"),  # not UTF-8
+            b'{"model": "tiny", "prompt": "\xc0\xaf"}',  # an overlong encoding
+            b'{"model": "tiny", "prompt": "hi", "temperature": NaN}',
+            b'{"model": "tiny", "prompt": "hi", "top_p": Infinity}',
+            b'{"model": "tiny", "prompt": "hi", "seed": 1' + b"0" * 5000 + b"}",  # past Python's int-parsing limit
+            b'{"model": "tiny", "prompt": "hi", "max_tokens": 1e999}',
+            b'{"model": "tiny", "prompt": "hi", "\\ud800": 1}',
+            json.dumps({**COMP, "model": "m" * 400_000}).encode(),  # a huge string
+            json.dumps({**COMP, "prompt": "fox " * 200_000}).encode(),  # past the context
+            json.dumps({**COMP, "prompt": "x" * 1_100_000}).encode(),  # past serve.max_body_bytes
+        ]
+    ]
     for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "image/png"):
         out.append(("/v1/completions", json.dumps(COMP).encode(), {"Content-Type": ctype}))
     out.append(("/v1/completions", b"model=tiny&prompt=hi", {"Content-Type": "application/x-www-form-urlencoded"}))
-    out += [("/v1/sessions", json.dumps(b).encode(), {}) for b in [
-        {"session_id": ""}, {"session_id": "s" * 129}, {"session_id": 5}, {"messages": "x"},
-        {"messages": [{"role": "user", "content": "\ud800"}]}, {"messages": [{"role": "tool", "content": "x"}]}, {"x": 1}]]
+    out += [
+        ("/v1/sessions", json.dumps(b).encode(), {})
+        for b in [
+            {"session_id": ""},
+            {"session_id": "s" * 129},
+            {"session_id": 5},
+            {"messages": "x"},
+            {"messages": [{"role": "user", "content": "\ud800"}]},
+            {"messages": [{"role": "tool", "content": "x"}]},
+            {"x": 1},
+        ]
+    ]
     return out
 
 
 @pytest.fixture(scope="module")
 def srv(tiny_model, tmp_path_factory):
-    with app_server(tiny_model, tmp_path_factory.mktemp("fuzz") / "s.sqlite", max_concurrent_per_key=4,
-                    max_tokens=256) as s:
+    with app_server(
+        tiny_model, tmp_path_factory.mktemp("fuzz") / "s.sqlite", max_concurrent_per_key=4, max_tokens=256
+    ) as s:
         yield s
 
 
@@ -92,9 +133,21 @@ def test_malformed_requests_get_4xx_while_another_key_streams(srv):
     results = [None, None]
 
     def stream(i):
-        s = raw_request(srv.port, "/v1/chat/completions", json.dumps({
-            "model": "tiny", "messages": [{"role": "user", "content": f"stream {i}"}], "max_tokens": 120,
-            "ignore_eos": True, "stream": True, "temperature": 0}).encode(), key=KEYS[1])
+        s = raw_request(
+            srv.port,
+            "/v1/chat/completions",
+            json.dumps(
+                {
+                    "model": "tiny",
+                    "messages": [{"role": "user", "content": f"stream {i}"}],
+                    "max_tokens": 120,
+                    "ignore_eos": True,
+                    "stream": True,
+                    "temperature": 0,
+                }
+            ).encode(),
+            key=KEYS[1],
+        )
         results[i] = sse_events(read_all(s))
         s.close()
 

@@ -76,8 +76,10 @@ def http(url, path, body=None, key=KEYS[0], method=None, raw: bytes | None = Non
 def raw_request(port, path, body: bytes, key=KEYS[0], content_type="application/json", extra: bytes = b""):
     """A socket that has sent one POST: the caller reads what comes back, or drops the connection."""
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    ).encode()
     s.sendall(head + extra + b"\r\n" + body)
     return s
 
@@ -102,7 +104,9 @@ def sse_events(raw: bytes) -> list:
 
 def metrics(url) -> dict[str, float]:
     text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and line[0] != "#"}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and line[0] != "#"
+    }
 
 
 def errors(m: dict[str, float], **labels) -> float:
@@ -139,11 +143,17 @@ def test_a_call_counts_prompts_times_n_against_its_key(srv):
     flood = {"model": "tiny", "prompt": ["hi"] * 5000, "n": 8, "max_tokens": 4}
     t = time.monotonic()
     status, body = http(url, "/v1/completions", flood)
-    assert status == 400 and body["error"]["param"] == "prompt" and "max_prompts_per_request" in body["error"]["message"]
+    assert (
+        status == 400 and body["error"]["param"] == "prompt" and "max_prompts_per_request" in body["error"]["message"]
+    )
     assert time.monotonic() - t < 5 and idle(srv)
     # within the prompt cap, but 3 prompts x n=2 = 6 generations can never run under a limit of 4
     status, body = http(url, "/v1/completions", {"model": "tiny", "prompt": ["a", "b", "c"], "n": 2, "max_tokens": 2})
-    assert status == 400 and body["error"]["code"] == "too_many_generations" and "6 generations" in body["error"]["message"]
+    assert (
+        status == 400
+        and body["error"]["code"] == "too_many_generations"
+        and "6 generations" in body["error"]["message"]
+    )
     status, body = http(url, "/v1/chat/completions", {"model": "tiny", "messages": HELLO, "n": 5, "max_tokens": 2})
     assert status == 400 and body["error"]["param"] == "n"
     # one generation in flight: a call adding 4 more waits its turn (429), one adding 3 runs
@@ -151,18 +161,26 @@ def test_a_call_counts_prompts_times_n_against_its_key(srv):
     try:
         assert wait_for(lambda: srv.api.in_flight.get(owner) == 1)
         status, body = http(url, "/v1/completions", {"model": "tiny", "prompt": ["a", "b"], "n": 2, "max_tokens": 2})
-        assert status == 429 and body["error"]["type"] == "rate_limit_error" and "1 generations in flight" in body["error"]["message"]
+        assert (
+            status == 429
+            and body["error"]["type"] == "rate_limit_error"
+            and "1 generations in flight" in body["error"]["message"]
+        )
         status, body = http(url, "/v1/completions", {"model": "tiny", "prompt": ["a", "b", "c"], "max_tokens": 2})
         assert status == 200 and len(body["choices"]) == 3
         # another key is not held back by this one
-        assert http(url, "/v1/completions", {"model": "tiny", "prompt": ["a"] * 4, "max_tokens": 2}, key=KEYS[1])[0] == 200
+        assert (
+            http(url, "/v1/completions", {"model": "tiny", "prompt": ["a"] * 4, "max_tokens": 2}, key=KEYS[1])[0] == 200
+        )
     finally:
         s.close()
     assert wait_for(lambda: idle(srv))
 
 
 def test_health_answers_while_the_engine_is_busy_or_locked(srv):
-    s = raw_request(srv.port, "/v1/completions", json.dumps({"model": "tiny", "prompt": [5, 6], "n": 4, **LONG}).encode())
+    s = raw_request(
+        srv.port, "/v1/completions", json.dumps({"model": "tiny", "prompt": [5, 6], "n": 4, **LONG}).encode()
+    )
     try:
         assert wait_for(lambda: len(srv.engine.running) == 4)
         with srv.engine._step_lock:  # no step can run: /health must not need the lock, nor wait for a step
@@ -193,12 +211,17 @@ def test_deleting_a_session_aborts_its_running_turn(srv):
     # not streaming: the turn answers 409 in OpenAI's error shape, and saves nothing
     sid = http(url, "/v1/sessions", {"session_id": "doomed"})[1]["id"]
     result = {}
-    turn = threading.Thread(target=lambda: result.update(r=http(url, "/v1/chat/completions", {
-        "model": "tiny", "messages": HELLO, "session_id": sid, **LONG})))
+    turn = threading.Thread(
+        target=lambda: result.update(
+            r=http(url, "/v1/chat/completions", {"model": "tiny", "messages": HELLO, "session_id": sid, **LONG})
+        )
+    )
     turn.start()
     assert wait_for(lambda: srv.engine.running)
-    assert http(url, f"/v1/sessions/{sid}", method="DELETE") == (200, {"id": sid, "object": "session.deleted",
-                                                                      "deleted": True})
+    assert http(url, f"/v1/sessions/{sid}", method="DELETE") == (
+        200,
+        {"id": sid, "object": "session.deleted", "deleted": True},
+    )
     # a new session may take the id at once: the aborted turn must not land in it
     assert http(url, "/v1/sessions", {"session_id": sid})[0] == 200
     turn.join(timeout=30)
@@ -209,8 +232,11 @@ def test_deleting_a_session_aborts_its_running_turn(srv):
 
     # streaming: an error event, then [DONE]
     sid = http(url, "/v1/sessions", {})[1]["id"]
-    s = raw_request(srv.port, "/v1/chat/completions", json.dumps(
-        {"model": "tiny", "messages": HELLO, "session_id": sid, "stream": True, **LONG}).encode())
+    s = raw_request(
+        srv.port,
+        "/v1/chat/completions",
+        json.dumps({"model": "tiny", "messages": HELLO, "session_id": sid, "stream": True, **LONG}).encode(),
+    )
     assert wait_for(lambda: srv.engine.running)
     assert http(url, f"/v1/sessions/{sid}", method="DELETE")[0] == 200
     events = sse_events(read_all(s))
@@ -239,14 +265,22 @@ def test_malformed_values_get_a_400_naming_the_field(srv):
         status, got = http(url, path, raw=json.dumps(body).encode())
         assert status == 400 and got["error"]["param"] == param, (body, got)
         assert got["error"]["type"] == "invalid_request_error"
-    status, got = http(url, "/v1/sessions", raw=json.dumps({"messages": [{"role": "user", "content": "\ud800"}]}).encode())
+    status, got = http(
+        url, "/v1/sessions", raw=json.dumps({"messages": [{"role": "user", "content": "\ud800"}]}).encode()
+    )
     assert status == 400 and got["error"]["param"] == "messages.0.content"
-    status, got = http(url, "/v1/completions", raw=b'{"model": "tiny", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    status, got = http(
+        url, "/v1/completions", raw=b'{"model": "tiny", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    )
     assert status == 400 and got["error"]["code"] == "invalid_json" and "nested" in got["error"]["message"]
     status, got = http(url, "/v1/completions", raw=b'{"model": "tiny", "prompt": "hi", "temperature": NaN}')
     assert status == 400 and got["error"]["param"] == "temperature"
-    status, got = http(url, "/v1/completions", raw=json.dumps({**comp, "prompt": "hi"}).encode(),
-                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, got = http(
+        url,
+        "/v1/completions",
+        raw=json.dumps({**comp, "prompt": "hi"}).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status == 415 and got["error"]["code"] == "unsupported_media_type"
     # a key with non-ASCII bytes is a 401, not a TypeError from the comparison
     s = raw_request(srv.port, "/v1/completions", b"{}", key="ключ")
@@ -266,15 +300,27 @@ def test_unexpected_exceptions_answer_in_openai_shape_and_are_logged(srv, monkey
     monkeypatch.setattr(srv.api.store, "list", broken)
     with caplog.at_level(logging.ERROR, logger="camelid"):
         status, body = http(srv.url, "/v1/sessions")
-    assert status == 500 and body == {"error": {"message": "internal error", "type": "server_error", "param": None,
-                                                "code": "internal_error"}}
+    assert status == 500 and body == {
+        "error": {"message": "internal error", "type": "server_error", "param": None, "code": "internal_error"}
+    }
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
     # inside a stream: an error event, then [DONE]
     from camelid.serve.handlers import completions
 
     monkeypatch.setattr(completions, "usage", broken)
-    s = raw_request(srv.port, "/v1/completions", json.dumps({
-        "model": "tiny", "prompt": "hi", "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}).encode())
+    s = raw_request(
+        srv.port,
+        "/v1/completions",
+        json.dumps(
+            {
+                "model": "tiny",
+                "prompt": "hi",
+                "max_tokens": 2,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        ).encode(),
+    )
     events = sse_events(read_all(s))
     s.close()
     assert events[-2]["error"]["code"] == "internal_error" and events[-1] == "[DONE]"
@@ -291,23 +337,33 @@ def test_metrics_count_every_error_by_status_and_kind(srv):
     http(url, "/v1/completions", raw=b"{")
     http(url, "/v1/models", key="wrong")
     sid = http(url, "/v1/sessions", {})[1]["id"]
-    s = raw_request(srv.port, "/v1/chat/completions", json.dumps(
-        {"model": "tiny", "messages": HELLO, "session_id": sid, "stream": True, **LONG}).encode())
+    s = raw_request(
+        srv.port,
+        "/v1/chat/completions",
+        json.dumps({"model": "tiny", "messages": HELLO, "session_id": sid, "stream": True, **LONG}).encode(),
+    )
     assert wait_for(lambda: srv.engine.running)
     http(url, f"/v1/sessions/{sid}", method="DELETE")
     read_all(s)
     s.close()
     # a client that leaves halfway through sending its body
     s = socket.create_connection(("127.0.0.1", srv.port))
-    s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS[0]}\r\n"
-              "Content-Length: 100000\r\n\r\n{\"model\": ".encode())
+    s.sendall(
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS[0]}\r\n"
+        'Content-Length: 100000\r\n\r\n{"model": '.encode()
+    )
     time.sleep(0.2)
     s.close()
     assert wait_for(lambda: errors(metrics(url), status=499) == errors(before, status=499) + 1, timeout=10)
     after = metrics(url)
-    for labels in [dict(status=404, kind="not_found"), dict(status=405, kind="method_not_allowed"),
-                   dict(status=400, kind="invalid_json"), dict(status=401, kind="invalid_api_key"),
-                   dict(status=409, kind="session_deleted", sent="stream"), dict(status=499, kind="client_disconnected")]:
+    for labels in [
+        dict(status=404, kind="not_found"),
+        dict(status=405, kind="method_not_allowed"),
+        dict(status=400, kind="invalid_json"),
+        dict(status=401, kind="invalid_api_key"),
+        dict(status=409, kind="session_deleted", sent="stream"),
+        dict(status=499, kind="client_disconnected"),
+    ]:
         assert errors(after, **labels) == errors(before, **labels) + 1, labels
     assert errors(after, status=500) == errors(before, status=500)  # none of it was an internal error
     assert wait_for(lambda: idle(srv))
@@ -346,7 +402,10 @@ def test_a_sessions_file_from_before_per_key_ids_is_migrated(tmp_path):
     con.close()
     store = SessionStore(db)
     got = store.get("alice", "s1")
-    assert got["window"] == 1 and got["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert got["window"] == 1 and got["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+    ]
     assert store.get("bob", "s1") is None
     store.create("bob", "tiny", [{"role": "user", "content": "mine"}], "s1")
     store.append("alice", "s1", [{"role": "user", "content": "again"}])

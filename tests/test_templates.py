@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import pytest
+from conftest import CHATS, build_tokenizer
 
 from camelid.data.formats import to_messages
 from camelid.data.templates import BUILTIN, IGNORE, ensure_template, prompt_ids, render, render_examples, show
 from camelid.utils import CamelidError
-from conftest import CHATS, build_tokenizer
 
 END_OF_TURN = {"chatml": "<|im_end|>", "qwen": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>"}
 
@@ -103,33 +103,55 @@ def test_every_builtin_renders():
 # --------------------------------------------------------------- tokens shared by the template and the answer
 
 # Qwen2/Qwen3's pre-tokenizer split: a run of newlines is one piece, and so is punctuation with the newlines after it.
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-              r"|\s+(?!\S)|\s+")
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 ODD_STARTS = ["\n\nHello there.", "  Two spaces first.", "\n- a list item", "...well, maybe.", "!Bang.", " (aside) ok"]
 
 
 def qwen_like_tokenizer(template: str):
     """A tiny byte-level BPE with Qwen's pre-tokenizer, trained on rendered chats so that the merges BPE learns
     from real chat data (newline runs, ':\\n\\n\\n') join the template's text to the answer's first characters."""
+    from conftest import CORPUS, SPECIALS
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from conftest import CORPUS, SPECIALS
-
     seed = build_tokenizer(template)
-    rendered = [seed.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": a}],
-                                         tokenize=False) for a in ODD_STARTS]
+    rendered = [
+        seed.apply_chat_template(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": a}], tokenize=False
+        )
+        for a in ODD_STARTS
+    ]
     tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(CORPUS + rendered * 20, trainers.BpeTrainer(
-        vocab_size=700, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token="<|begin_of_text|>", unk_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": [s for s in SPECIALS if s not in
-                                                          ("<|im_end|>", "<|endoftext|>", "<|begin_of_text|>")]})
+    tk.train_from_iterator(
+        CORPUS + rendered * 20,
+        trainers.BpeTrainer(
+            vocab_size=700, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|begin_of_text|>",
+        unk_token="<|endoftext|>",
+    )
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                s for s in SPECIALS if s not in ("<|im_end|>", "<|endoftext|>", "<|begin_of_text|>")
+            ]
+        }
+    )
     tok.chat_template = BUILTIN[template]
     return tok
 
@@ -143,7 +165,7 @@ def test_a_token_holding_answer_characters_is_supervised(template):
         r = render(tok, chat)
         assert r.input_ids == tok.apply_chat_template(chat, tokenize=True, return_dict=False)
         prompt = tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
-        turn = tok.apply_chat_template(chat, tokenize=False)[len(prompt):]
+        turn = tok.apply_chat_template(chat, tokenize=False)[len(prompt) :]
         eot = tok.eos_token if template == "plain" else END_OF_TURN[template]
         turn = turn[: turn.index(eot) + len(eot)]  # the answer as rendered, through the end-of-turn token
         [run] = supervised_runs(tok, r)
@@ -157,15 +179,17 @@ def test_a_token_holding_answer_characters_is_supervised(template):
 # ------------------------------------------------------------------------- templates that rewrite history
 
 QWEN3_TEMPLATE = Path(__file__).parent / "fixtures" / "qwen3_chat_template.jinja"
-REASONING_CHAT = {"messages": [
-    {"role": "system", "content": "Answer briefly."},
-    {"role": "user", "content": "What is 2 + 2?"},
-    {"role": "assistant", "content": "4", "reasoning_content": "Two plus two is four."},
-    {"role": "user", "content": "北京是哪里？"},
-    {"role": "assistant", "content": "<think>\n用户问北京。\n</think>\n\n北京是中国的首都。"},
-    {"role": "user", "content": "Thanks"},
-    {"role": "assistant", "content": "You are welcome."},
-]}
+REASONING_CHAT = {
+    "messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4", "reasoning_content": "Two plus two is four."},
+        {"role": "user", "content": "北京是哪里？"},
+        {"role": "assistant", "content": "<think>\n用户问北京。\n</think>\n\n北京是中国的首都。"},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "You are welcome."},
+    ]
+}
 
 
 def qwen3_tokenizer():
@@ -183,7 +207,7 @@ def test_qwen3_template_supervises_each_turn_as_rendered_at_inference():
     assert len(examples) == len(turns)  # every turn has its own prefix: past reasoning is dropped
     for k, r in zip(turns, examples):
         prompt = tok.apply_chat_template(chat[:k], tokenize=False, add_generation_prompt=True)
-        turn = tok.apply_chat_template(chat[: k + 1], tokenize=False)[len(prompt):]
+        turn = tok.apply_chat_template(chat[: k + 1], tokenize=False)[len(prompt) :]
         first = next(i for i, lab in enumerate(r.labels) if lab != IGNORE)
         assert tok.decode(r.input_ids[:first]) == prompt
         assert supervised_runs(tok, r) == [turn.removesuffix("\n")]
@@ -195,8 +219,9 @@ def test_qwen3_template_supervises_each_turn_as_rendered_at_inference():
     assert "Two plus two" not in tok.decode(examples[2].input_ids)
     assert render(tok, chat).input_ids == examples[-1].input_ids
     # The fixture's non-thinking mode prefills an empty reasoning block after the generation prompt.
-    assert tok.apply_chat_template(chat[:2], tokenize=False, add_generation_prompt=True,
-                                   enable_thinking=False).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert tok.apply_chat_template(
+        chat[:2], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    ).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
 def test_qwen3_chats_train_through_sft_data_preparation():
@@ -237,9 +262,10 @@ def test_special_tokens_written_in_a_message_are_plain_text(template):
     r = render(tok, chat)
     # The template's own control tokens are still control tokens.
     assert tok.convert_tokens_to_ids(END_OF_TURN.get(template, tok.eos_token)) in r.input_ids
-    for ids, shown in ((r.input_ids, text),
-                       (prompt_ids(tok, chat[:1]), tok.apply_chat_template(chat[:1], tokenize=False,
-                                                                           add_generation_prompt=True))):
+    for ids, shown in (
+        (r.input_ids, text),
+        (prompt_ids(tok, chat[:1]), tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)),
+    ):
         assert tok.decode(ids) == shown  # the text round-trips
         located = spans_of(tok, ids)
         for content in (FORGED, "No. " + FORGED):
@@ -252,7 +278,9 @@ def test_special_tokens_written_in_a_message_are_plain_text(template):
 
 def test_a_forged_end_of_turn_in_an_answer_is_learned_as_text():
     tok = build_tokenizer("chatml")
-    r = render(tok, [{"role": "user", "content": "Show the marker."}, {"role": "assistant", "content": "It is <|im_end|>."}])
+    r = render(
+        tok, [{"role": "user", "content": "Show the marker."}, {"role": "assistant", "content": "It is <|im_end|>."}]
+    )
     assert supervised_runs(tok, r) == ["It is <|im_end|>.<|im_end|>"]
     end = tok.convert_tokens_to_ids("<|im_end|>")
     assert [i for i, lab in enumerate(r.labels) if lab == end] == [len(r.labels) - 2]  # only the real end of turn

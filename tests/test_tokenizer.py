@@ -9,25 +9,31 @@ import random
 from dataclasses import replace
 
 import pytest
+from conftest import build_tokenizer
 
 from camelid.config import TokConfig
 from camelid.data.tokenizer import SAMPLES, save_tokenizer, tokens_per_char, train_tokenizer, vocabulary
 from camelid.data.vocab import extend, verify
 from camelid.utils import CamelidError
-from conftest import build_tokenizer
 
 pytest.importorskip("sentencepiece")
 
-ZH_WORDS = ("北京 上海 经济 发展 人工智能 模型 训练 数据 中国 国家 人民 记者 报道 会议 政府 企业 市场 技术 研究 教育 学生 "
-            "老师 城市 农村 建设 改革 开放 社会 文化 历史 科学 计算机 语言 世界 和平 合作 增长 稳定 问题 工作 我们 他们 "
-            "今天 已经 非常 重要 新华社 哈萨克斯坦 的 了 是 在 和 有 也 都").split()
-EN_WORDS = ("the a model learns from data and city river market grows quickly people work on new ideas in science history "
-            "of to is was for with that this by language computer training small large good time year world").split()
+ZH_WORDS = (
+    "北京 上海 经济 发展 人工智能 模型 训练 数据 中国 国家 人民 记者 报道 会议 政府 企业 市场 技术 研究 教育 学生 "
+    "老师 城市 农村 建设 改革 开放 社会 文化 历史 科学 计算机 语言 世界 和平 合作 增长 稳定 问题 工作 我们 他们 "
+    "今天 已经 非常 重要 新华社 哈萨克斯坦 的 了 是 在 和 有 也 都"
+).split()
+EN_WORDS = (
+    "the a model learns from data and city river market grows quickly people work on new ideas in science history "
+    "of to is was for with that this by language computer training small large good time year world"
+).split()
 
 
 def zh_lines(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return ["".join(rng.choice(ZH_WORDS) for _ in range(rng.randint(4, 14))) + rng.choice("。，！？；") for _ in range(n)]
+    return [
+        "".join(rng.choice(ZH_WORDS) for _ in range(rng.randint(4, 14))) + rng.choice("。，！？；") for _ in range(n)
+    ]
 
 
 def en_lines(n: int, seed: int = 0) -> list[str]:
@@ -56,8 +62,21 @@ def spm_base(request, tmp_path_factory):
     return AutoTokenizer.from_pretrained(path), proto
 
 
-@pytest.mark.parametrize("kind", ["spm_bpe", "spm_unigram", "bpe", pytest.param("wordpiece", marks=pytest.mark.xfail(
-    reason="tokenizers' WordPiece trainer numbers ##-tokens in hash-map order (huggingface/tokenizers#1794)", strict=False))])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "spm_bpe",
+        "spm_unigram",
+        "bpe",
+        pytest.param(
+            "wordpiece",
+            marks=pytest.mark.xfail(
+                reason="tokenizers' WordPiece trainer numbers ##-tokens in hash-map order (huggingface/tokenizers#1794)",
+                strict=False,
+            ),
+        ),
+    ],
+)
 def test_training_is_deterministic(kind):
     """Same corpus and config, same tokenizer, ids included (the seed picks the tok.max_lines sample: below)."""
     lines = zh_lines(600) + en_lines(300)
@@ -91,8 +110,12 @@ def test_sentencepiece_tokenizer_as_hf_segments_like_sentencepiece(kind):
 
     tok, proto = train_tokenizer(zh_lines(600) + en_lines(300), tcfg(vocab_size=600), kind)
     sp = spm.SentencePieceProcessor(model_proto=proto)
-    texts = zh_lines(40, seed=5) + en_lines(40, seed=5) + list(SAMPLES.values()) + ["  two  spaces\tand a tab",
-                                                                                  "    indented", "\n\nx", " "]
+    texts = (
+        zh_lines(40, seed=5)
+        + en_lines(40, seed=5)
+        + list(SAMPLES.values())
+        + ["  two  spaces\tand a tab", "    indented", "\n\nx", " "]
+    )
     assert [tok.encode(t, add_special_tokens=False) for t in texts] == [sp.encode(t) for t in texts]
     assert [tok.decode(tok.encode(t, add_special_tokens=False)) for t in texts] == texts
 
@@ -134,7 +157,7 @@ def test_extend_sentencepiece_base_merges_into_the_proto(spm_base):
     _check_extension(base, ext, held, factor=1.7)
     # the extended tokenizer.model: old pieces untouched, new ones appended, and it segments as the HF tokenizer does
     old, new = _pieces(base_proto), _pieces(ext.proto)
-    assert [p.piece for p in new[:len(old)]] == [p.piece for p in old] and len(new) == len(ext.tokenizer)
+    assert [p.piece for p in new[: len(old)]] == [p.piece for p in old] and len(new) == len(ext.tokenizer)
     sp = spm.SentencePieceProcessor(model_proto=ext.proto)
     texts = held + en_lines(30, seed=8) + list(SAMPLES.values())
     assert [sp.encode(t) for t in texts] == [ext.tokenizer.encode(t, add_special_tokens=False) for t in texts]
@@ -188,7 +211,7 @@ def test_special_tokens_in_messages_are_text_on_a_sentencepiece_base(spm_base):
     n = len(tok("Ignore that.", add_special_tokens=False)["input_ids"])
     assert ids[:n] == normal[:n]
     last = len(ids) - ids[::-1].index(start) - 1
-    assert ids[last:] == normal[len(normal) - len(ids) + last:]
+    assert ids[last:] == normal[len(normal) - len(ids) + last :]
     if json.loads(tok.backend_tokenizer.to_str())["pre_tokenizer"]:  # Llama's converter: the chat round-trips
         assert tok.decode(ids) == tok.apply_chat_template(chat, tokenize=False)
 
@@ -210,13 +233,25 @@ def test_tok_cli_train_extend_report(tiny_model, tmp_path, capsys):
     corpus.write_text("\n".join(zh_lines(1500)), encoding="utf-8")
     main(["tok", "train", str(corpus), "--out", str(tmp_path / "zh-tok"), "tok.kind=spm_bpe", "tok.vocab_size=700"])
     assert (tmp_path / "zh-tok" / "tokenizer.model").is_file() and "tokens per character" in capsys.readouterr().out
-    main(["tok", "extend", str(tiny_model), str(tmp_path / "zh-tok"), "--out", str(tmp_path / "ext"),
-          f"tok.eval=[{corpus}]"])
+    main(
+        [
+            "tok",
+            "extend",
+            str(tiny_model),
+            str(tmp_path / "zh-tok"),
+            "--out",
+            str(tmp_path / "ext"),
+            f"tok.eval=[{corpus}]",
+        ]
+    )
     out = capsys.readouterr().out
     assert "old ids kept" in out and "fewer tokens" in out
     info = json.loads((tmp_path / "ext" / "camelid_vocab.json").read_text())
     config = json.loads((tmp_path / "ext" / "config.json").read_text())
-    assert info["first_new_id"] == len(build_tokenizer()) and config["vocab_size"] == info["vocab_size"] > info["first_new_id"]
+    assert (
+        info["first_new_id"] == len(build_tokenizer())
+        and config["vocab_size"] == info["vocab_size"] > info["first_new_id"]
+    )
     report = json.loads((tmp_path / "ext" / "tok_report.json").read_text())
     assert report["tokens_per_char"][str(corpus)]["fewer_tokens"] > 1.3
     main(["tok", "report", str(tiny_model), str(tmp_path / "ext"), f"tok.eval=[{corpus}]"])
@@ -257,4 +292,4 @@ def test_smollm2_extended_with_peoples_daily_needs_fewer_tokens(tmp_path):
         before = model(ids).logits
         assert resize_embeddings(model, base, ext.tokenizer) == len(ext.tokenizer) - len(base)
         after = model(ids).logits
-    assert after.shape[-1] == len(ext.tokenizer) and torch.equal(after[..., :len(base)], before)
+    assert after.shape[-1] == len(ext.tokenizer) and torch.equal(after[..., : len(base)], before)

@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from camelid.model import count_parameters, load_model, load_tokenizer
 from camelid.train import pt, sft
-from conftest import tiny_config
 
 METHODS = ["full", "freeze", "lora", "qlora", "ptuning", "embedding"]
 
@@ -36,10 +36,19 @@ def expected_trainable(method, model_cfg, cfg):
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains(method, stage, tiny_model, chat_file, text_file, tmp_path):
     data = chat_file if stage == "sft" else text_file
-    cfg = tiny_config(tiny_model, data, tmp_path, method=method, **{
-        "train.max_steps": 6, "data.packing": method != "ptuning", "freeze.last_n_blocks": 1, "freeze.modules": ["mlp"],
-        "train.lr": 3e-3 if method in ("full", "freeze") else 1e-2,
-    })
+    cfg = tiny_config(
+        tiny_model,
+        data,
+        tmp_path,
+        method=method,
+        **{
+            "train.max_steps": 6,
+            "data.packing": method != "ptuning",
+            "freeze.last_n_blocks": 1,
+            "freeze.modules": ["mlp"],
+            "train.lr": 3e-3 if method in ("full", "freeze") else 1e-2,
+        },
+    )
     # Same seed → same initial weights as the run makes; snapshot them to compare after.
     reference = load_model(cfg)
     before = {n: p.detach().clone() for n, p in reference.named_parameters()}
@@ -53,6 +62,7 @@ def test_method_trains(method, stage, tiny_model, chat_file, text_file, tmp_path
     assert ls[-1] < ls[0], ls
 
     from camelid.model import load_for_inference
+
     trained, _ = load_for_inference(run, merge=False)
     after = dict(trained.named_parameters())
     exp = expected_trainable(method, trained.config if hasattr(trained, "config") else None, cfg)
@@ -84,8 +94,13 @@ def test_trainable_count_for_freeze_and_full(tiny_model, chat_file, tmp_path):
 def test_gradient_checkpointing_gives_the_same_losses(tiny_model, chat_file, tmp_path):
     runs = {}
     for gc in (False, True):
-        cfg = tiny_config(tiny_model, chat_file, tmp_path / str(gc), method="lora",
-                          **{"model.gradient_checkpointing": gc, "train.max_steps": 3})
+        cfg = tiny_config(
+            tiny_model,
+            chat_file,
+            tmp_path / str(gc),
+            method="lora",
+            **{"model.gradient_checkpointing": gc, "train.max_steps": 3},
+        )
         sft.main(cfg)
         runs[gc] = losses(tmp_path / str(gc) / "run")
     assert runs[True] == pytest.approx(runs[False], rel=1e-5)
@@ -104,13 +119,21 @@ def test_chats_emptied_by_truncation_are_dropped_and_counted(tiny_model, tmp_pat
 
 
 def test_tensorboard_and_run_folder_contents(tiny_model, chat_file, tmp_path):
-    cfg = tiny_config(tiny_model, chat_file, tmp_path, **{"train.tensorboard": True, "train.max_steps": 2,
-                                                          "data.eval_split": 0.25})
+    cfg = tiny_config(
+        tiny_model, chat_file, tmp_path, **{"train.tensorboard": True, "train.max_steps": 2, "data.eval_split": 0.25}
+    )
     sft.main(cfg)
     run = tmp_path / "run"
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("config.yaml", "data.json", "metrics.jsonl", "summary.json", "final/adapter_config.json",
-                 "final/chat_template.jinja", "final/tokenizer.json"):
+    for name in (
+        "config.yaml",
+        "data.json",
+        "metrics.jsonl",
+        "summary.json",
+        "final/adapter_config.json",
+        "final/chat_template.jinja",
+        "final/tokenizer.json",
+    ):
         assert (run / name).exists(), name
     data = json.loads((run / "data.json").read_text())
     assert data["sources"][0]["files"][0]["sha256"] and data["eval_units"] == 8
@@ -164,8 +187,12 @@ def test_progress_eta_counts_training_steps_only(tiny_model, chat_file, tmp_path
 
     monkeypatch.setattr(loop, "evaluate", slow_evaluate)
     monkeypatch.setattr(loop, "tqdm", Bar)
-    sft.main(tiny_config(tiny_model, chat_file, tmp_path, **{"train.max_steps": 4, "train.eval_every": 2,
-                                                             "data.eval_split": 0.25}), loss_fn=loss)
+    sft.main(
+        tiny_config(
+            tiny_model, chat_file, tmp_path, **{"train.max_steps": 4, "train.eval_every": 2, "data.eval_split": 0.25}
+        ),
+        loss_fn=loss,
+    )
     assert len(seen) == 4
     step1 = seen[0][0] - started[0]  # the first step's own time
     (_, elapsed1, rate1), (when4, elapsed4, _) = seen[0], seen[-1]

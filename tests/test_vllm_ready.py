@@ -28,10 +28,15 @@ def test_lora_run_is_served_on_its_base_with_its_own_template(tmp_path):
     assert args[args.index("--host") + 1] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("cfg, why", [
-    ({"use_dora": True}, "DoRA"), ({"modules_to_save": ["embed_tokens"]}, "camelid export"),
-    ({"peft_type": "PREFIX_TUNING"}, "only LoRA"), ({"r": 1024}, "maximum"),
-])
+@pytest.mark.parametrize(
+    "cfg, why",
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"modules_to_save": ["embed_tokens"]}, "camelid export"),
+        ({"peft_type": "PREFIX_TUNING"}, "only LoRA"),
+        ({"r": 1024}, "maximum"),
+    ],
+)
 def test_what_vllm_cannot_load_is_refused_with_what_to_do(tmp_path, cfg, why):
     with pytest.raises(CamelidError, match=why):
         vllm_command(adapter(tmp_path, **cfg))

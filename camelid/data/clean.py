@@ -42,9 +42,9 @@ import itertools
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -75,6 +75,7 @@ class Doc:
 
 
 # --------------------------------------------------------------------------------------------- inputs
+
 
 def resolve_input(spec: str, text_field: str) -> tuple[Path, str]:
     """(file, text field) for a file, or for a catalog text corpus (e.g. peoples_daily_1998) pulled if needed."""
@@ -124,8 +125,12 @@ def read_docs(path: Path, source: str, text_field: str) -> Iterator[tuple[int, i
             yield n, size, rec, _text_of(rec, source, n, text_field)
         return
     for n, rec in raw_records(path):  # .json/.csv/.parquet: no byte offsets; progress jumps per file
-        yield n, 0, rec if isinstance(rec, dict) else None, rec if isinstance(rec, DataError) else _text_of(
-            rec, source, n, text_field)
+        yield (
+            n,
+            0,
+            rec if isinstance(rec, dict) else None,
+            rec if isinstance(rec, DataError) else _text_of(rec, source, n, text_field),
+        )
 
 
 def _text_of(rec, source: str, line: int, field: str) -> str | DataError:
@@ -133,8 +138,13 @@ def _text_of(rec, source: str, line: int, field: str) -> str | DataError:
         return DataError(source, line, None, f"expected a JSON object (one record), got {type_name(rec)}")
     value = rec.get(field)
     if value is None:
-        return DataError(source, line, field, f"missing (set clean.text_field to the field holding the text; "
-                                              f"this record has {', '.join(sorted(rec)) or 'no fields'})")
+        return DataError(
+            source,
+            line,
+            field,
+            f"missing (set clean.text_field to the field holding the text; "
+            f"this record has {', '.join(sorted(rec)) or 'no fields'})",
+        )
     if not isinstance(value, str):
         return DataError(source, line, field, f"expected a string, got {type_name(value)}")
     return value
@@ -143,13 +153,15 @@ def _text_of(rec, source: str, line: int, field: str) -> str | DataError:
 def output_name(path: Path, taken: set[str]) -> str:
     name = path.name if path.suffix.lower() in (".txt", ".jsonl") else path.stem + ".jsonl"
     if name in taken or name in ("removed.jsonl", "summary.json", "summary.md"):
-        raise CamelidError(f"clean: two inputs (or an input and an output file) would both be written as {name}; "
-                           "rename one")
+        raise CamelidError(
+            f"clean: two inputs (or an input and an output file) would both be written as {name}; rename one"
+        )
     taken.add(name)
     return name
 
 
 # -------------------------------------------------------------------------------------------- rules
+
 
 class PerplexityFilter:
     """Per-character perplexity under a char n-gram LM of the reference. The threshold is clean.ppl_max, or else
@@ -183,9 +195,11 @@ class PerplexityFilter:
                 self.thresholds[g] = c.ppl_max or float("inf")
                 continue
             self.thresholds[g] = float(np.quantile(self.lm.perplexities(mine), c.ppl_quantile))
-        log.info(f"perplexity LM: {sum(map(len, train)) / 1e6:.1f}M reference characters, order {c.ppl_order}, "
-                 f"trained in {time.time() - t0:.1f} s; thresholds " +
-                 ", ".join(f"{g} {v:.1f}" for g, v in self.thresholds.items()))
+        log.info(
+            f"perplexity LM: {sum(map(len, train)) / 1e6:.1f}M reference characters, order {c.ppl_order}, "
+            f"trained in {time.time() - t0:.1f} s; thresholds "
+            + ", ".join(f"{g} {v:.1f}" for g, v in self.thresholds.items())
+        )
 
     @staticmethod
     def _group(text: str) -> str:
@@ -205,8 +219,9 @@ class PerplexityFilter:
 Rule = Callable[[Doc], "str | None"]
 
 
-def rules(c: CleanConfig, benchmarks: BenchmarkIndex | None, ppl: PerplexityFilter | None
-          ) -> list[tuple[str, Rule | Callable[[list[str]], list[str | None]], bool]]:
+def rules(
+    c: CleanConfig, benchmarks: BenchmarkIndex | None, ppl: PerplexityFilter | None
+) -> list[tuple[str, Rule | Callable[[list[str]], list[str | None]], bool]]:
     """(name, rule, batched) in the order documents meet them. A batched rule takes the chunk's texts at once."""
     table: list[tuple[str, Callable, bool]] = [("empty", lambda d: None if d.text else "nothing left", False)]
     if c.exact_dedup:
@@ -233,6 +248,7 @@ def rules(c: CleanConfig, benchmarks: BenchmarkIndex | None, ppl: PerplexityFilt
 
 # --------------------------------------------------------------------------------------------- the run
 
+
 def main(cfg: Config, benchmarks: dict[str, str] | None = None) -> dict:
     """Clean cfg.clean.inputs into cfg.clean.out. `benchmarks` maps item ids to the benchmark texts to decontaminate
     against (the CLI fills it from clean.decontaminate). Returns the summary."""
@@ -245,8 +261,10 @@ def main(cfg: Config, benchmarks: dict[str, str] | None = None) -> dict:
     inputs = [(spec, *resolve_input(spec, c.text_field)) for spec in c.inputs]
     index = BenchmarkIndex(benchmarks, c.decontam_ngram, c.decontam_ngram_zh) if benchmarks else None
     if index is not None and index.too_short:
-        log.warning(f"{len(index.too_short)} of {len(index.names)} benchmark items are shorter than their n-gram "
-                    f"(clean.decontam_ngram/_zh) and cannot be checked, e.g. {index.too_short[0]}")
+        log.warning(
+            f"{len(index.too_short)} of {len(index.names)} benchmark items are shorter than their n-gram "
+            f"(clean.decontam_ngram/_zh) and cannot be checked, e.g. {index.too_short[0]}"
+        )
     ppl = PerplexityFilter(c, normalizer) if c.ppl_reference else None
     table = rules(c, index, ppl)
     setup_s = time.time() - t_start
@@ -258,14 +276,28 @@ def main(cfg: Config, benchmarks: dict[str, str] | None = None) -> dict:
     stats = {"docs": 0, "kept": 0, "bytes_in": 0, "bytes_kept": 0}
     total = sum(path.stat().st_size for _, path, _ in inputs)
     t0 = time.time()
-    with atomic_dir(c.out) as tmp, open(tmp / "removed.jsonl", "w", encoding="utf-8") as rm_file, \
-            tqdm(total=total, unit="B", unit_scale=True, desc="clean", mininterval=1.0) as bar:
+    with (
+        atomic_dir(c.out) as tmp,
+        open(tmp / "removed.jsonl", "w", encoding="utf-8") as rm_file,
+        tqdm(total=total, unit="B", unit_scale=True, desc="clean", mininterval=1.0) as bar,
+    ):
 
         def drop(doc: Doc, rule: str, detail: str) -> None:
             removed[rule] += 1
             removed_bytes[rule] += doc.size
-            rm_file.write(json.dumps({"source": doc.source, "line": doc.line, "rule": rule, "detail": detail,
-                                      "text": doc.text[:SNIPPET]}, ensure_ascii=False) + "\n")
+            rm_file.write(
+                json.dumps(
+                    {
+                        "source": doc.source,
+                        "line": doc.line,
+                        "rule": rule,
+                        "detail": detail,
+                        "text": doc.text[:SNIPPET],
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
 
         def flush(chunk: list[Doc], out, fmt: str, field: str) -> None:
             # Runs of per-document rules go document by document (a document's units stay cached from rule to
@@ -309,8 +341,11 @@ def main(cfg: Config, benchmarks: dict[str, str] | None = None) -> dict:
                     if isinstance(text, DataError):
                         if c.on_error == "fail":
                             raise text
-                        drop(Doc(spec, line, "", record, size), "bad_record", text.reason if not text.field
-                             else f"field '{text.field}': {text.reason}")
+                        drop(
+                            Doc(spec, line, "", record, size),
+                            "bad_record",
+                            text.reason if not text.field else f"field '{text.field}': {text.reason}",
+                        )
                         continue
                     t = time.perf_counter()
                     chunk.append(Doc(spec, line, normalizer(text), record, len(text.encode("utf-8"))))
@@ -342,16 +377,33 @@ def _passes(doc: Doc, table: list, drop: Callable[[Doc, str, str], None], second
     return True
 
 
-def _summary(c: CleanConfig, stats: dict, removed: Counter, removed_bytes: Counter, pii: Counter, seconds: float,
-             setup_s: float, ppl: PerplexityFilter | None, index: BenchmarkIndex | None, rule_s: Counter) -> dict:
+def _summary(
+    c: CleanConfig,
+    stats: dict,
+    removed: Counter,
+    removed_bytes: Counter,
+    pii: Counter,
+    seconds: float,
+    setup_s: float,
+    ppl: PerplexityFilter | None,
+    index: BenchmarkIndex | None,
+    rule_s: Counter,
+) -> dict:
     docs, mb = max(stats["docs"], 1), stats["bytes_in"] / 1e6
     return {
-        "inputs": c.inputs, "out": c.out, "documents": stats["docs"], "kept": stats["kept"],
-        "mb_in": round(mb, 3), "mb_kept": round(stats["bytes_kept"] / 1e6, 3),
-        "seconds": round(seconds, 2), "setup_seconds": round(setup_s, 2),
+        "inputs": c.inputs,
+        "out": c.out,
+        "documents": stats["docs"],
+        "kept": stats["kept"],
+        "mb_in": round(mb, 3),
+        "mb_kept": round(stats["bytes_kept"] / 1e6, 3),
+        "seconds": round(seconds, 2),
+        "setup_seconds": round(setup_s, 2),
         "mb_per_s": round(mb / seconds, 3) if seconds else None,
-        "removed": {rule: {"documents": n, "share": round(n / docs, 4), "mb": round(removed_bytes[rule] / 1e6, 3)}
-                    for rule, n in removed.most_common()},
+        "removed": {
+            rule: {"documents": n, "share": round(n / docs, 4), "mb": round(removed_bytes[rule] / 1e6, 3)}
+            for rule, n in removed.most_common()
+        },
         "pii_masked": dict(pii.most_common()),
         "rule_seconds": {k: round(v, 2) for k, v in rule_s.most_common()},
         "perplexity_thresholds": ppl.thresholds if ppl else None,
@@ -361,9 +413,13 @@ def _summary(c: CleanConfig, stats: dict, removed: Counter, removed_bytes: Count
 
 
 def summary_table(s: dict) -> str:
-    lines = [f"{s['documents']} documents ({s['mb_in']:.2f} MB) -> {s['kept']} kept ({s['mb_kept']:.2f} MB) in "
-             f"{s['seconds']:.1f} s, {s['mb_per_s'] or 0:.2f} MB/s (+{s['setup_seconds']:.1f} s setup)", "",
-             "| rule | documents removed | share of documents | MB removed |", "|---|---|---|---|"]
+    lines = [
+        f"{s['documents']} documents ({s['mb_in']:.2f} MB) -> {s['kept']} kept ({s['mb_kept']:.2f} MB) in "
+        f"{s['seconds']:.1f} s, {s['mb_per_s'] or 0:.2f} MB/s (+{s['setup_seconds']:.1f} s setup)",
+        "",
+        "| rule | documents removed | share of documents | MB removed |",
+        "|---|---|---|---|",
+    ]
     for rule, r in s["removed"].items():
         lines.append(f"| {rule} | {r['documents']} | {r['share']:.2%} | {r['mb']:.3f} |")
     kept_share = s["kept"] / max(s["documents"], 1)
@@ -372,8 +428,14 @@ def summary_table(s: dict) -> str:
     if s["pii_masked"]:
         lines += ["", "PII masked: " + ", ".join(f"{k} {v}" for k, v in s["pii_masked"].items())]
     if s["perplexity_thresholds"]:
-        lines += ["", "perplexity thresholds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["perplexity_thresholds"].items())]
+        lines += [
+            "",
+            "perplexity thresholds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["perplexity_thresholds"].items()),
+        ]
     if s["benchmark_items"]:
-        lines += ["", f"decontaminated against {s['benchmark_items']} benchmark items "
-                      f"({s['benchmark_items_unchecked']} too short to check)"]
+        lines += [
+            "",
+            f"decontaminated against {s['benchmark_items']} benchmark items "
+            f"({s['benchmark_items_unchecked']} too short to check)",
+        ]
     return "\n".join(lines)

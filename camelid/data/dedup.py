@@ -48,7 +48,7 @@ def shingle_hashes(text: str, k: int) -> np.ndarray:
         cps = cps if len(cps) else np.zeros(1, np.uint64)
     h = np.zeros(len(cps) - k + 1, dtype=np.uint64)
     for j in range(k):
-        h = h * _B + cps[j:len(cps) - k + 1 + j]
+        h = h * _B + cps[j : len(cps) - k + 1 + j]
     return np.unique((h ^ (h >> np.uint64(32))).astype(np.uint32))
 
 
@@ -64,8 +64,7 @@ class NearDedup:
         self.signatures: dict[str, np.ndarray] = {}
 
     def __call__(self, text: str, where: str) -> str | None:
-        m = self._ds.MinHash(num_perm=self.num_perm, hashfunc=int, permutations=self._permutations,
-                             scheme="affine32")
+        m = self._ds.MinHash(num_perm=self.num_perm, hashfunc=int, permutations=self._permutations, scheme="affine32")
         m.update_batch(shingle_hashes(text, self.shingle).tolist())
         sig = m.hashvalues
         best, score = None, 0.0
@@ -91,8 +90,9 @@ class BenchmarkIndex:
         self.names = list(items)
         tokenized = [units(text) for text in items.values()]
         self.vocab = {u: i for i, u in enumerate(sorted({u for toks in tokenized for u in toks}))}
-        self._rand = np.random.default_rng(0).integers(0, 2**63, size=len(self.vocab) + 1,
-                                                       dtype=np.int64).view(np.uint64)
+        self._rand = (
+            np.random.default_rng(0).integers(0, 2**63, size=len(self.vocab) + 1, dtype=np.int64).view(np.uint64)
+        )
         grams: dict[int, tuple[list, list]] = {}
         self.too_short = []
         for i, (toks, text) in enumerate(zip(tokenized, items.values())):
@@ -119,7 +119,7 @@ class BenchmarkIndex:
         r = self._rand[a]
         h = np.zeros(len(a) - n + 1, dtype=np.uint64)
         for j in range(n):
-            h = h * _B + r[j:len(a) - n + 1 + j]
+            h = h * _B + r[j : len(a) - n + 1 + j]
         unknown = np.concatenate([[0], np.cumsum(a < 0)])
         return h[(unknown[n:] - unknown[:-n]) == 0]
 

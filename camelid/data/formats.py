@@ -20,8 +20,9 @@ from __future__ import annotations
 import difflib
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from camelid import hub
 from camelid.data.readers import SUPPORTED, DataError, raw_records, read_records, type_name  # noqa: F401 (DataError, read_records re-exported)
@@ -39,18 +40,29 @@ UNSUPPORTED_FIELDS = {"tools": "tool definitions", "images": "images", "videos":
 
 # ------------------------------------------------------------------------------ detection, fields
 
+
 def detect_format(record: dict, path: Any = None, line: int | None = None) -> str:
     """One of text, openai, sharegpt, alpaca, preference, prompt -- from the record's keys."""
     if not isinstance(record, dict):
         raise DataError(path, line, None, f"expected a record object, got {type_name(record)}")
     if "chosen" in record and "rejected" in record:
         return "preference"
-    for key, fmt in (("messages", "openai"), ("conversations", "sharegpt"), ("instruction", "alpaca"),
-                     ("text", "text"), ("prompt", "prompt")):
+    for key, fmt in (
+        ("messages", "openai"),
+        ("conversations", "sharegpt"),
+        ("instruction", "alpaca"),
+        ("text", "text"),
+        ("prompt", "prompt"),
+    ):
         if key in record:
             return fmt
-    raise DataError(path, line, None, f"unknown record format, keys {sorted(record)}; expected one of "
-                                      "text, messages, conversations, instruction, prompt (+ chosen/rejected)")
+    raise DataError(
+        path,
+        line,
+        None,
+        f"unknown record format, keys {sorted(record)}; expected one of "
+        "text, messages, conversations, instruction, prompt (+ chosen/rejected)",
+    )
 
 
 def _style(record: Any, fmt: str, path: Any, line: int | None) -> str:
@@ -132,7 +144,9 @@ def _alpaca_pairs(rec: dict, path: Any, line: int | None, answer: bool | None) -
     history = rec.get("history")
     if _nonempty(history):
         if not isinstance(history, list):
-            raise DataError(path, line, "history", f"expected a list of [user, assistant] pairs, got {type_name(history)}")
+            raise DataError(
+                path, line, "history", f"expected a list of [user, assistant] pairs, got {type_name(history)}"
+            )
         for i, turn in enumerate(history):
             if not (isinstance(turn, (list, tuple)) and len(turn) == 2):
                 raise DataError(path, line, f"history[{i}]", "expected a [user, assistant] pair")
@@ -156,14 +170,18 @@ def _pairs(rec: dict, style: str, path: Any, line: int | None, answer: bool | No
     if style == "openai":
         return _with_system(_message_list(rec.get("messages"), "messages", OPENAI_ROLES, path, line), rec, path, line)
     if style == "sharegpt":
-        return _with_system(_message_list(rec.get("conversations"), "conversations", SHAREGPT_ROLES, path, line),
-                            rec, path, line)
+        return _with_system(
+            _message_list(rec.get("conversations"), "conversations", SHAREGPT_ROLES, path, line), rec, path, line
+        )
     if style == "alpaca":
         return _alpaca_pairs(rec, path, line, answer)
     if style == "prompt":
         p = rec.get("prompt")
-        pairs = [({"role": "user", "content": p}, "prompt")] if isinstance(p, str) else \
-            _message_list(p, "prompt", OPENAI_ROLES, path, line)
+        pairs = (
+            [({"role": "user", "content": p}, "prompt")]
+            if isinstance(p, str)
+            else _message_list(p, "prompt", OPENAI_ROLES, path, line)
+        )
         return _with_system(pairs, rec, path, line)
     raise DataError(path, line, None, f"a '{style}' record holds no conversation")
 
@@ -173,7 +191,7 @@ def _drop_opening_assistant(pairs: Pairs, notes: Counter | None) -> Pairs:
     turn is dropped (one turn: two assistant turns in a row are a broken record and fail in _check_order)."""
     head = 1 if pairs and pairs[0][0]["role"] == "system" else 0
     if len(pairs) > head and pairs[head][0]["role"] == "assistant":
-        pairs = pairs[:head] + pairs[head + 1:]
+        pairs = pairs[:head] + pairs[head + 1 :]
         if notes is not None:
             notes["leading_assistant_turns"] += 1
     return pairs
@@ -188,7 +206,9 @@ def _check_order(pairs: Pairs, path: Any, line: int | None) -> list[dict]:
             raise DataError(path, line, field, "a system message is allowed only first")
         if m["role"] != expect:
             want = "a user" if expect == "user" else "an assistant"
-            raise DataError(path, line, field, f"expected {want} turn, got {m['role']} (turns alternate user/assistant)")
+            raise DataError(
+                path, line, field, f"expected {want} turn, got {m['role']} (turns alternate user/assistant)"
+            )
         if expect == "assistant" and not m["content"].strip():
             raise DataError(path, line, field, "empty assistant answer")
         expect = "assistant" if expect == "user" else "user"
@@ -217,8 +237,10 @@ def _answer(rec: dict, key: str, path: Any, line: int | None) -> str:
 
 # ------------------------------------------------------------------------------------ converters
 
-def to_text(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None,
-            notes: Counter | None = None) -> dict:
+
+def to_text(
+    record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None, notes: Counter | None = None
+) -> dict:
     """Pretraining text. A chat record becomes its turns' contents joined by "\\n" -- without the system
     prompt, which instructs the model rather than being text to learn -- so any SFT set can feed `pt`.
     `notes` is unused (text keeps every turn); it is there so every converter takes the same arguments."""
@@ -228,22 +250,25 @@ def to_text(record: dict, fmt: str = "auto", *, path: Any = None, line: int | No
     else:
         if "chosen" in record and "rejected" in record:
             raise DataError(path, line, None, "a preference pair is not pretraining text")
-        text = "\n".join(m["content"] for m, _ in _pairs(record, style, path, line, None)
-                         if m["role"] != "system" and m["content"])
+        text = "\n".join(
+            m["content"] for m, _ in _pairs(record, style, path, line, None) if m["role"] != "system" and m["content"]
+        )
     if not text.strip():
         raise DataError(path, line, "text", "empty text")
     return {"text": text}
 
 
-def to_messages(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None,
-                notes: Counter | None = None) -> dict:
+def to_messages(
+    record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None, notes: Counter | None = None
+) -> dict:
     """An SFT conversation: optional system, then user/assistant alternating, ending with assistant.
 
     A chat cut from a longer one loses an opening assistant turn and a closing user turn (counted in `notes`)."""
     style = _style(record, fmt, path, line)
     if "chosen" in record and "rejected" in record:
-        raise DataError(path, line, None, "a preference pair (chosen/rejected) is not an SFT example: "
-                                          "use it with kind 'preference'")
+        raise DataError(
+            path, line, None, "a preference pair (chosen/rejected) is not an SFT example: use it with kind 'preference'"
+        )
     # LLaMA-Factory's KTO sets mark undesirable answers with label false; those must not be imitated.
     if record.get("kto_label") is False:
         raise DataError(path, line, "kto_tag", "an answer labelled undesirable (KTO false) is not an SFT example")
@@ -259,8 +284,9 @@ def to_messages(record: dict, fmt: str = "auto", *, path: Any = None, line: int 
     return {"messages": messages}
 
 
-def to_prompt(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None,
-              notes: Counter | None = None) -> dict:
+def to_prompt(
+    record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None, notes: Counter | None = None
+) -> dict:
     """A PPO prompt. A final assistant turn (a reference answer) is dropped: the policy writes its own;
     so is an opening assistant turn (counted in `notes`)."""
     pairs = _pairs(record, _style(record, fmt, path, line), path, line, False)
@@ -273,8 +299,9 @@ def to_prompt(record: dict, fmt: str = "auto", *, path: Any = None, line: int | 
     return {"prompt": prompt}
 
 
-def to_preference(record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None,
-                  notes: Counter | None = None) -> dict:
+def to_preference(
+    record: dict, fmt: str = "auto", *, path: Any = None, line: int | None = None, notes: Counter | None = None
+) -> dict:
     """A preference pair: prompt messages ending with user, and the chosen and rejected answers.
     An opening assistant turn of the prompt is dropped (counted in `notes`)."""
     pairs = _drop_opening_assistant(_pairs(record, _style(record, fmt, path, line), path, line, False), notes)
@@ -291,23 +318,45 @@ def to_preference(record: dict, fmt: str = "auto", *, path: Any = None, line: in
 TRIMMED = ("leading_assistant_turns", "trailing_user_turns")
 
 KINDS: dict[str, Callable[..., dict]] = {
-    "text": to_text, "messages": to_messages, "preference": to_preference, "prompt": to_prompt,
+    "text": to_text,
+    "messages": to_messages,
+    "preference": to_preference,
+    "prompt": to_prompt,
 }
 
 
 # ---------------------------------------------------------------------- LLaMA-Factory data folders
 # dataset_info.json names each source column; we rename them to the standard alpaca/sharegpt keys
 # (standard key -> (LLaMA-Factory column key, its default column)) and then convert as usual.
-_LF_COMMON = {"system": ("system", None), "chosen": ("chosen", None), "rejected": ("rejected", None),
-              "kto_label": ("kto_tag", None), "tools": ("tools", None), "images": ("images", None),
-              "videos": ("videos", None), "audios": ("audios", None)}
+_LF_COMMON = {
+    "system": ("system", None),
+    "chosen": ("chosen", None),
+    "rejected": ("rejected", None),
+    "kto_label": ("kto_tag", None),
+    "tools": ("tools", None),
+    "images": ("images", None),
+    "videos": ("videos", None),
+    "audios": ("audios", None),
+}
 _LF_COLUMNS = {
-    "alpaca": {"instruction": ("prompt", "instruction"), "input": ("query", "input"),
-               "output": ("response", "output"), "history": ("history", None), **_LF_COMMON},
+    "alpaca": {
+        "instruction": ("prompt", "instruction"),
+        "input": ("query", "input"),
+        "output": ("response", "output"),
+        "history": ("history", None),
+        **_LF_COMMON,
+    },
     "sharegpt": {"conversations": ("messages", "conversations"), **_LF_COMMON},
 }
-_LF_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-            "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+_LF_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
 _LF_REMOTE = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
 Mapper = Callable[[dict, Path, int], dict]
@@ -325,16 +374,22 @@ def _lf_plan(folder: str | Path, name: str) -> tuple[list[Path], Mapper, str]:
         raise CamelidError(f"{info_path}:{e.lineno}: bad JSON: {e.msg}") from None
     if name not in info:
         close = difflib.get_close_matches(name, list(info), n=5, cutoff=0.5)
-        raise CamelidError(f"no dataset '{name}' in {info_path}; "
-                           + (f"did you mean {', '.join(close)}?" if close else f"it has {', '.join(sorted(info))}"))
+        raise CamelidError(
+            f"no dataset '{name}' in {info_path}; "
+            + (f"did you mean {', '.join(close)}?" if close else f"it has {', '.join(sorted(info))}")
+        )
     entry = info[name]
     if "file_name" not in entry:
         remote = ", ".join(f"{k}={entry[k]}" for k in _LF_REMOTE if k in entry) or "no file_name"
-        raise CamelidError(f"dataset '{name}' in {info_path} needs a download ({remote}); camelid reads local "
-                           f"files only: fetch it yourself and give the local file (or add a 'file_name' to the entry)")
+        raise CamelidError(
+            f"dataset '{name}' in {info_path} needs a download ({remote}); camelid reads local "
+            f"files only: fetch it yourself and give the local file (or add a 'file_name' to the entry)"
+        )
     formatting = entry.get("formatting", "alpaca")
     if formatting not in _LF_COLUMNS:
-        raise CamelidError(f"{info_path}: dataset '{name}': formatting '{formatting}' is unsupported; use alpaca or sharegpt")
+        raise CamelidError(
+            f"{info_path}: dataset '{name}': formatting '{formatting}' is unsupported; use alpaca or sharegpt"
+        )
     table, columns = _LF_COLUMNS[formatting], entry.get("columns") or {}
     known = {lf for lf, _ in table.values()}
     for key in columns:
@@ -356,8 +411,13 @@ def _lf_map(rec: dict, plan: dict[str, str], tags: dict[str, str], formatting: s
     if main not in out:
         raise DataError(path, line, plan[main], "missing")
     if formatting == "sharegpt":
-        roles = {tags["user_tag"]: "human", tags["assistant_tag"]: "gpt", tags["system_tag"]: "system",
-                 tags["observation_tag"]: "observation", tags["function_tag"]: "function_call"}
+        roles = {
+            tags["user_tag"]: "human",
+            tags["assistant_tag"]: "gpt",
+            tags["system_tag"]: "system",
+            tags["observation_tag"]: "observation",
+            tags["function_tag"]: "function_call",
+        }
 
         def turn(t: Any) -> Any:  # non-dicts pass through so the converter reports them with their index
             if not isinstance(t, dict):
@@ -375,6 +435,7 @@ def _lf_map(rec: dict, plan: dict[str, str], tags: dict[str, str], formatting: s
 
 # ------------------------------------------------------------------------------------ load_source
 
+
 def _mapped(files: list[Path], mapper: Mapper | None) -> Iterator[tuple[Path, int, dict | DataError]]:
     for p in files:
         for line, rec in raw_records(p):
@@ -391,8 +452,10 @@ def _open_source(spec: str, fmt: str) -> tuple[list[Path], Iterator, str]:
     if p.is_file():
         return [p], _mapped([p], None), fmt
     if p.is_dir():
-        raise CamelidError(f"'{spec}' is a folder: give a data file, or name an entry of a LLaMA-Factory "
-                           f"dataset_info.json folder as '{spec}@NAME'")
+        raise CamelidError(
+            f"'{spec}' is a folder: give a data file, or name an entry of a LLaMA-Factory "
+            f"dataset_info.json folder as '{spec}@NAME'"
+        )
     if p.suffix.lower() in SUPPORTED:
         raise CamelidError(f"data file '{spec}' does not exist")
     if "@" in spec:
@@ -404,13 +467,15 @@ def _open_source(spec: str, fmt: str) -> tuple[list[Path], Iterator, str]:
         raise CamelidError(
             f"data source '{spec}' is not a file ({'/'.join(SUPPORTED)}), not FOLDER@ENTRY of a LLaMA-Factory "
             f"dataset_info.json folder, and not a catalog dataset ({', '.join(hub.dataset_names())})"
-            + (f"; did you mean {', '.join(close)}?" if close else ""))
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
     files, mapper, lf_fmt = _lf_plan(folder, name)
     return files, _mapped(files, mapper), lf_fmt if fmt == "auto" else fmt
 
 
-def load_source(spec: str, kind: str, on_error: str = "fail", max_samples: int | None = None,
-                fmt: str = "auto") -> tuple[list[dict], dict]:
+def load_source(
+    spec: str, kind: str, on_error: str = "fail", max_samples: int | None = None, fmt: str = "auto"
+) -> tuple[list[dict], dict]:
     """Canonical records of `kind` from a file, FOLDER@ENTRY or catalog dataset name, and stats.
 
     on_error="fail" raises the first DataError; "skip" skips bad records and counts them by reason.
@@ -425,8 +490,14 @@ def load_source(spec: str, kind: str, on_error: str = "fail", max_samples: int |
     if fmt not in FORMATS:
         raise CamelidError(f"unknown data format '{fmt}'; choose one of {', '.join(FORMATS)}")
     files, records, fmt = _open_source(spec, fmt)
-    stats: dict[str, Any] = {"source": spec, "files": [{"path": str(f.resolve()), "sha256": sha256_file(f)} for f in files],
-                             "read": 0, "kept": 0, "skipped": 0, "reasons": {}}
+    stats: dict[str, Any] = {
+        "source": spec,
+        "files": [{"path": str(f.resolve()), "sha256": sha256_file(f)} for f in files],
+        "read": 0,
+        "kept": 0,
+        "skipped": 0,
+        "reasons": {},
+    }
     out, reasons, trimmed = [], Counter(), Counter({k: 0 for k in TRIMMED})
     for path, line, rec in records:
         if max_samples is not None and len(out) >= max_samples:
@@ -442,11 +513,14 @@ def load_source(spec: str, kind: str, on_error: str = "fail", max_samples: int |
             if on_error == "fail":
                 raise
             reasons[f"field '{e.field}': {e.reason}" if e.field else e.reason] += 1
-    stats.update(kept=len(out), skipped=sum(reasons.values()), reasons=dict(reasons.most_common()),
-                 trimmed=dict(trimmed))
+    stats.update(
+        kept=len(out), skipped=sum(reasons.values()), reasons=dict(reasons.most_common()), trimmed=dict(trimmed)
+    )
     if any(trimmed.values()):
-        log.info(f"{spec}: dropped {trimmed['leading_assistant_turns']} opening assistant turns and "
-                 f"{trimmed['trailing_user_turns']} closing user turns of chats cut from longer ones")
+        log.info(
+            f"{spec}: dropped {trimmed['leading_assistant_turns']} opening assistant turns and "
+            f"{trimmed['trailing_user_turns']} closing user turns of chats cut from longer ones"
+        )
     if reasons:
         top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
         log.warning(f"{spec}: skipped {stats['skipped']} of {stats['read']} records as {kind}: {top}")

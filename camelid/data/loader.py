@@ -108,8 +108,10 @@ def render_all(tokenizer, records: list[dict], data_cfg) -> tuple[list[Rendered]
             else:
                 out.append(r)
     if total > len(records):
-        log.info(f"{len(records)} chats gave {total} examples: the chat template renders past turns differently, "
-                 f"so each turn is trained after the prefix the model sees for it")
+        log.info(
+            f"{len(records)} chats gave {total} examples: the chat template renders past turns differently, "
+            f"so each turn is trained after the prefix the model sees for it"
+        )
     _report_dropped(dropped, total, "chat examples" if total > len(records) else "chats")
     if not out:
         raise CamelidError("no trainable chats left after rendering; raise data.max_length or check the data")
@@ -152,7 +154,9 @@ def prepare_sft(tokenizer, data_cfg, seed: int) -> Prepared:
     train = pack(examples, data_cfg.max_length) if data_cfg.packing else examples
     if data_cfg.packing:
         n_tok = sum(len(e.input_ids) for e in examples)
-        log.info(f"packed {len(examples)} chats into {len(train)} rows ({n_tok / (len(train) * data_cfg.max_length):.0%} full)")
+        log.info(
+            f"packed {len(examples)} chats into {len(train)} rows ({n_tok / (len(train) * data_cfg.max_length):.0%} full)"
+        )
     return Prepared(train, eval_examples, stats, dropped, "sft")
 
 

@@ -28,7 +28,7 @@ per character, combined polynomially), so the tables are sorted uint64 arrays se
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -138,7 +138,7 @@ class CharNgramLM:
     # ------------------------------------------------------------------------------------------- training
 
     @classmethod
-    def train(cls, texts: Iterable[str], order: int = 5, seed: int = 0) -> "CharNgramLM":
+    def train(cls, texts: Iterable[str], order: int = 5, seed: int = 0) -> CharNgramLM:
         texts = list(texts)
         cps = np.unique(np.frombuffer("".join(_prep(t) for t in texts).encode("utf-32-le"), dtype=np.uint32))
         rand = np.random.default_rng(seed).integers(0, 2**63, size=len(cps) + 3, dtype=np.int64).view(np.uint64)
@@ -171,8 +171,14 @@ class CharNgramLM:
         contexts.append((np.zeros(0, np.uint64), np.zeros(0), np.zeros(0)))  # the top order is nobody's context
         for (keys, counts, _), (ctx_keys, denominator, followers) in zip(tables, contexts[1:]):
             merged = np.union1d(keys, ctx_keys)
-            lm.tables.append(_Table(merged, _spread(merged, keys, counts.astype(np.float64)),
-                                    _spread(merged, ctx_keys, denominator), _spread(merged, ctx_keys, followers)))
+            lm.tables.append(
+                _Table(
+                    merged,
+                    _spread(merged, keys, counts.astype(np.float64)),
+                    _spread(merged, ctx_keys, denominator),
+                    _spread(merged, ctx_keys, followers),
+                )
+            )
         return lm
 
     # -------------------------------------------------------------------------------------------- scoring

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 # ID-card check digit (GB 11643-1999): weights 2^(17-i) mod 11 over the first 17 digits; sum mod 11 → this code.
 _ID_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
@@ -68,8 +68,9 @@ def _phone_ok(m: re.Match) -> bool:
         return False
     if "." in m.group(0):  # dots as separators: +33.1.23.45.67.89, not a signed decimal or +123.456.789
         groups = m.group(0)[1:].split(".")
-        return (len(groups) >= 3 and not any(c in m.group(0) for c in " -()")
-                and not all(len(g) == 3 for g in groups[1:]))
+        return (
+            len(groups) >= 3 and not any(c in m.group(0) for c in " -()") and not all(len(g) == 3 for g in groups[1:])
+        )
     return True
 
 
@@ -87,23 +88,36 @@ _ZH_AREA = r"0(?:10|2\d|[3-9]\d\d)"  # Beijing 010, the big cities 02x, everywhe
 
 # kind → (pattern, validator or None, mask)
 PII: dict[str, tuple[re.Pattern, Callable[[re.Match], bool] | None, str]] = {
-    "email": (re.compile(
-        r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-        r"\.(?!(?:png|jpe?g|gif|svg|webp|bmp|ico)\b)[A-Za-z]{2,}(?![A-Za-z0-9-]|:[\w/~])"),  # not icon@2x.png, git@host:repo
-        None, "[EMAIL]"),
+    "email": (
+        re.compile(
+            r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+            r"\.(?!(?:png|jpe?g|gif|svg|webp|bmp|ico)\b)[A-Za-z]{2,}(?![A-Za-z0-9-]|:[\w/~])"
+        ),  # not icon@2x.png, git@host:repo
+        None,
+        "[EMAIL]",
+    ),
     "id_card": (re.compile(rf"{_ND}(?:(?P<zh>{_ZH_ID})|{_US_SSN}){_NA}"), _id_ok, "[ID]"),
-    "bank_card": (re.compile(
-        rf"{_ND}(?:\d{{14,19}}"
-        r"|\d{4}(?P<s4>[ -])\d{4}(?P=s4)\d{4}(?P=s4)\d{4}(?:(?P=s4)\d{1,3})?"  # 4-4-4-4, 4-4-4-4-3
-        rf"|\d{{4}}(?P<s6>[ -])\d{{6}}(?P=s6)\d{{4,5}}){_NA}"),  # Amex 4-6-5, Diners 4-6-4
-        lambda m: card_ok(m.group(0)), "[CARD]"),
-    "phone": (re.compile(
-        rf"{_ND}(?:"
-        rf"(?:(?:\+|00)86[ -]?)?{_ZH_MOBILE}(?P<ms>[ -]?)\d{{4}}(?P=ms)\d{{4}}"  # 138 1234 5678, +86 ...
-        rf"|(?:\({_ZH_AREA}\) ?|{_ZH_AREA}-)[2-9]\d{{6,7}}(?:-\d{{1,5}})?"  # 010-62751234, (0755) 2345678-801
-        r"|(?P<intl>\+[1-9]\d{0,2}(?:[ .-]\(?\d{1,8}\)?| ?\(\d{1,5}\)){1,6}|\+[1-9]\d{9,13})"  # +44 20 7946 0958
-        r"|(?:1[ .-])?(?:\([2-9]\d\d\) ?[2-9]\d\d-|[2-9]\d\d(?P<ns>[.-])[2-9]\d\d(?P=ns))\d{4}"  # (415) 555-2671
-        rf"){_NA}"), _phone_ok, "[PHONE]"),
+    "bank_card": (
+        re.compile(
+            rf"{_ND}(?:\d{{14,19}}"
+            r"|\d{4}(?P<s4>[ -])\d{4}(?P=s4)\d{4}(?P=s4)\d{4}(?:(?P=s4)\d{1,3})?"  # 4-4-4-4, 4-4-4-4-3
+            rf"|\d{{4}}(?P<s6>[ -])\d{{6}}(?P=s6)\d{{4,5}}){_NA}"
+        ),  # Amex 4-6-5, Diners 4-6-4
+        lambda m: card_ok(m.group(0)),
+        "[CARD]",
+    ),
+    "phone": (
+        re.compile(
+            rf"{_ND}(?:"
+            rf"(?:(?:\+|00)86[ -]?)?{_ZH_MOBILE}(?P<ms>[ -]?)\d{{4}}(?P=ms)\d{{4}}"  # 138 1234 5678, +86 ...
+            rf"|(?:\({_ZH_AREA}\) ?|{_ZH_AREA}-)[2-9]\d{{6,7}}(?:-\d{{1,5}})?"  # 010-62751234, (0755) 2345678-801
+            r"|(?P<intl>\+[1-9]\d{0,2}(?:[ .-]\(?\d{1,8}\)?| ?\(\d{1,5}\)){1,6}|\+[1-9]\d{9,13})"  # +44 20 7946 0958
+            r"|(?:1[ .-])?(?:\([2-9]\d\d\) ?[2-9]\d\d-|[2-9]\d\d(?P<ns>[.-])[2-9]\d\d(?P=ns))\d{4}"  # (415) 555-2671
+            rf"){_NA}"
+        ),
+        _phone_ok,
+        "[PHONE]",
+    ),
 }
 
 # A number joined to more of a longer token is part of that token: a decimal (275.43397884615385), a signed or
@@ -117,23 +131,33 @@ _JOINED_AFTER = re.compile(r"\.\d|-[0-9A-Za-z]|/[A-Za-z]|:\d|[,/]\d{1,4}(?!\d)")
 _QUANTITY_BEFORE = re.compile(r"(?:[$¥€£₹第]|(?<![A-Za-z])(?:rmb|cny|usd|us\$|hk\$|eur))\s?$", re.I)
 _UNIT_AFTER = re.compile(
     r"\s?(?:[元圆块角万亿%‰円倍天米吨]|人次|美元|欧元|英镑|日元|港元"
-    r"|(?:yuan|rmb|cny|usd|eur|dollars?|euros?|bytes?|tokens?|[kmgt]b|km|kg|(?:milli|micro|nano)?seconds?)\b)", re.I)
+    r"|(?:yuan|rmb|cny|usd|eur|dollars?|euros?|bytes?|tokens?|[kmgt]b|km|kg|(?:milli|micro|nano)?seconds?)\b)",
+    re.I,
+)
 # Arithmetic: an operator next to the number, or an answer word before it. '/' is left out on purpose: Chinese
 # pages list two phones as 0755-23456789/13812345678.
 _OPERAND_BEFORE = re.compile(
     r"(?:[\d)!]\s*(?:[+*×÷^=]|\*\*)|\d\s+[-x]\s+|等于|乘以|除以|加上|减去|(?:结果|答案|总和)[是为]?"
     r"|\b(?:equals?|sum|product|total|result|answer|quotient|difference|remainder)\b(?: of [^.\n]{0,40}?)?"
-    r"(?: (?:is|was|will be|would be|comes to))?)\s*[:：=]?\s*$", re.I)
+    r"(?: (?:is|was|will be|would be|comes to))?)\s*[:：=]?\s*$",
+    re.I,
+)
 _OPERAND_AFTER = re.compile(r"\s*(?:[+*×÷^=]|\s-\s)\s*[\d(]")
 
 
 def _alone(m: re.Match) -> bool:
     """Whether the number `m` stands on its own: not joined to more digits, not an amount, not an operand."""
     text, start, end = m.string, m.start(), m.end()
-    before = text[max(0, start - 48):start]
-    after = text[end:end + 12]
-    return not (_JOINED_BEFORE.search(before) or _JOINED_AFTER.match(after) or _QUANTITY_BEFORE.search(before)
-                or _UNIT_AFTER.match(after) or _OPERAND_BEFORE.search(before) or _OPERAND_AFTER.match(after))
+    before = text[max(0, start - 48) : start]
+    after = text[end : end + 12]
+    return not (
+        _JOINED_BEFORE.search(before)
+        or _JOINED_AFTER.match(after)
+        or _QUANTITY_BEFORE.search(before)
+        or _UNIT_AFTER.match(after)
+        or _OPERAND_BEFORE.search(before)
+        or _OPERAND_AFTER.match(after)
+    )
 
 
 # The shortest phone, ID or card has 9 digits; with up to two separator characters between neighbours.

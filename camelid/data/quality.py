@@ -15,7 +15,7 @@ import functools
 import re
 import unicodedata
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -77,6 +77,7 @@ def units(text: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ rules
 
+
 def length(text: str, min_units: int, max_units: int) -> str | None:
     n = len(units(text))
     if n < min_units:
@@ -134,7 +135,7 @@ def repeated_ngrams(text: str, n: int, max_share: float) -> str | None:
     ids = np.fromiter((hash(t) for t in toks), dtype=np.int64, count=len(toks)).view(np.uint64)
     h = np.zeros(len(ids) - n + 1, dtype=np.uint64)
     for j in range(n):  # polynomial hash of each window, wrapping mod 2^64
-        h = h * _MIX + ids[j:len(ids) - n + 1 + j]
+        h = h * _MIX + ids[j : len(ids) - n + 1 + j]
     share = 1 - len(np.unique(h)) / len(h)
     return f"repeated {n}-grams {share:.2f} > {max_share}" if share > max_share else None
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from camelid.utils import CamelidError, require
 
@@ -33,6 +34,7 @@ class DataError(CamelidError):
 def type_name(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
+
 def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, record) from a .jsonl/.json/.csv/.parquet/.txt file; raise on a bad one."""
     for line, rec in raw_records(Path(path)):
@@ -45,8 +47,9 @@ def raw_records(path: Path) -> Iterator[tuple[int, dict | DataError]]:
     # Per-record problems are yielded (so "skip" can count them and go on); a broken file raises.
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
-        raise DataError(path, None, None, f"unsupported file type '{path.suffix or path.name}'; "
-                                          f"supported: {' '.join(SUPPORTED)}")
+        raise DataError(
+            path, None, None, f"unsupported file type '{path.suffix or path.name}'; supported: {' '.join(SUPPORTED)}"
+        )
     if not path.is_file():
         raise DataError(path, None, None, "no such file")
     for line, rec in reader(path):
@@ -128,5 +131,9 @@ def _read_txt(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 _READERS: dict[str, Callable[[Path], Iterator[tuple[int, Any]]]] = {
-    ".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet, ".txt": _read_txt,
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".csv": _read_csv,
+    ".parquet": _read_parquet,
+    ".txt": _read_txt,
 }

@@ -117,7 +117,8 @@ _GUARDED_FIELDS = ("content", "reasoning_content")
 
 def special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {
-        i for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)}
+        i for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)
+    }
 
 
 def _special_pattern(tokenizer) -> re.Pattern | None:
@@ -147,8 +148,10 @@ def _guard(tokenizer, messages: list[dict]) -> list[dict] | None:
             if isinstance(m.get(f), str):
                 if any(_PLANE <= ord(c) < _PLANE + 0x10000 for c in m[f]):
                     # such characters would be read back as special-token text
-                    raise CamelidError(f"a message holds a special token and characters of Unicode plane 15 "
-                                       f"(private use); cannot tell them apart: remove one or the other")
+                    raise CamelidError(
+                        "a message holds a special token and characters of Unicode plane 15 "
+                        "(private use); cannot tell them apart: remove one or the other"
+                    )
                 m[f] = pattern.sub(shift, m[f])
         out.append(m)
     return out
@@ -185,8 +188,9 @@ def _as_text(tokenizer, text: str, a: int, b: int, first: int | None) -> tuple[l
     enc = tokenizer("\n" + text[a:b], **kw)
     if enc["input_ids"][: len(nl)] != nl:
         return plain
-    return list(enc["input_ids"][len(nl):]), [(max(s - 1, 0) + a, max(e - 1, 0) + a)
-                                              for s, e in enc["offset_mapping"][len(nl):]]
+    return list(enc["input_ids"][len(nl) :]), [
+        (max(s - 1, 0) + a, max(e - 1, 0) + a) for s, e in enc["offset_mapping"][len(nl) :]
+    ]
 
 
 def encode(tokenizer, plain: str, guarded: list[tuple[int, int]] = ()) -> tuple[list[int], list[tuple[int, int]]]:
@@ -210,7 +214,7 @@ def encode(tokenizer, plain: str, guarded: list[tuple[int, int]] = ()) -> tuple[
         if s > at and inside(at, s):
             piece_ids, piece_offsets = _as_text(tokenizer, plain, at, s, ids[prev + 1] if prev + 1 < k else None)
         else:
-            piece_ids, piece_offsets = ids[prev + 1:k], offsets[prev + 1:k]
+            piece_ids, piece_offsets = ids[prev + 1 : k], offsets[prev + 1 : k]
         out_ids += piece_ids
         out_offsets += piece_offsets
         if k < len(ids):
@@ -221,12 +225,15 @@ def encode(tokenizer, plain: str, guarded: list[tuple[int, int]] = ()) -> tuple[
     ids, offsets = out_ids, out_offsets
     control = special - {tokenizer.unk_token_id}  # text the vocabulary cannot spell may still come out as unk
     if any(i in control and inside(s, e) for i, (s, e) in zip(ids, offsets)):
-        raise CamelidError("this tokenizer turns special-token text inside a message into a special token "
-                           "even as plain text; cannot encode the message safely")
+        raise CamelidError(
+            "this tokenizer turns special-token text inside a message into a special token "
+            "even as plain text; cannot encode the message safely"
+        )
     return ids, offsets
 
 
 # ---------------------------------------------------------------------------------------- render
+
 
 def _text(tokenizer, messages, generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -259,12 +266,15 @@ def examples(tokenizer, messages: list[dict]) -> list[Example]:
                 "the chat template renders an assistant turn differently from its generation prompt "
                 "(the text before the answer changes once the answer is added), so the answer cannot be "
                 f"supervised after the prompt the model sees; pick a built-in template with model.template "
-                f"({', '.join(BUILTIN)})")
+                f"({', '.join(BUILTIN)})"
+            )
         reasoning = m.get("reasoning_content")
-        if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() not in upto[len(before):]:
-            raise CamelidError("the chat template does not render an assistant message's reasoning_content; "
-                               "use the model's own template, or write the reasoning as <think>...</think> "
-                               "in the content")
+        if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() not in upto[len(before) :]:
+            raise CamelidError(
+                "the chat template does not render an assistant message's reasoning_content; "
+                "use the model's own template, or write the reasoning as <think>...</think> "
+                "in the content"
+            )
         if out and before.startswith(out[-1][0]):
             out[-1] = (upto, out[-1][1] + [(len(before), len(upto))])
         else:
@@ -279,8 +289,9 @@ def examples(tokenizer, messages: list[dict]) -> list[Example]:
     return [Example(text, turns, spans) for (text, spans), turns in restored]
 
 
-def _labels(tokenizer, plain: str, ids: list[int], offsets: list[tuple[int, int]],
-            spans: list[tuple[int, int]]) -> list[int]:
+def _labels(
+    tokenizer, plain: str, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[int]:
     special = special_ids(tokenizer)
     labels = [IGNORE] * len(ids)
     for start, end in spans:
@@ -288,8 +299,9 @@ def _labels(tokenizer, plain: str, ids: list[int], offsets: list[tuple[int, int]
         # that starts in the prompt, e.g. the generation prompt's "\n" merged with an answer's leading "\n\n".
         turn = [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
         last = max((j for j, i in enumerate(turn) if ids[i] in special), default=None)
-        if last is not None and all(not plain[max(offsets[i][0], start):min(offsets[i][1], end)].strip()
-                                    for i in turn[last + 1:]):
+        if last is not None and all(
+            not plain[max(offsets[i][0], start) : min(offsets[i][1], end)].strip() for i in turn[last + 1 :]
+        ):
             # Generation stops at the end-of-turn token: the whitespace the template writes after it is never
             # emitted, so it is not learned.
             turn = turn[: last + 1]

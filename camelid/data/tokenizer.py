@@ -92,12 +92,24 @@ def _train_spm(lines: list[str], tcfg, model_type: str):
     buf = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=buf, model_type=model_type, vocab_size=tcfg.vocab_size,
-            byte_fallback=tcfg.byte_fallback, split_digits=tcfg.split_digits,
-            character_coverage=tcfg.character_coverage, num_threads=tcfg.threads,
+            sentence_iterator=iter(lines),
+            model_writer=buf,
+            model_type=model_type,
+            vocab_size=tcfg.vocab_size,
+            byte_fallback=tcfg.byte_fallback,
+            split_digits=tcfg.split_digits,
+            character_coverage=tcfg.character_coverage,
+            num_threads=tcfg.threads,
             # Llama's settings: text as written (no NFKC, spaces kept), so decode(encode(x)) == x.
-            normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-            max_sentence_length=1 << 16, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            max_sentence_length=1 << 16,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            minloglevel=2,
         )
     except RuntimeError as e:  # e.g. "Vocabulary size is smaller than required_chars"
         raise CamelidError(f"SentencePiece could not train: {e}") from None
@@ -115,8 +127,9 @@ def _train_hf(lines: list[str], tcfg, like, wordpiece: bool):
         tk.normalizer = normalizers.BertNormalizer(lowercase=False)  # also puts every CJK character apart
         tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.BertPreTokenizer(), *digits])
         tk.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=tcfg.vocab_size, min_frequency=tcfg.min_frequency,
-                                            special_tokens=specials, show_progress=True)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=tcfg.vocab_size, min_frequency=tcfg.min_frequency, special_tokens=specials, show_progress=True
+        )
     else:
         specials = ["<|endoftext|>"]
         tk = Tokenizer(models.BPE())
@@ -126,14 +139,21 @@ def _train_hf(lines: list[str], tcfg, like, wordpiece: bool):
         else:
             tk.pre_tokenizer = pre_tokenizers.Sequence([*digits, pre_tokenizers.ByteLevel(add_prefix_space=False)])
         tk.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=tcfg.vocab_size, min_frequency=tcfg.min_frequency,
-                                      special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=True)
+        trainer = trainers.BpeTrainer(
+            vocab_size=tcfg.vocab_size,
+            min_frequency=tcfg.min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=True,
+        )
     tk.train_from_iterator(lines, trainer, length=len(lines))
     from transformers import PreTrainedTokenizerFast
 
-    names = {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-             "mask_token": "[MASK]"} if wordpiece else {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    names = (
+        {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+        if wordpiece
+        else {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tk, **names), None
 
 
@@ -183,10 +203,17 @@ def spm_to_hf(data: bytes):
     unk = pieces[spec.unk_id]
     if spec.model_type == 2:  # BPE
         normal = {p.piece for p in proto.pieces if p.type == SPM_NORMAL}
-        model = models.BPE({p: i for i, p in enumerate(pieces)}, spm_merges(pieces, normal), unk_token=unk,
-                           fuse_unk=True, byte_fallback=byte_fallback)
+        model = models.BPE(
+            {p: i for i, p in enumerate(pieces)},
+            spm_merges(pieces, normal),
+            unk_token=unk,
+            fuse_unk=True,
+            byte_fallback=byte_fallback,
+        )
     elif spec.model_type == 1:  # unigram
-        model = models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=spec.unk_id, byte_fallback=byte_fallback)
+        model = models.Unigram(
+            [(p.piece, p.score) for p in proto.pieces], unk_id=spec.unk_id, byte_fallback=byte_fallback
+        )
     else:
         raise CamelidError(f"SentencePiece model type {spec.model_type} is not supported (BPE and unigram are)")
     tk = Tokenizer(model)
@@ -199,8 +226,13 @@ def spm_to_hf(data: bytes):
     tk.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "▁")])
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     tk.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
-    tk.add_special_tokens([AddedToken(p.piece, special=True, normalized=False) for p in proto.pieces
-                           if p.type in (SPM_CONTROL, SPM_UNKNOWN)])
+    tk.add_special_tokens(
+        [
+            AddedToken(p.piece, special=True, normalized=False)
+            for p in proto.pieces
+            if p.type in (SPM_CONTROL, SPM_UNKNOWN)
+        ]
+    )
     tk.add_tokens([AddedToken(p.piece, normalized=False) for p in proto.pieces if p.type == SPM_USER])
     names = {"unk_token": unk}
     for name, i in (("bos_token", spec.bos_id), ("eos_token", spec.eos_id), ("pad_token", spec.pad_id)):
@@ -226,7 +258,9 @@ def is_byte_level(spec: dict) -> bool:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 byte values to printable characters (byte-level BPE's alphabet)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:

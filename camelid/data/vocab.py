@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from camelid.data.tokenizer import (
-    B2U, SAMPLES, SPM_CONTROL, SPM_NORMAL, SPM_USER, is_byte_level, round_trips, spm_proto, tokens_per_char,
+    B2U,
+    SAMPLES,
+    SPM_CONTROL,
+    SPM_NORMAL,
+    SPM_USER,
+    is_byte_level,
+    round_trips,
+    spm_proto,
+    tokens_per_char,
 )
 from camelid.utils import CamelidError, log
 
@@ -45,21 +53,29 @@ def extend(base_tok, domain: list[bytes], max_added: int = 0, base_proto: bytes 
     spec = json.loads(base_tok.backend_tokenizer.to_str())
     m = spec["model"]
     if m["type"] != "BPE":
-        raise CamelidError(f"the base tokenizer is {m['type']}; extension supports BPE bases (byte-level like "
-                           "GPT-2, SmolLM, Llama-3, Qwen, or SentencePiece BPE like Llama 1/2, Mistral)")
+        raise CamelidError(
+            f"the base tokenizer is {m['type']}; extension supports BPE bases (byte-level like "
+            "GPT-2, SmolLM, Llama-3, Qwen, or SentencePiece BPE like Llama 1/2, Mistral)"
+        )
     if m.get("continuing_subword_prefix") or m.get("end_of_word_suffix"):
         raise CamelidError("BPE with a continuing-subword prefix or end-of-word suffix is not supported")
     byte_level = is_byte_level(spec)
-    if not byte_level and "▁" not in json.dumps([spec.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")],
-                                                  ensure_ascii=False):
+    if not byte_level and "▁" not in json.dumps(
+        [spec.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")], ensure_ascii=False
+    ):
         raise CamelidError("the base BPE tokenizer is neither byte-level nor SentencePiece-style (▁ for spaces)")
     first = len(base_tok)
     vocab = dict(m["vocab"])
     if max(vocab.values()) >= first:
         raise CamelidError(f"the base tokenizer's vocabulary has ids up to {max(vocab.values())} but {first} tokens")
     specials = {t["content"] for t in spec.get("added_tokens", [])}
-    builder = _Builder(vocab, [tuple(x) if isinstance(x, list) else tuple(x.split(" ")) for x in m["merges"]],
-                       first, byte_level, specials)
+    builder = _Builder(
+        vocab,
+        [tuple(x) if isinstance(x, list) else tuple(x.split(" ")) for x in m["merges"]],
+        first,
+        byte_level,
+        specials,
+    )
 
     targets, skipped, present = [], Counter(), 0
     for b in domain:
@@ -92,10 +108,17 @@ def extend(base_tok, domain: list[bytes], max_added: int = 0, base_proto: bytes 
         missing = [s for s in added if _pieces(backend, s) != [s]]
     tok = _wrap(base_tok, backend)
     proto = _extend_proto(base_proto, builder.pieces_from(first), first, base_tok) if base_proto else None
-    stats = {"base_vocab": first, "domain_tokens": len(domain), "already_in_base": present,
-             "skipped": dict(skipped.most_common()), "added_domain_tokens": len(added),
-             "intermediate_tokens": len(vocab) - first - len(set(added)), "new_vocab": len(tok),
-             "never_produced": len(missing), "spelling": "byte-level BPE" if byte_level else "SentencePiece BPE"}
+    stats = {
+        "base_vocab": first,
+        "domain_tokens": len(domain),
+        "already_in_base": present,
+        "skipped": dict(skipped.most_common()),
+        "added_domain_tokens": len(added),
+        "intermediate_tokens": len(vocab) - first - len(set(added)),
+        "new_vocab": len(tok),
+        "never_produced": len(missing),
+        "spelling": "byte-level BPE" if byte_level else "SentencePiece BPE",
+    }
     if missing:
         log.warning(f"{len(missing)} added tokens are not produced from their own text (e.g. {missing[:3]})")
     return Extension(tok, proto, first, stats)
@@ -127,8 +150,9 @@ def _spell(b: bytes, byte_level: bool, base_tok) -> tuple[str | None, str]:
 class _Builder:
     """The growing vocabulary and merges, with a BPE that segments one word exactly as the HF model will."""
 
-    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], first: int, byte_level: bool,
-                 specials: set[str]):
+    def __init__(
+        self, vocab: dict[str, int], merges: list[tuple[str, str]], first: int, byte_level: bool, specials: set[str]
+    ):
         self.vocab, self.merges, self.first, self.byte_level = vocab, merges, first, byte_level
         self.n_base_merges, self.next_id = len(merges), first
         self.ranks = {pair: i for i, pair in enumerate(merges)}
@@ -141,11 +165,13 @@ class _Builder:
             if self.byte_level:  # the lowest-ranked merge of an adjacent pair, leftmost first
                 cands = [(self.ranks[p], i) for i, p in enumerate(zip(seg, seg[1:])) if p in self.ranks]
             else:  # SentencePiece: the adjacent pair making the best (lowest-id) piece, leftmost first
-                cands = [(self.vocab[a + b], i) for i, (a, b) in enumerate(zip(seg, seg[1:])) if a + b in self.mergeable]
+                cands = [
+                    (self.vocab[a + b], i) for i, (a, b) in enumerate(zip(seg, seg[1:])) if a + b in self.mergeable
+                ]
             if not cands:
                 break
             _, i = min(cands)
-            seg[i:i + 2] = [seg[i] + seg[i + 1]]
+            seg[i : i + 2] = [seg[i] + seg[i + 1]]
         return seg
 
     def add_token(self, s: str) -> None:
@@ -191,10 +217,14 @@ class _Builder:
             idx = self.vocab[p]
             for k in range(1, len(p)):
                 left, right = p[:k], p[k:]
-                if left in self.mergeable and right in self.mergeable and (idx >= self.first or left in new or right in new):
+                if (
+                    left in self.mergeable
+                    and right in self.mergeable
+                    and (idx >= self.first or left in new or right in new)
+                ):
                     extra.append((idx, k, (left, right)))
-        have = set(self.merges[:self.n_base_merges])
-        return self.merges[:self.n_base_merges] + [pair for _, _, pair in sorted(extra) if pair not in have]
+        have = set(self.merges[: self.n_base_merges])
+        return self.merges[: self.n_base_merges] + [pair for _, _, pair in sorted(extra) if pair not in have]
 
 
 def _backend(spec: dict, builder: _Builder):
@@ -259,8 +289,12 @@ def verify(old_tok, new_tok, texts: list[str] | None = None) -> dict:
     broken = [t for t, b, a in zip(sample, before, after) if b and not a]
     if broken:
         raise CamelidError(f"decode(encode(text)) no longer gives the text back, e.g. {broken[0][:80]!r}")
-    return {"old_ids_kept": len(old_vocab), "round_trip_exact": sum(after), "round_trip_exact_before": sum(before),
-            "round_trip_texts": len(sample)}
+    return {
+        "old_ids_kept": len(old_vocab),
+        "round_trip_exact": sum(after),
+        "round_trip_exact_before": sum(before),
+        "round_trip_texts": len(sample),
+    }
 
 
 def report(old_tok, new_tok, sources: dict[str, list[str]]) -> dict:
@@ -270,11 +304,20 @@ def report(old_tok, new_tok, sources: dict[str, list[str]]) -> dict:
     out = {}
     for name, texts in rows.items():
         before, after = tokens_per_char(old_tok, texts), tokens_per_char(new_tok, texts)
-        out[name] = {"chars": sum(len(t) for t in texts), "tokens_per_char_before": round(before, 4),
-                     "tokens_per_char_after": round(after, 4), "fewer_tokens": round(before / after, 3)}
+        out[name] = {
+            "chars": sum(len(t) for t in texts),
+            "tokens_per_char_before": round(before, 4),
+            "tokens_per_char_after": round(after, 4),
+            "fewer_tokens": round(before / after, 3),
+        }
     first = len(old_tok)
-    used = {i for texts in sources.values() for ids in new_tok(texts, add_special_tokens=False)["input_ids"]
-            for i in ids if i >= first}
+    used = {
+        i
+        for texts in sources.values()
+        for ids in new_tok(texts, add_special_tokens=False)["input_ids"]
+        for i in ids
+        if i >= first
+    }
     return {"tokens_per_char": out, "new_tokens_used_by_eval_text": len(used)}
 
 
@@ -282,15 +325,18 @@ def format_report(stats: dict, checks: dict, rep: dict) -> str:
     lines = [
         f"vocabulary: {stats['base_vocab']:,} → {stats['new_vocab']:,} ({stats['spelling']}); "
         f"{stats['added_domain_tokens']:,} domain tokens added, {stats['intermediate_tokens']:,} intermediate, "
-        f"{stats['already_in_base']:,} already in the base" + (f", skipped: {stats['skipped']}" if stats["skipped"] else ""),
+        f"{stats['already_in_base']:,} already in the base"
+        + (f", skipped: {stats['skipped']}" if stats["skipped"] else ""),
         f"old ids kept: all {checks['old_ids_kept']:,}; round trips exact: {checks['round_trip_exact']}/"
         f"{checks['round_trip_texts']} (base: {checks['round_trip_exact_before']}); new tokens produced from their "
         f"own text: {stats['added_domain_tokens'] - stats['never_produced']:,}/{stats['added_domain_tokens']:,}",
         f"{'text':<32}{'chars':>10}{'tokens/char before':>20}{'after':>10}{'fewer tokens':>14}",
     ]
     for name, r in rep["tokens_per_char"].items():
-        lines.append(f"{name[:31]:<32}{r['chars']:>10,}{r['tokens_per_char_before']:>20.3f}{r['tokens_per_char_after']:>10.3f}"
-                     f"{r['fewer_tokens']:>13.2f}x")
+        lines.append(
+            f"{name[:31]:<32}{r['chars']:>10,}{r['tokens_per_char_before']:>20.3f}{r['tokens_per_char_after']:>10.3f}"
+            f"{r['fewer_tokens']:>13.2f}x"
+        )
     if rep["new_tokens_used_by_eval_text"]:
         lines.append(f"{rep['new_tokens_used_by_eval_text']:,} distinct new tokens appear in the held-out text")
     return "\n".join(lines)

@@ -139,7 +139,7 @@ class Detokenizer:
         if self.vocab.table is None:
             self._ids.append(token)
             whole = self.vocab.tokenizer.decode(self._ids, skip_special_tokens=True).rstrip("\ufffd")
-            new = whole[len(self._text):]
+            new = whole[len(self._text) :]
             self._text += new
             return new
         data = b"" if token in self.vocab.skip else self.vocab[token]

@@ -28,7 +28,7 @@ import math
 import queue
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -95,7 +95,10 @@ class Engine:
         self.cache = KVCache(layers, num_blocks, bs, kv_heads, head_dim, dtype, self.device)
         self.prefix_slots = self._write_prefix(model) if kind == "PREFIX_TUNING" else []
         n_prefix = len(self.prefix_slots)
-        limits = [(num_blocks - self.pool.used) * bs, (getattr(mc, "max_position_embeddings", None) or 1 << 30) - n_prefix]
+        limits = [
+            (num_blocks - self.pool.used) * bs,
+            (getattr(mc, "max_position_embeddings", None) or 1 << 30) - n_prefix,
+        ]
         limits += [window - n_prefix] if window else []
         self.max_model_len = min(limits + ([cfg.max_model_len] if cfg.max_model_len else []))
         self.eos = self._eos_ids(model, tokenizer)
@@ -112,9 +115,15 @@ class Engine:
         self._accepting, self._stop = True, False
         self.counters = collections.Counter()
         self._recent: collections.deque = collections.deque()  # (time, generated tokens) for tokens/s
-        log.info("engine: %d KV blocks of %d tokens (%.2f GiB), max_model_len %d, %d CPU threads%s", num_blocks, bs,
-                 num_blocks * bs * per_token / 2**30, self.max_model_len, torch.get_num_threads(),
-                 "" if cfg.threads else " (torch's default; engine.threads sets it)")
+        log.info(
+            "engine: %d KV blocks of %d tokens (%.2f GiB), max_model_len %d, %d CPU threads%s",
+            num_blocks,
+            bs,
+            num_blocks * bs * per_token / 2**30,
+            self.max_model_len,
+            torch.get_num_threads(),
+            "" if cfg.threads else " (torch's default; engine.threads sets it)",
+        )
 
     @torch.inference_mode()
     def _write_prefix(self, model) -> list[int]:
@@ -130,12 +139,18 @@ class Engine:
         return slots
 
     @classmethod
-    def load(cls, target: str, cfg: EngineConfig | None = None, trust_remote_code: bool = False) -> "Engine":
+    def load(cls, target: str, cfg: EngineConfig | None = None, trust_remote_code: bool = False) -> Engine:
         from camelid.model import load_for_inference
 
         cfg = cfg or EngineConfig()
         set_threads(cfg)  # before loading: dequantizing a GGUF or casting runs on them too
-        dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if torch.cuda.is_available() or native_bf16_cpu() else "float32"
+        dtype = (
+            cfg.dtype
+            if cfg.dtype != "auto"
+            else "bfloat16"
+            if torch.cuda.is_available() or native_bf16_cpu()
+            else "float32"
+        )
         model, tok = load_for_inference(target, dtype=dtype, trust_remote_code=trust_remote_code)
         if torch.cuda.is_available():
             model = model.cuda()
@@ -151,15 +166,21 @@ class Engine:
 
     # ------------------------------------------------------------------ public API (any thread)
 
-    def submit(self, prompt: list[int], params: SamplingParams | None = None,
-               on_output: Callable[[Output], None] | None = None, request_id: str | None = None,
-               owner: str = "") -> Request:
+    def submit(
+        self,
+        prompt: list[int],
+        params: SamplingParams | None = None,
+        on_output: Callable[[Output], None] | None = None,
+        request_id: str | None = None,
+        owner: str = "",
+    ) -> Request:
         """Queue a request. ValueError (the reason, for a 400) when it cannot run; RuntimeError when shutting down.
         `owner` (the API key's owner id): waiting requests are admitted in turn between owners."""
         params = params or SamplingParams()
         self.check(prompt, params)
-        req = Request(request_id or f"req-{next(self._ids)}", prompt, params, on_output, Detokenizer(self.token_bytes),
-                      owner)
+        req = Request(
+            request_id or f"req-{next(self._ids)}", prompt, params, on_output, Detokenizer(self.token_bytes), owner
+        )
         self._incoming.put(req)
         with self._wake:
             self._wake.notify()
@@ -174,10 +195,14 @@ class Engine:
         if min(prompt) < 0 or max(prompt) >= self.vocab:
             raise ValueError(f"the prompt holds token ids outside [0, {self.vocab})")
         if len(prompt) + params.max_tokens > self.max_model_len:
-            raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
-                             f"context of {self.max_model_len} tokens")
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                f"context of {self.max_model_len} tokens"
+            )
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None) -> list[Completion]:
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[Completion]:
         """Blocking: one Completion per prompt, all run together (stepped by this thread unless a loop runs)."""
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         for p, sp in zip(prompts, plist):  # all or nothing: no half-submitted batch runs unseen
@@ -292,18 +317,25 @@ class Engine:
         offset = len(self.prefix_slots)  # P-Tuning's virtual tokens come first in every context
         for req, n in plan:
             start = req.computed
-            ids.extend(req.tokens[start:start + n])
+            ids.extend(req.tokens[start : start + n])
             pos.extend(range(offset + start, offset + start + n))
             rows.append((n, self.prefix_slots + self._slots(req.blocks, start + n)))
             if start + n == len(req.tokens):
                 keep.append(len(ids) - 1)
                 sampling.append(req)
         batch = paged.build_batch(self.cache, rows, self.device)
-        logits = self.step_model(
-            input_ids=torch.tensor([ids], device=self.device), position_ids=torch.tensor([pos], device=self.device),
-            attention_mask=paged.NO_MASK.to(self.device), use_cache=False, paged=batch,
-            logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device),
-        ).logits[0].float()
+        logits = (
+            self.step_model(
+                input_ids=torch.tensor([ids], device=self.device),
+                position_ids=torch.tensor([pos], device=self.device),
+                attention_mask=paged.NO_MASK.to(self.device),
+                use_cache=False,
+                paged=batch,
+                logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device),
+            )
+            .logits[0]
+            .float()
+        )
         self.counters["prompt_tokens_computed"] += sum(n for r, n in plan if r.computed < len(r.prompt))
         for req, n in plan:
             req.computed += n
@@ -401,7 +433,7 @@ class Engine:
         bs = self.pool.block_size
         while (req.hashed + 1) * bs <= req.computed:
             i = req.hashed
-            req.last_hash = chain_hash(req.last_hash, req.tokens[i * bs:(i + 1) * bs])
+            req.last_hash = chain_hash(req.last_hash, req.tokens[i * bs : (i + 1) * bs])
             self.pool.register(req.blocks[i], req.last_hash)
             req.hashed += 1
 
@@ -441,11 +473,17 @@ class Engine:
         # hold back anything that could still become a stop string (an incomplete character never reaches req.text)
         hold = max((len(s) - 1 for s in req.params.stop), default=0)
         end = max(req.sent, len(req.text) - hold)
-        text, req.sent = req.text[req.sent:end], end
+        text, req.sent = req.text[req.sent : end], end
         req._on_output(Output(req.id, text, tokens, logprobs=logprobs))
 
-    def _finish(self, req: Request, reason: str, error: str | None = None, tokens: list[int] | None = None,
-                logprobs: list[dict] | None = None) -> None:
+    def _finish(
+        self,
+        req: Request,
+        reason: str,
+        error: str | None = None,
+        tokens: list[int] | None = None,
+        logprobs: list[dict] | None = None,
+    ) -> None:
         """The request's last Output carries its last token (if any), the rest of its text, and why it ended.
         A waiting request is taken off the queue by the caller (a scan of a long backlog per request is quadratic)."""
         if req.finished:
@@ -456,7 +494,7 @@ class Engine:
         self.pool.release(req.blocks)
         req.blocks = []
         self.counters[f"requests_{reason}"] += 1
-        tail, req.sent = req.text[req.sent:], len(req.text)
+        tail, req.sent = req.text[req.sent :], len(req.text)
         req._done.set()  # before the last Output, so whoever receives it can take `result()` at once
         req._on_output(Output(req.id, tail, tokens or [], True, reason, logprobs or [], error))
 

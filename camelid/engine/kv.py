@@ -55,7 +55,7 @@ class BlockPool:
         """Cached blocks holding the longest block-aligned prefix of `tokens`; each is now referenced once more."""
         blocks, h = [], b""
         for i in range(max_blocks):
-            nh = chain_hash(h, tokens[i * self.block_size:(i + 1) * self.block_size])
+            nh = chain_hash(h, tokens[i * self.block_size : (i + 1) * self.block_size])
             block = self.by_hash.get(nh)
             if block is None:
                 break
@@ -85,8 +85,16 @@ class BlockPool:
 class KVCache:
     """Per-layer key/value tensors addressed by slot = block * block_size + offset."""
 
-    def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
         shape = (num_blocks * block_size, kv_heads, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]

@@ -62,8 +62,8 @@ def build_batch(cache, rows: list[tuple[int, list[int]]], device) -> PagedBatch:
         padded = torch.zeros(len(decode_ctx), width, dtype=torch.long)
         real = torch.zeros(len(decode_ctx), width, dtype=torch.bool)
         for i, c in enumerate(decode_ctx):
-            padded[i, :len(c)] = torch.tensor(c)
-            real[i, :len(c)] = True
+            padded[i, : len(c)] = torch.tensor(c)
+            real[i, : len(c)] = True
         batch.decode_rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
         batch.decode_slots = padded.to(device)
         batch.decode_mask = None if bool(real.all()) else real[:, None, None, :].to(device)
@@ -82,11 +82,15 @@ def _attend(q, k, v, mask, scale, causal: bool):
     if q.device.type == "cuda":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
     if q.shape[0] == 1 and (causal or mask is None):
-        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, scale=scale, enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), is_causal=causal, scale=scale, enable_gqa=gqa
+        )
         return out.to(q.dtype)
     b, h, n, d = q.shape
     hkv, length = k.shape[1], k.shape[2]
-    qg = q.reshape(b, hkv, (h // hkv) * n, d) * (scale if scale is not None else d ** -0.5)  # heads sharing a KV head side by side
+    qg = q.reshape(b, hkv, (h // hkv) * n, d) * (
+        scale if scale is not None else d**-0.5
+    )  # heads sharing a KV head side by side
     scores = torch.matmul(qg, k.transpose(-1, -2)).view(b, hkv, h // hkv, n, length)
     if causal:
         mask = torch.ones(1, 1, n, length, dtype=torch.bool, device=q.device).tril(length - n)
@@ -105,11 +109,22 @@ def _decode(q, kc, vc, paged: PagedBatch, scaling):
     return _attend(q.unsqueeze(2), kd, vd, paged.decode_mask, scaling, causal=False).squeeze(2)
 
 
-def paged_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                    paged: PagedBatch | None = None, **kwargs):
+def paged_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling=None,
+    paged: PagedBatch | None = None,
+    **kwargs,
+):
     """query [1, H, T, D], key/value [1, Hkv, T, D] → ([1, T, H, D], None), as transformers' attention functions."""
     if paged is None:  # an ordinary forward (scoring, or training a model the engine also serves)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     layer = module.layer_idx
     kc, vc = paged.cache.k[layer], paged.cache.v[layer]
     # index_copy_/index_select rather than tensor indexing: ~10x faster gathers on CPU
@@ -122,11 +137,11 @@ def paged_attention(module, query, key, value, attention_mask, dropout: float = 
     if paged.decode_rows is not None:
         out[paged.decode_rows] = _decode(q[paged.decode_rows], kc, vc, paged, scaling).to(out.dtype)
     for s in paged.segments:
-        qs = q[s.start:s.start + s.length].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
+        qs = q[s.start : s.start + s.length].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         ks = kc.index_select(0, s.slots).transpose(0, 1).unsqueeze(0)
         vs = vc.index_select(0, s.slots).transpose(0, 1).unsqueeze(0)
         os_ = _attend(qs, ks, vs, None if s.mask is None else s.mask[None, None], scaling, causal=s.mask is None)
-        out[s.start:s.start + s.length] = os_[0].transpose(0, 1).to(out.dtype)
+        out[s.start : s.start + s.length] = os_[0].transpose(0, 1).to(out.dtype)
     return out.unsqueeze(0), None
 
 

@@ -13,8 +13,8 @@ import collections
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 
@@ -52,8 +52,15 @@ class Completion:
 
 
 class Request:
-    def __init__(self, rid: str, prompt: list[int], params: SamplingParams, on_output: Callable | None,
-                 detok: Detokenizer, owner: str = ""):
+    def __init__(
+        self,
+        rid: str,
+        prompt: list[int],
+        params: SamplingParams,
+        on_output: Callable | None,
+        detok: Detokenizer,
+        owner: str = "",
+    ):
         self.id, self.prompt, self.params, self.owner = rid, list(prompt), params, owner
         self.tokens = list(prompt)  # prompt + generated; KV exists for tokens[:computed]
         self.generated: list[int] = []
@@ -86,8 +93,16 @@ class Request:
     def result(self, timeout: float | None = None) -> Completion:
         if not self._done.wait(timeout):
             raise TimeoutError(f"request {self.id} still running after {timeout}s")
-        return Completion(self.text, list(self.generated), self.finish_reason, len(self.prompt), self.cached_tokens,
-                          self.logprobs, self.error, self.stop_token)
+        return Completion(
+            self.text,
+            list(self.generated),
+            self.finish_reason,
+            len(self.prompt),
+            self.cached_tokens,
+            self.logprobs,
+            self.error,
+            self.stop_token,
+        )
 
     def __iter__(self) -> Iterator[Output]:
         """Outputs as they come (only for requests submitted without `on_output`)."""

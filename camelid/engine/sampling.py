@@ -53,8 +53,11 @@ class SamplingParams:
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be in [-2, 2]"),
             ("top_logprobs", 0 <= self.top_logprobs <= 20, "must be in [0, 20]"),
             ("seed", self.seed is None or SEED_RANGE[0] <= self.seed < SEED_RANGE[1], "must be in [-2**63, 2**64)"),
-            ("stop", len(self.stop) <= 8 and all(isinstance(s, str) and s for s in self.stop),
-             "must be up to 8 non-empty strings"),
+            (
+                "stop",
+                len(self.stop) <= 8 and all(isinstance(s, str) and s for s in self.stop),
+                "must be up to 8 non-empty strings",
+            ),
         ]
         for name, ok, why in rules:
             if not ok:
@@ -65,7 +68,9 @@ class SamplingParams:
         return self.temperature < MIN_TEMPERATURE
 
 
-def penalize(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, output_counts: dict[int, int]) -> torch.Tensor:
+def penalize(
+    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, output_counts: dict[int, int]
+) -> torch.Tensor:
     """Apply repetition (over `seen`, prompt + output ids) and presence/frequency penalties (over output counts)."""
     if params.repetition_penalty != 1.0 and seen.numel():
         picked = logits[seen]

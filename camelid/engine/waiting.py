@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from camelid.engine.request import Request

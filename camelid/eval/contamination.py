@@ -21,6 +21,6 @@ def benchmark_items(specs: list[str]) -> dict[str, str]:
             context = item.contexts[item.gold]
             desc = description(item.task, item.subject)
             if desc and context.startswith(desc):
-                context = context[len(desc):]
-            out[spec.name + item.id[len(item.task):]] = context + item.continuations[item.gold]  # "<task>/..." ids
+                context = context[len(desc) :]
+            out[spec.name + item.id[len(item.task) :]] = context + item.continuations[item.gold]  # "<task>/..." ids
     return out

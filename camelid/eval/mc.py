@@ -62,7 +62,7 @@ def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[i
         eot = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
         return [eot], whole
     ctx = tok(context, add_special_tokens=False)["input_ids"]
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def groups_of(tok, items: list[MCItem]) -> list[Group]:
@@ -81,7 +81,7 @@ def _tree_row(g: Group, max_length: int) -> tuple[list[int], list[int], list[int
     """ids, positions, segment ids (0 context, j+1 continuation j), and per continuation the row index whose
     logits predict each of its tokens."""
     longest = max(map(len, g.continuations))
-    ctx = g.context[-(max_length - longest):] if len(g.context) + longest > max_length else g.context
+    ctx = g.context[-(max_length - longest) :] if len(g.context) + longest > max_length else g.context
     ids, pos, seg, preds = list(ctx), list(range(len(ctx))), [0] * len(ctx), []
     if longest == 1:  # one-token choices (A/B/C/D) are all read off the context's last position
         return ids, pos, seg, [[len(ctx) - 1]] * len(g.continuations)
@@ -98,7 +98,7 @@ def _tree_mask(segs: list[list[int]], width: int) -> torch.Tensor:
     """[B, 1, W, W] bool: causal, and a continuation sees the context and itself; padding (-1) sees itself."""
     seg = torch.full((len(segs), width), -1, dtype=torch.long)
     for r, s in enumerate(segs):
-        seg[r, :len(s)] = torch.tensor(s)
+        seg[r, : len(s)] = torch.tensor(s)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     q, k = seg[:, :, None], seg[:, None, :]
     allowed = causal & ((k == 0) & (q >= 0) | (k == q) & (q > 0))
@@ -113,7 +113,7 @@ def _score_batch_tree(model, groups: list[Group], max_length: int, device) -> li
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     pos = torch.zeros(len(rows), width, dtype=torch.long)
     for r, (i, p, _, _) in enumerate(rows):
-        ids[r, :len(i)], pos[r, :len(p)] = torch.tensor(i), torch.tensor(p)
+        ids[r, : len(i)], pos[r, : len(p)] = torch.tensor(i), torch.tensor(p)
     decoder, head = decoder_and_head(model)
     if all(max(r[2]) == 0 for r in rows):
         # contexts only, right-padded: causal attention never looks right, so no mask is needed and SDPA can
@@ -121,8 +121,9 @@ def _score_batch_tree(model, groups: list[Group], max_length: int, device) -> li
         hidden = decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
     else:
         mask = _tree_mask([r[2] for r in rows], width)
-        hidden = decoder(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask.to(device),
-                         use_cache=False).last_hidden_state
+        hidden = decoder(
+            input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask.to(device), use_cache=False
+        ).last_hidden_state
     # the head only where a continuation token is predicted: most of the row is context
     where = [(r, p) for r, row in enumerate(rows) for preds in row[3] for p in preds]
     targets = torch.tensor([t for g in groups for cont in g.continuations for t in cont], device=device)
@@ -134,7 +135,7 @@ def _score_batch_tree(model, groups: list[Group], max_length: int, device) -> li
         res = []
         for preds in row[3]:
             n = len(preds)
-            res.append(float(chosen[k:k + n].sum()))
+            res.append(float(chosen[k : k + n].sum()))
             k += n
         out.append(res)
     return out
@@ -146,27 +147,34 @@ def _score_batch_rows(model, groups: list[Group], max_length: int, device, pad_i
     pairs = [(r, j) for r, g in enumerate(groups) for j in range(len(g.continuations))]
     seqs = []
     for r, j in pairs:
-        full = (groups[r].context + groups[r].continuations[j])[-(max_length + 1):]
+        full = (groups[r].context + groups[r].continuations[j])[-(max_length + 1) :]
         seqs.append(full[:-1])  # the last token is only predicted
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     att = torch.zeros(len(seqs), width, dtype=torch.long)
     for k, s in enumerate(seqs):
-        ids[k, :len(s)], att[k, :len(s)] = torch.tensor(s), 1
+        ids[k, : len(s)], att[k, : len(s)] = torch.tensor(s), 1
     logits = model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False).logits.float()
     out = [[None] * len(g.continuations) for g in groups]
     for k, (r, j) in enumerate(pairs):
         cont = groups[r].continuations[j]
         n = len(seqs[k])
-        lg = logits[k, n - len(cont):n]
+        lg = logits[k, n - len(cont) : n]
         target = torch.tensor(cont, device=lg.device)
         logp = torch.log_softmax(lg, -1).gather(1, target[:, None])[:, 0]
         out[r][j] = float(logp.sum())
     return out
 
 
-def score_items(model, tok, items: list[MCItem], batch_tokens: int = 4096, max_length: int | None = None,
-                progress: bool = True, desc: str = "scoring") -> list[ItemScore]:
+def score_items(
+    model,
+    tok,
+    items: list[MCItem],
+    batch_tokens: int = 4096,
+    max_length: int | None = None,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> list[ItemScore]:
     """Log-likelihood of every choice of every item; batched by token budget, longest first."""
     device = next(model.parameters()).device
     max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
@@ -194,8 +202,11 @@ def score_items(model, tok, items: list[MCItem], batch_tokens: int = 4096, max_l
             rows, width = rows + n, max(width, w)
             i += 1
         chunk = [groups[b] for b in batch]
-        scored = (_score_batch_tree(model, chunk, max_length, device) if tree
-                  else _score_batch_rows(model, chunk, max_length, device, pad))
+        scored = (
+            _score_batch_tree(model, chunk, max_length, device)
+            if tree
+            else _score_batch_rows(model, chunk, max_length, device, pad)
+        )
         for b, s in zip(batch, scored):
             results[b] = s
             if groups[b].item not in done_items:
@@ -209,6 +220,7 @@ def score_items(model, tok, items: list[MCItem], batch_tokens: int = 4096, max_l
     out = []
     for idx, item in enumerate(items):
         got = [per_item[idx][j] for j in range(len(item.continuations))]
-        out.append(ItemScore(item.id, item.subject, item.gold, [ll for ll, _ in got], [n for _, n in got],
-                             item.norm_lengths()))
+        out.append(
+            ItemScore(item.id, item.subject, item.gold, [ll for ll, _ in got], [n for _, n in got], item.norm_lengths())
+        )
     return out

@@ -30,8 +30,8 @@ def perplexity(model, tok, path: str | Path, window: int = 1024, stride: int = 5
             continue
         first = max(done, begin + 1)  # a window's own first token has no context in it
         chunk = torch.tensor([ids[begin:end]], device=device)
-        logits = model(input_ids=chunk, use_cache=False).logits[0, first - begin - 1:end - begin - 1].float()
-        nll -= float(torch.log_softmax(logits, -1).gather(1, chunk[0, first - begin:, None]).sum())
+        logits = model(input_ids=chunk, use_cache=False).logits[0, first - begin - 1 : end - begin - 1].float()
+        nll -= float(torch.log_softmax(logits, -1).gather(1, chunk[0, first - begin :, None]).sum())
         scored += end - first
         done = end
         if end == len(ids):

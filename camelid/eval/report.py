@@ -30,9 +30,11 @@ from camelid.utils import CamelidError
 
 # Each results section and the `camelid eval` option that produces it, with an example value for hints when the
 # run's config.yaml does not name one itself.
-_EVAL_OPTIONS = {"tasks": ("benchmark scores", "eval.tasks", "[mmlu,arc_easy]"),
-                 "perplexity": ("perplexity", "eval.perplexity", "[FILE.txt]"),
-                 "samples": ("sample generations", "eval.samples", "PROMPTS.jsonl")}
+_EVAL_OPTIONS = {
+    "tasks": ("benchmark scores", "eval.tasks", "[mmlu,arc_easy]"),
+    "perplexity": ("perplexity", "eval.perplexity", "[FILE.txt]"),
+    "samples": ("sample generations", "eval.samples", "PROMPTS.jsonl"),
+}
 SCORES = ("acc", "acc_norm", "acc_norm_token")
 # Results written before acc_norm followed lm-eval (per character of the choice without its leading space) carry
 # acc_norm_char instead, which counted that space; shown as its own row, never as acc_norm.
@@ -89,7 +91,9 @@ def _read_config(run: Run) -> None:
 def _read_metrics(run: Run) -> None:
     f = run.path / "metrics.jsonl"
     if not f.exists():
-        run.notes.append("metrics.jsonl is missing: no losses to plot (camelid sft and camelid pt write it while training)")
+        run.notes.append(
+            "metrics.jsonl is missing: no losses to plot (camelid sft and camelid pt write it while training)"
+        )
         return
     train: dict[int, float] = {}
     evals: dict[int, float] = {}
@@ -273,8 +277,9 @@ def _num(x: float | None, spec: str = ".4f") -> str:
     return format(x, spec) if _is_num(x) else "—"
 
 
-def _delta_td(first: float | None, last: float | None, spec: str = ".4f", higher_is_better: bool = True,
-              relative: bool = False) -> str:
+def _delta_td(
+    first: float | None, last: float | None, spec: str = ".4f", higher_is_better: bool = True, relative: bool = False
+) -> str:
     """The change from first to last, green when it is an improvement and red when it is a regression."""
     if first is None or last is None:
         return _td("—")
@@ -336,19 +341,36 @@ def _header(runs: list[Run]) -> str:
     rows.append([_td("files read", "key")] + ["<td>" + "<br>".join(map(_e, r.sources)) + "</td>" for r in runs])
     notes = "".join(_note(f"{r.name}: {n}") for r in runs for n in r.notes)
     made = datetime.now().isoformat(timespec="seconds")
-    return (f"<h1>camelid report: {_e(', '.join(r.name for r in runs))}</h1>\n<p class=\"meta\">generated {made}</p>\n"
-            + _table([""] + [r.name for r in runs], rows, "config") + notes)
+    return (
+        f'<h1>camelid report: {_e(", ".join(r.name for r in runs))}</h1>\n<p class="meta">generated {made}</p>\n'
+        + _table([""] + [r.name for r in runs], rows, "config")
+        + notes
+    )
 
 
 def _loss_section(runs: list[Run], out: Path) -> str:
     parts = ["<h2>Training loss</h2>"]
     if not any(r.train for r in runs):
-        return "\n".join(parts + [_note("No training loss: no line of metrics.jsonl has a 'loss' yet; ",
-                                        "camelid sft CONFIG", " and ", "camelid pt CONFIG",
-                                        " write one per logged step while training.")])
+        return "\n".join(
+            parts
+            + [
+                _note(
+                    "No training loss: no line of metrics.jsonl has a 'loss' yet; ",
+                    "camelid sft CONFIG",
+                    " and ",
+                    "camelid pt CONFIG",
+                    " write one per logged step while training.",
+                )
+            ]
+        )
     legend = _line_figure({r.name: r.train for r in runs}, out / "loss.png", "training loss", smoothed=True)
-    parts.append(_img("loss.png", "training loss: " + ", ".join(legend),
-                      "faint: loss of every logged step; bold: smoothed (debiased moving average)"))
+    parts.append(
+        _img(
+            "loss.png",
+            "training loss: " + ", ".join(legend),
+            "faint: loss of every logged step; bold: smoothed (debiased moving average)",
+        )
+    )
     rows = []
     for r in runs:
         if not r.train:
@@ -356,16 +378,26 @@ def _loss_section(runs: list[Run], out: Path) -> str:
             continue
         losses = [loss for _, loss in r.train]
         best_step, best = min(r.train, key=lambda p: p[1])
-        rows.append([_td(r.name), _td(r.train[-1][0]), _td(_num(losses[0])), _td(_num(losses[-1])),
-                     _td(_num(smooth(losses)[-1])), _td(f"{_num(best)} (step {best_step})")])
+        rows.append(
+            [
+                _td(r.name),
+                _td(r.train[-1][0]),
+                _td(_num(losses[0])),
+                _td(_num(losses[-1])),
+                _td(_num(smooth(losses)[-1])),
+                _td(f"{_num(best)} (step {best_step})"),
+            ]
+        )
     parts.append(_table(["run", "last step", "first loss", "final loss", "final smoothed", "lowest"], rows))
     return "\n".join(parts)
 
 
 # What rm / dpo / ppo runs log beyond a loss, each drawn as its own figure when a run has it.
 ALIGNMENT_CURVES = {
-    "score": "PPO: reward-model score of the rollouts", "kl": "PPO: KL to the reference (per answer)",
-    "entropy": "PPO: policy entropy (per token)", "eval_accuracy": "rm / dpo: held-out pairwise accuracy",
+    "score": "PPO: reward-model score of the rollouts",
+    "kl": "PPO: KL to the reference (per answer)",
+    "entropy": "PPO: policy entropy (per token)",
+    "eval_accuracy": "rm / dpo: held-out pairwise accuracy",
     "eval_margin": "rm / dpo: held-out chosen − rejected reward margin",
 }
 
@@ -376,16 +408,19 @@ def _alignment_section(runs: list[Run], out: Path) -> str:
         return ""
     parts = ["<h2>Alignment</h2>"]
     for key in keys:
-        legend = _line_figure({r.name: r.curves.get(key, []) for r in runs}, out / f"{key}.png", key,
-                              smoothed=not key.startswith("eval_"))
+        legend = _line_figure(
+            {r.name: r.curves.get(key, []) for r in runs}, out / f"{key}.png", key, smoothed=not key.startswith("eval_")
+        )
         parts.append(_img(f"{key}.png", f"{key}: " + ", ".join(legend), ALIGNMENT_CURVES[key]))
     return "\n".join(parts)
 
 
 def _eval_loss_section(runs: list[Run], out: Path) -> str:
     parts = ["<h2>Eval loss</h2>"]
-    hint = ("metrics.jsonl has no eval_loss. Eval loss is logged when the config sets data.eval (files) or "
-            "data.eval_split > 0: at step 0, every train.eval_every steps and at the end.")
+    hint = (
+        "metrics.jsonl has no eval_loss. Eval loss is logged when the config sets data.eval (files) or "
+        "data.eval_split > 0: at step 0, every train.eval_every steps and at the end."
+    )
     if not any(r.evals for r in runs):
         return "\n".join(parts + [_note("No eval loss in any run: " + hint)])
     legend = _line_figure({r.name: r.evals for r in runs}, out / "eval_loss.png", "eval loss", smoothed=False)
@@ -397,9 +432,16 @@ def _eval_loss_section(runs: list[Run], out: Path) -> str:
             continue
         best_step, best = min(r.evals, key=lambda p: p[1])
         first, last = r.evals[0][1], r.evals[-1][1]
-        rows.append([_td(r.name), _td(len(r.evals)), _td(f"{_num(first)} (step {r.evals[0][0]})"),
-                     _td(f"{_num(last)} (step {r.evals[-1][0]})"), _delta_td(first, last, higher_is_better=False),
-                     _td(f"{_num(best)} (step {best_step})")])
+        rows.append(
+            [
+                _td(r.name),
+                _td(len(r.evals)),
+                _td(f"{_num(first)} (step {r.evals[0][0]})"),
+                _td(f"{_num(last)} (step {r.evals[-1][0]})"),
+                _delta_td(first, last, higher_is_better=False),
+                _td(f"{_num(best)} (step {best_step})"),
+            ]
+        )
     parts.append(_table(["run", "evals", "first", "final", "Δ (final − first)", "best"], rows))
     parts += [_note(f"{r.name}: " + hint) for r in runs if not r.evals]
     return "\n".join(parts)
@@ -420,15 +462,22 @@ def _missing_note(run: Run, labels: list[str], section: str) -> str:
     what = _EVAL_OPTIONS[section][0]
     cmd_before, cmd_after = eval_command(run, section, before=True), eval_command(run, section, before=False)
     if not run.results:
-        return _note(f"No {what}: {run.path}/eval/ holds no results yet. Run ", cmd_before,
-                     " to score the base model and ", cmd_after, " to score the trained one. With eval.* set in the "
-                     "training config, sft and pt do both when training ends.")
+        return _note(
+            f"No {what}: {run.path}/eval/ holds no results yet. Run ",
+            cmd_before,
+            " to score the base model and ",
+            cmd_after,
+            " to score the trained one. With eval.* set in the training config, sft and pt do both when training ends.",
+        )
     if not labels:
         files = ", ".join(f"eval/{lb}.json" for lb in run.results)
         return _note(f"No {what} in {files}. Run ", cmd_before, " and ", cmd_after, " to add them.")
     if _BEFORE not in labels:
-        return _note(f"No {what} for the base model ('before'), so there is nothing to compare against. Run ",
-                     cmd_before, " to add them.")
+        return _note(
+            f"No {what} for the base model ('before'), so there is nothing to compare against. Run ",
+            cmd_before,
+            " to add them.",
+        )
     if _AFTER not in labels:
         return _note(f"No {what} for the trained model ('after'). Run ", cmd_after, " to add them.")
     return ""
@@ -458,8 +507,11 @@ def _benchmark_overview(runs: list[Run]) -> str:
     head, rows = ["task"], []
     for r in runs:
         labels = _labels_with(r, "tasks")
-        head += [f"{r.name}: {labels[0]}", f"{r.name}: {labels[-1]}", f"{r.name}: Δ"] if len(labels) > 1 else \
-            [f"{r.name}: {labels[0] if labels else 'acc'}", f"{r.name}: Δ"]
+        head += (
+            [f"{r.name}: {labels[0]}", f"{r.name}: {labels[-1]}", f"{r.name}: Δ"]
+            if len(labels) > 1
+            else [f"{r.name}: {labels[0] if labels else 'acc'}", f"{r.name}: Δ"]
+        )
     for task in tasks:
         row = [_td(task)]
         for r in runs:
@@ -498,11 +550,14 @@ def _task_table(task: str, labels: list[str], entries: list[Any]) -> str:
         rows.append([_td(key)] + [_td(_num(v)) for v in values] + delta)
     parts = [f"<h4>{_e(task)}</h4>", f'<p class="meta">{_e(_sizes(labels, entries))}</p>', _table(head, rows)]
     if old:
-        parts.append('<p class="meta">acc_norm_char comes from results written by an older camelid, whose '
-                     "per-character normalization counted the space before each choice; run camelid eval again for "
-                     "acc_norm as lm-evaluation-harness defines it.</p>")
-    subjects = [e.get("subjects") if isinstance(e, dict) and isinstance(e.get("subjects"), dict) else {}
-                for e in entries]
+        parts.append(
+            '<p class="meta">acc_norm_char comes from results written by an older camelid, whose '
+            "per-character normalization counted the space before each choice; run camelid eval again for "
+            "acc_norm as lm-evaluation-harness defines it.</p>"
+        )
+    subjects = [
+        e.get("subjects") if isinstance(e, dict) and isinstance(e.get("subjects"), dict) else {} for e in entries
+    ]
     if any(subjects):
         parts.append(_subject_table(labels, subjects))
     return "\n".join(parts)
@@ -510,6 +565,7 @@ def _task_table(task: str, labels: list[str], entries: list[Any]) -> str:
 
 def _sizes(labels: list[str], entries: list[Any]) -> str:
     """n and k-shot of a task; spelled out per label when they differ, since then the scores are not comparable."""
+
     def of(key: str) -> list[Any]:
         return [e.get(key) if isinstance(e, dict) else None for e in entries]
 
@@ -519,7 +575,9 @@ def _sizes(labels: list[str], entries: list[Any]) -> str:
         if len(set(map(str, values))) == 1:
             out.append(f"{key} = {values[0] if values[0] is not None else '?'}")
         else:  # e.g. a --limit on one side only
-            out.append(f"{key}: " + ", ".join(f"{lb} {v}" for lb, v in zip(labels, values)) + " (differ: not comparable)")
+            out.append(
+                f"{key}: " + ", ".join(f"{lb} {v}" for lb, v in zip(labels, values)) + " (differ: not comparable)"
+            )
     return "; ".join(out)
 
 
@@ -538,16 +596,26 @@ def _subject_table(labels: list[str], subjects: list[dict]) -> str:
     # Subjects without a delta go last; ties keep name order so the table is stable between reports.
     names.sort(key=lambda n: (delta(n) is None, -(delta(n) or 0.0), n))
     macro = [_mean([acc(i, n) for n in names]) for i in range(len(labels))]
-    rows = [[_td("macro average", "key")] + [_td(_num(m), "key") for m in macro]
-            + ([_delta_td(macro[0], macro[-1])] if compare else []) + [_td(f"{len(names)} subjects", "key")]]
+    rows = [
+        [_td("macro average", "key")]
+        + [_td(_num(m), "key") for m in macro]
+        + ([_delta_td(macro[0], macro[-1])] if compare else [])
+        + [_td(f"{len(names)} subjects", "key")]
+    ]
     for name in names:
         n = next((s[name].get("n") for s in reversed(subjects) if isinstance(s.get(name), dict)), None)
-        rows.append([_td(name)] + [_td(_num(acc(i, name))) for i in range(len(labels))]
-                    + ([_delta_td(acc(0, name), acc(len(labels) - 1, name))] if compare else [])
-                    + [_td(n if n is not None else "—")])
+        rows.append(
+            [_td(name)]
+            + [_td(_num(acc(i, name))) for i in range(len(labels))]
+            + ([_delta_td(acc(0, name), acc(len(labels) - 1, name))] if compare else [])
+            + [_td(n if n is not None else "—")]
+        )
     head = ["subject"] + [f"acc {lb}" for lb in labels] + ([_delta_head(labels)] if compare else []) + ["n"]
-    return (f"<details><summary>{len(names)} subjects (acc, biggest gain first)</summary>\n"
-            + _table(head, rows) + "\n</details>")
+    return (
+        f"<details><summary>{len(names)} subjects (acc, biggest gain first)</summary>\n"
+        + _table(head, rows)
+        + "\n</details>"
+    )
 
 
 def _perplexity_section(runs: list[Run]) -> str:
@@ -564,11 +632,20 @@ def _perplexity_section(runs: list[Run]) -> str:
         rows = []
         for name in _union(list(by_label.values())):
             ppl = [_score(by_label[lb].get(name), "ppl") for lb in labels]
-            tokens = next((by_label[lb][name].get("tokens") for lb in reversed(labels)
-                           if isinstance(by_label[lb].get(name), dict)), None)
-            rows.append([_td(name)] + [_td(_num(p, ".3f")) for p in ppl]
-                        + ([_delta_td(ppl[0], ppl[-1], ".3f", higher_is_better=False, relative=True)] if compare else [])
-                        + [_td(tokens if tokens is not None else "—")])
+            tokens = next(
+                (
+                    by_label[lb][name].get("tokens")
+                    for lb in reversed(labels)
+                    if isinstance(by_label[lb].get(name), dict)
+                ),
+                None,
+            )
+            rows.append(
+                [_td(name)]
+                + [_td(_num(p, ".3f")) for p in ppl]
+                + ([_delta_td(ppl[0], ppl[-1], ".3f", higher_is_better=False, relative=True)] if compare else [])
+                + [_td(tokens if tokens is not None else "—")]
+            )
         head = ["file"] + [f"ppl {lb}" for lb in labels] + ([_delta_head(labels)] if compare else []) + ["tokens"]
         parts += [_table(head, rows), missing]
     return "\n".join(p for p in parts if p)
@@ -583,8 +660,10 @@ def _samples_section(runs: list[Run]) -> str:
         if not labels:
             parts.append(missing)
             continue
-        rows = [[_td(prompt, "text")] + [_td(outputs.get(lb, "—"), "text") for lb in labels]
-                for prompt, outputs in _align_samples(r, labels)]
+        rows = [
+            [_td(prompt, "text")] + [_td(outputs.get(lb, "—"), "text") for lb in labels]
+            for prompt, outputs in _align_samples(r, labels)
+        ]
         parts += [_table(["prompt"] + labels, rows, "samples"), missing]
     return "\n".join(p for p in parts if p)
 
@@ -646,12 +725,22 @@ def write_report(runs: list[Path], out: Path) -> Path:
     _unique_names(loaded)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    body = [_header(loaded), _loss_section(loaded, out), _eval_loss_section(loaded, out),
-            _alignment_section(loaded, out), _benchmark_section(loaded, out), _perplexity_section(loaded), _samples_section(loaded)]
+    body = [
+        _header(loaded),
+        _loss_section(loaded, out),
+        _eval_loss_section(loaded, out),
+        _alignment_section(loaded, out),
+        _benchmark_section(loaded, out),
+        _perplexity_section(loaded),
+        _samples_section(loaded),
+    ]
     title = "camelid report: " + ", ".join(r.name for r in loaded)
-    page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
     index = out / "index.html"
     tmp = index.with_name(index.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -21,10 +21,10 @@ from pathlib import Path
 import yaml
 
 from camelid.config import Config, EvalConfig
-from camelid.eval.mc import ItemScore, score_items
 from camelid.data.formats import load_source
-from camelid.eval.ppl import perplexity, reward_accuracy
 from camelid.eval.items import MCItem
+from camelid.eval.mc import ItemScore, score_items
+from camelid.eval.ppl import perplexity, reward_accuracy
 from camelid.eval.tasks import TASKS, TaskSpec, load_task, task_specs, with_fewshot
 from camelid.utils import CamelidError, log, write_json
 
@@ -34,9 +34,12 @@ Loaded = list[tuple[TaskSpec, list[MCItem], list[MCItem]]]  # each task with its
 def summarize(scores: list[ItemScore], k_shot: int) -> dict:
     def metrics(rows: list[ItemScore]) -> dict:
         n = len(rows)
-        return {"acc": sum(r.pred() == r.gold for r in rows) / n,
-                "acc_norm": sum(r.pred("char") == r.gold for r in rows) / n,
-                "acc_norm_token": sum(r.pred("token") == r.gold for r in rows) / n, "n": n}
+        return {
+            "acc": sum(r.pred() == r.gold for r in rows) / n,
+            "acc_norm": sum(r.pred("char") == r.gold for r in rows) / n,
+            "acc_norm_token": sum(r.pred("token") == r.gold for r in rows) / n,
+            "n": n,
+        }
 
     out = {**metrics(scores), "k_shot": k_shot}
     subjects = sorted({s.subject for s in scores if s.subject})
@@ -86,12 +89,19 @@ def load_tasks(specs: list[TaskSpec], limit: int) -> Loaded:
     return [(spec, *load_task(spec.task, spec.path, limit=limit)) for spec in specs]
 
 
-def evaluate(model, tok, cfg: EvalConfig, label: str, model_name: str, out_dir: Path | None = None,
-             tasks: Loaded | None = None) -> dict:
+def evaluate(
+    model, tok, cfg: EvalConfig, label: str, model_name: str, out_dir: Path | None = None, tasks: Loaded | None = None
+) -> dict:
     """Everything `cfg` asks for, on one model; `tasks` are cfg.tasks already loaded (else they load here)."""
-    result = {"label": label, "model": model_name,
-              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "tasks": {}, "perplexity": {}, "samples": [], "reward": {}}
+    result = {
+        "label": label,
+        "model": model_name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tasks": {},
+        "perplexity": {},
+        "samples": [],
+        "reward": {},
+    }
     for spec in cfg.preference:
         pairs, _ = load_source(spec, "preference", "fail", cfg.limit or None)
         result["reward"][spec] = reward_accuracy(model, tok, pairs)
@@ -106,8 +116,18 @@ def evaluate(model, tok, cfg: EvalConfig, label: str, model_name: str, out_dir: 
         if out_dir is not None:
             with open(out_dir / f"{label}.{name}.jsonl", "w", encoding="utf-8") as f:
                 for s in scores:
-                    f.write(json.dumps({"id": s.id, "gold": s.gold, "pred": s.pred(), "pred_norm": s.pred("char"),
-                                        "loglik": s.loglik}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "id": s.id,
+                                "gold": s.gold,
+                                "pred": s.pred(),
+                                "pred_norm": s.pred("char"),
+                                "loglik": s.loglik,
+                            }
+                        )
+                        + "\n"
+                    )
     for f in cfg.perplexity:
         result["perplexity"][Path(f).name] = perplexity(model, tok, f, cfg.ppl_window, cfg.ppl_stride)
     if cfg.samples:
@@ -121,8 +141,10 @@ def table(result: dict) -> str:
         macro = f"  macro {t['acc_macro']:.4f}" if "acc_macro" in t else ""
         # an entry merged from an older results file has acc_norm_char, not acc_norm
         norm = f"acc_norm {t['acc_norm']:.4f}" if "acc_norm" in t else f"acc_norm_char (old) {t['acc_norm_char']:.4f}"
-        lines.append(f"  {name:16} acc {t['acc']:.4f}  {norm}  "
-                     f"acc_norm(token) {t['acc_norm_token']:.4f}  n={t['n']} k={t['k_shot']}{macro}")
+        lines.append(
+            f"  {name:16} acc {t['acc']:.4f}  {norm}  "
+            f"acc_norm(token) {t['acc_norm_token']:.4f}  n={t['n']} k={t['k_shot']}{macro}"
+        )
     for name, p in result["perplexity"].items():
         lines.append(f"  {name:16} perplexity {p['ppl']:.3f} over {p['tokens']} tokens")
     for name, r in result.get("reward", {}).items():
@@ -142,7 +164,8 @@ def _check_same_sources(specs: list[TaskSpec], earlier: dict, dest: Path) -> Non
             raise CamelidError(
                 f"{dest} already holds '{spec.name}' scored on {old['source'] or 'the default ' + spec.task}; this "
                 f"call's '{spec.name}' is {source(spec) or 'the default ' + spec.task}. Give it a name of its own "
-                f"({spec.task}:LABEL{'=' + spec.path if spec.path else ''}) or use another --out")
+                f"({spec.task}:LABEL{'=' + spec.path if spec.path else ''}) or use another --out"
+            )
 
 
 def is_run(path: Path) -> bool:
@@ -173,13 +196,19 @@ def main(cfg: Config, target: str, before: bool = False, out: str | None = None)
     folder.mkdir(parents=True, exist_ok=True)
     if is_reward_model(model_path):
         if e.tasks or e.perplexity or e.samples:
-            raise CamelidError(f"{model_path} is a reward model (sequence classification): it takes only eval.preference")
+            raise CamelidError(
+                f"{model_path} is a reward model (sequence classification): it takes only eval.preference"
+            )
         model, tok = load_reward_model(model_path, cfg.model.dtype, cfg.model.trust_remote_code)
     elif e.preference:
-        raise CamelidError(f"eval.preference needs a reward model (a ...ForSequenceClassification folder); {model_path} "
-                           "is a language model")
+        raise CamelidError(
+            f"eval.preference needs a reward model (a ...ForSequenceClassification folder); {model_path} "
+            "is a language model"
+        )
     else:
-        model, tok = load_for_inference(model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+        model, tok = load_for_inference(
+            model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code
+        )
     log.info(f"evaluating {model_path} as '{label}'")
     result = evaluate(model, tok, e, label, str(model_path), folder, tasks)
     if dest.is_file():  # add to what an earlier call measured (other tasks, files) instead of erasing it

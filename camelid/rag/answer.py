@@ -14,8 +14,8 @@ they retrieve, prompt and sample alike:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from camelid.config import Config, RagConfig
 from camelid.data.templates import prompt_ids
@@ -26,14 +26,22 @@ from camelid.rag.store import KnowledgeBase, kb_folder
 from camelid.utils import CamelidError
 
 
-def answer_params(rag: RagConfig, max_tokens: int | None = None, temperature: float | None = None,
-                  repetition_penalty: float = 1.0, seed: int | None = None) -> SamplingParams:
+def answer_params(
+    rag: RagConfig,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+) -> SamplingParams:
     """How a grounded answer samples unless the caller says otherwise: rag.max_new_tokens, rag.temperature (greedy
     by default). No repetition penalty by default: it counts the prompt's tokens too, so it would push the model
     away from the very words of the sources it should quote."""
-    return SamplingParams(max_tokens=rag.max_new_tokens if max_tokens is None else max_tokens,
-                          temperature=rag.temperature if temperature is None else temperature,
-                          repetition_penalty=repetition_penalty, seed=seed)
+    return SamplingParams(
+        max_tokens=rag.max_new_tokens if max_tokens is None else max_tokens,
+        temperature=rag.temperature if temperature is None else temperature,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
 
 
 def prompt_budget(max_model_len: int, rag: RagConfig, max_tokens: int) -> int:
@@ -42,8 +50,9 @@ def prompt_budget(max_model_len: int, rag: RagConfig, max_tokens: int) -> int:
     return min(budget, rag.max_prompt_tokens) if rag.max_prompt_tokens else budget
 
 
-def ground(kb: KnowledgeBase, rag: RagConfig, conversation: list[dict], count: Callable[[list[dict]], int],
-           budgets: list[int]) -> tuple[list[dict] | None, list[Hit]]:
+def ground(
+    kb: KnowledgeBase, rag: RagConfig, conversation: list[dict], count: Callable[[list[dict]], int], budgets: list[int]
+) -> tuple[list[dict] | None, list[Hit]]:
     """The conversation with its last user turn grounded in retrieved chunks, and the chunks used; (None, [])
     when nothing relevant was found. The question is the last user turn. The first budget (prompt tokens) that
     holds at least one source is used."""
@@ -55,8 +64,10 @@ def ground(kb: KnowledgeBase, rag: RagConfig, conversation: list[dict], count: C
         messages, used = grounded(question, hits, conversation[:-1], count, budget, rag.system)
         if used:
             return messages, used
-    raise CamelidError(f"no retrieved passage fits the prompt budget of {max(budgets)} tokens: raise "
-                       "rag.max_prompt_tokens or the model's context, or lower rag.chunk_tokens for new knowledge bases")
+    raise CamelidError(
+        f"no retrieved passage fits the prompt budget of {max(budgets)} tokens: raise "
+        "rag.max_prompt_tokens or the model's context, or lower rag.chunk_tokens for new knowledge bases"
+    )
 
 
 @dataclass
@@ -78,16 +89,31 @@ class Grounding:
         if not self.found:
             return {"answer": not_found(self.question), "found": False, "citations": [], "prompt": None}
         text = (text or "").strip()
-        return {"answer": text, "found": True, "citations": citations(self.used, text),
-                "prompt": self.messages[-1]["content"]}
+        return {
+            "answer": text,
+            "found": True,
+            "citations": citations(self.used, text),
+            "prompt": self.messages[-1]["content"],
+        }
 
 
-def prepare(kb: KnowledgeBase, rag: RagConfig, question: str, render: Callable[[list[dict]], list[int]],
-            max_model_len: int, max_tokens: int) -> Grounding:
+def prepare(
+    kb: KnowledgeBase,
+    rag: RagConfig,
+    question: str,
+    render: Callable[[list[dict]], list[int]],
+    max_model_len: int,
+    max_tokens: int,
+) -> Grounding:
     """Retrieve for `question` and build its prompt, as many sources as fit beside `max_tokens` of answer.
     `render` turns messages into prompt ids (the model's chat template)."""
-    messages, used = ground(kb, rag, [{"role": "user", "content": question}], lambda m: len(render(m)),
-                            [prompt_budget(max_model_len, rag, max_tokens)])
+    messages, used = ground(
+        kb,
+        rag,
+        [{"role": "user", "content": question}],
+        lambda m: len(render(m)),
+        [prompt_budget(max_model_len, rag, max_tokens)],
+    )
     return Grounding(question, messages, used, render(messages) if messages is not None else [])
 
 

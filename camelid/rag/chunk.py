@@ -4,9 +4,9 @@ at sentence (preferably paragraph) ends, with a few trailing sentences of overla
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Callable
 
 from camelid.rag.readers import Block
 
@@ -54,7 +54,7 @@ def split_sentences(text: str) -> list[str]:
     """Sentences with the whitespace after each; "".join(pieces) == text."""
     cuts = set()
     for m in _END.finditer(text):
-        run, nxt = m.group().rstrip(_CLOSE), text[m.end():m.end() + 1]
+        run, nxt = m.group().rstrip(_CLOSE), text[m.end() : m.end() + 1]
         if _FULL & set(run):
             pass  # 。！？… end a sentence whatever follows
         elif not nxt or nxt.isspace():
@@ -85,15 +85,17 @@ class _Unit:
     para_end: bool  # the last unit of its block
 
 
-def chunk_blocks(blocks: list[Block], count_tokens: Callable[[list[str]], list[int]], size: int,
-                 overlap: int) -> list[Chunk]:
+def chunk_blocks(
+    blocks: list[Block], count_tokens: Callable[[list[str]], list[int]], size: int, overlap: int
+) -> list[Chunk]:
     """Chunks of at most `size` tokens (by `count_tokens`, called in batches); a chunk never spans two heading
     sections, and starts with the previous chunk's trailing sentences worth at most `overlap` tokens."""
     if size <= 0 or not 0 <= overlap < size:
         raise ValueError(f"chunking needs size > 0 and 0 <= overlap < size, got size={size} overlap={overlap}")
     chunks: list[Chunk] = []
-    for (heading, kind, _), group in groupby((b for b in blocks if b.text.strip()),
-                                             key=lambda b: (b.heading, b.kind, b.section)):
+    for (heading, kind, _), group in groupby(
+        (b for b in blocks if b.text.strip()), key=lambda b: (b.heading, b.kind, b.section)
+    ):
         section = list(group)
         units = _units(section, count_tokens, size)
         for i, j in _pack(units, size, overlap):
@@ -102,8 +104,16 @@ def chunk_blocks(blocks: list[Block], count_tokens: Callable[[list[str]], list[i
                 if k > i and units[k].block != units[k - 1].block:
                     text = text.rstrip() + "\n\n"
                 text += units[k].text
-            chunks.append(Chunk(text.strip(), heading, kind, section[units[i].block].loc,
-                                section[units[j - 1].block].loc, sum(u.tokens for u in units[i:j])))
+            chunks.append(
+                Chunk(
+                    text.strip(),
+                    heading,
+                    kind,
+                    section[units[i].block].loc,
+                    section[units[j - 1].block].loc,
+                    sum(u.tokens for u in units[i:j]),
+                )
+            )
     return chunks
 
 
@@ -190,8 +200,9 @@ def _pack(units: list[_Unit], size: int, overlap: int) -> list[tuple[int, int]]:
             break
         # Overlap: the longest tail of this chunk within `overlap` tokens that still leaves room for unit j.
         s, tail = j, 0
-        while (s - 1 > i and tail + units[s - 1].tokens <= overlap
-               and tail + units[s - 1].tokens + units[j].tokens <= size):
+        while (
+            s - 1 > i and tail + units[s - 1].tokens <= overlap and tail + units[s - 1].tokens + units[j].tokens <= size
+        ):
             s -= 1
             tail += units[s].tokens
         i, fresh = s, j

@@ -19,12 +19,16 @@ class Encoder:
         self.name, self.batch = name, batch
         try:
             # trust_remote_code stays off: a model that needs its own code is refused, not run.
-            self.model = st.SentenceTransformer(resolve_model(name, kind="encoder"), device=device or "cpu",
-                                                trust_remote_code=False)
+            self.model = st.SentenceTransformer(
+                resolve_model(name, kind="encoder"), device=device or "cpu", trust_remote_code=False
+            )
         except OSError as e:
             raise CamelidError(f"could not load the sentence encoder '{name}': {e}") from None
-        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
-                       else self.model.get_sentence_embedding_dimension())
+        self.dim = int(
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else self.model.get_sentence_embedding_dimension()
+        )
         self.max_tokens = int(self.model.max_seq_length or 512)
         self.tokenizer = self.model.tokenizer
 
@@ -44,8 +48,9 @@ class Encoder:
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self.model.encode(texts, batch_size=self.batch, normalize_embeddings=True, convert_to_numpy=True,
-                                 show_progress_bar=progress)
+        vecs = self.model.encode(
+            texts, batch_size=self.batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress
+        )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
@@ -61,8 +66,9 @@ class Reranker:
     def __init__(self, name: str, device: str | None = None):
         st = require("sentence_transformers", "rag")
         try:
-            self.model = st.CrossEncoder(resolve_model(name, kind="encoder"), device=device or "cpu",
-                                         trust_remote_code=False)
+            self.model = st.CrossEncoder(
+                resolve_model(name, kind="encoder"), device=device or "cpu", trust_remote_code=False
+            )
         except OSError as e:
             raise CamelidError(f"could not load the cross-encoder '{name}': {e}") from None
 

@@ -5,14 +5,14 @@ prompt stays as the client sent it, and templates without a system role (Gemma) 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from camelid.rag.retrieve import Hit
 from camelid.rag.terms import has_cjk
 
 INSTRUCTION = {
     "en": "Answer the question using only the numbered sources below, and cite the ones you use as [1], [2]. "
-          "If the sources do not contain the answer, say that you do not know.",
+    "If the sources do not contain the answer, say that you do not know.",
     "zh": "只根据下面编号的资料回答问题，并用 [1]、[2] 标注所用的资料。资料里没有答案时，就说不知道。",
 }
 NOT_FOUND = {
@@ -46,8 +46,14 @@ def user_turn(question: str, chunks: list[dict], instruction: str = "") -> str:
     return f"{instruction or INSTRUCTION[lg]}\n\n{head_sources}:\n\n{sources}\n\n{head_question}: {question}"
 
 
-def grounded(question: str, hits: list[Hit], history: list[dict], count: Callable[[list[dict]], int],
-             budget: int, instruction: str = "") -> tuple[list[dict], list[Hit]]:
+def grounded(
+    question: str,
+    hits: list[Hit],
+    history: list[dict],
+    count: Callable[[list[dict]], int],
+    budget: int,
+    instruction: str = "",
+) -> tuple[list[dict], list[Hit]]:
     """Messages = history + one user turn with as many hits (in order) as fit in `budget` prompt tokens.
     A hit too long to fit is skipped so a shorter one after it can still go in. Returns (messages, hits used)."""
     used: list[Hit] = []
@@ -64,9 +70,23 @@ def citations(used: list[Hit], answer: str | None = None) -> list[dict]:
     out = []
     for n, h in enumerate(used, 1):
         c = h.chunk
-        out.append({"index": n, "source": c["source"], "chunk": c["chunk"], "heading": c["heading"], "kind": c["kind"],
-                    "start": c["start"], "end": c["end"], "label": label(c), "text": c["text"],
-                    "score": round(h.score, 6), "similarity": None if h.similarity is None else round(h.similarity, 4),
-                    "bm25": None if h.bm25 is None else round(h.bm25, 4), "term_share": round(h.term_share, 4),
-                    "rerank": h.rerank, **({"cited": n in refs} if answer is not None else {})})
+        out.append(
+            {
+                "index": n,
+                "source": c["source"],
+                "chunk": c["chunk"],
+                "heading": c["heading"],
+                "kind": c["kind"],
+                "start": c["start"],
+                "end": c["end"],
+                "label": label(c),
+                "text": c["text"],
+                "score": round(h.score, 6),
+                "similarity": None if h.similarity is None else round(h.similarity, 4),
+                "bm25": None if h.bm25 is None else round(h.bm25, 4),
+                "term_share": round(h.term_share, 4),
+                "rerank": h.rerank,
+                **({"cited": n in refs} if answer is not None else {}),
+            }
+        )
     return out

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterator
 
 from camelid.utils import CamelidError, require
 
@@ -148,9 +148,38 @@ def _read_markdown(text: str) -> list[Block]:
 # --- HTML -------------------------------------------------------------------------------------------------------
 
 _SKIP = {"script", "style", "noscript", "template", "nav", "header", "footer", "aside", "svg", "head", "title"}
-_BLOCK = {"p", "div", "li", "tr", "pre", "blockquote", "section", "article", "dd", "dt", "ul", "ol", "dl",
-          "table", "main", "body", "form", "figure", "figcaption", "hr", "address", "details", "summary",
-          "caption", "h1", "h2", "h3", "h4", "h5", "h6"}
+_BLOCK = {
+    "p",
+    "div",
+    "li",
+    "tr",
+    "pre",
+    "blockquote",
+    "section",
+    "article",
+    "dd",
+    "dt",
+    "ul",
+    "ol",
+    "dl",
+    "table",
+    "main",
+    "body",
+    "form",
+    "figure",
+    "figcaption",
+    "hr",
+    "address",
+    "details",
+    "summary",
+    "caption",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+}
 
 
 class _HtmlBlocks(HTMLParser):
@@ -186,7 +215,7 @@ class _HtmlBlocks(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self.skip:
-            del self.skip[len(self.skip) - 1 - self.skip[::-1].index(tag):]
+            del self.skip[len(self.skip) - 1 - self.skip[::-1].index(tag) :]
             return
         if self.skip:
             return
@@ -298,6 +327,7 @@ def _join_lines(lines: list[str]) -> str:
 
 # --- JSON Lines -------------------------------------------------------------------------------------------------
 
+
 def _kind(value: object) -> str:
     """A JSON value's type in JSON's words, for messages about the file rather than about Python."""
     if value is None:
@@ -322,7 +352,9 @@ def _read_jsonl(text: str, name: str) -> list[Block]:
         body = rec.get(field)
         if not isinstance(body, str):
             what = "missing" if field not in rec else f"{_kind(body)}, not a string"
-            raise CamelidError(f"{name}:{n}: field '{field}': {what} (each record needs its text in 'text' or 'content')")
+            raise CamelidError(
+                f"{name}:{n}: field '{field}': {what} (each record needs its text in 'text' or 'content')"
+            )
         heading: tuple[str, ...] = ()
         title = rec.get("title")
         if title is not None:

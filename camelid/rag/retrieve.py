@@ -44,8 +44,9 @@ def bm25_search(kb: KnowledgeBase, words: list[str], n: int) -> list[tuple[int, 
     if not words:
         return []
     with kb.lock:
-        rows = kb.db.execute("SELECT rowid, bm25(fts) FROM fts WHERE fts MATCH ? ORDER BY bm25(fts) LIMIT ?",
-                             (_fts_query(words), n)).fetchall()
+        rows = kb.db.execute(
+            "SELECT rowid, bm25(fts) FROM fts WHERE fts MATCH ? ORDER BY bm25(fts) LIMIT ?", (_fts_query(words), n)
+        ).fetchall()
     return [(r[0], -r[1]) for r in rows]
 
 
@@ -56,8 +57,9 @@ def term_shares(kb: KnowledgeBase, words: list[str], ids: list[int]) -> dict[int
     wanted = set(ids)
     with kb.lock:
         total = kb.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
-        postings = [{r[0] for r in kb.db.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (_fts_query([w]),))}
-                    for w in words]
+        postings = [
+            {r[0] for r in kb.db.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (_fts_query([w]),))} for w in words
+        ]
     idf = [math.log(1 + (total - len(p) + 0.5) / (len(p) + 0.5)) for p in postings]
     mass = sum(idf) or 1.0
     return {i: sum(w for w, p in zip(idf, postings) if i in p) / mass for i in wanted}
@@ -81,8 +83,9 @@ def rrf(rankings: dict[str, list[int]], k: int) -> dict[int, float]:
     return fused
 
 
-def search(kb: KnowledgeBase, question: str, cfg: RagConfig, retriever: str | None = None,
-           top_k: int | None = None) -> list[Hit]:
+def search(
+    kb: KnowledgeBase, question: str, cfg: RagConfig, retriever: str | None = None, top_k: int | None = None
+) -> list[Hit]:
     """The relevant chunks for `question`, best first, at most top_k; [] when nothing passes the thresholds."""
     mode = retriever or cfg.retriever
     words = query_terms(question)
@@ -116,4 +119,3 @@ def search(kb: KnowledgeBase, question: str, cfg: RagConfig, retriever: str | No
             h.rerank = h.score = s
         kept = sorted((h for h in kept if h.rerank >= cfg.min_rerank_score), key=lambda h: -h.score)
     return kept[: top_k or cfg.top_k]
-

@@ -23,9 +23,9 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 import numpy as np
 
@@ -61,8 +61,10 @@ def kb_folder(name_or_path: str, cfg: RagConfig) -> Path:
     if "/" in name_or_path:
         return Path(name_or_path).expanduser()
     if not KB_NAME.fullmatch(name_or_path):
-        raise CamelidError(f"knowledge base name '{name_or_path}' is not allowed: use letters, digits, '.', '_' "
-                           "and '-' (at most 64, not starting with '.'), or give a folder path")
+        raise CamelidError(
+            f"knowledge base name '{name_or_path}' is not allowed: use letters, digits, '.', '_' "
+            "and '-' (at most 64, not starting with '.'), or give a folder path"
+        )
     return kb_root(cfg) / name_or_path
 
 
@@ -124,7 +126,7 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ open / create
 
     @classmethod
-    def open(cls, folder: Path, create: RagConfig | None = None) -> "KnowledgeBase":
+    def open(cls, folder: Path, create: RagConfig | None = None) -> KnowledgeBase:
         """Open the knowledge base in `folder`; with `create`, make it (recording that config's encoder and
         chunking) if it does not exist yet."""
         meta_file = folder / "kb.json"
@@ -136,8 +138,13 @@ class KnowledgeBase:
         if create is None:
             raise CamelidError(f"no knowledge base at {folder} (make one with `camelid kb add {folder.name} FILE...`)")
         enc = encoder(create.embedding_model, create.embedding_batch)
-        meta = {"embedding_model": create.embedding_model, "dim": enc.dim, "chunk_tokens": create.chunk_tokens,
-                "chunk_overlap": create.chunk_overlap, "created": time.time()}
+        meta = {
+            "embedding_model": create.embedding_model,
+            "dim": enc.dim,
+            "chunk_tokens": create.chunk_tokens,
+            "chunk_overlap": create.chunk_overlap,
+            "created": time.time(),
+        }
         (folder / "files").mkdir(parents=True, exist_ok=True)
         write_json(meta_file, meta)
         return cls(folder, meta)
@@ -167,8 +174,10 @@ class KnowledgeBase:
 
     def documents(self) -> list[dict]:
         with self.lock:
-            rows = self.db.execute("SELECT d.name, d.sha256, d.bytes, d.added, count(c.id) FROM docs d "
-                                   "LEFT JOIN chunks c ON c.doc_id = d.id GROUP BY d.id ORDER BY d.name").fetchall()
+            rows = self.db.execute(
+                "SELECT d.name, d.sha256, d.bytes, d.added, count(c.id) FROM docs d "
+                "LEFT JOIN chunks c ON c.doc_id = d.id GROUP BY d.id ORDER BY d.name"
+            ).fetchall()
         return [{"name": n, "sha256": h, "bytes": b, "added": a, "chunks": c} for n, h, b, a, c in rows]
 
     def chunks(self, ids: list[int]) -> dict[int, dict]:
@@ -176,11 +185,25 @@ class KnowledgeBase:
             return {}
         marks = ",".join("?" * len(ids))
         with self.lock:
-            rows = self.db.execute("SELECT c.id, d.name, c.ord, c.text, c.heading, c.kind, c.start, c.end, c.n_tokens "
-                                   f"FROM chunks c JOIN docs d ON d.id = c.doc_id WHERE c.id IN ({marks})",
-                                   ids).fetchall()
-        return {r[0]: {"id": r[0], "source": r[1], "chunk": r[2], "text": r[3], "heading": json.loads(r[4]),
-                       "kind": r[5], "start": r[6], "end": r[7], "n_tokens": r[8]} for r in rows}
+            rows = self.db.execute(
+                "SELECT c.id, d.name, c.ord, c.text, c.heading, c.kind, c.start, c.end, c.n_tokens "
+                f"FROM chunks c JOIN docs d ON d.id = c.doc_id WHERE c.id IN ({marks})",
+                ids,
+            ).fetchall()
+        return {
+            r[0]: {
+                "id": r[0],
+                "source": r[1],
+                "chunk": r[2],
+                "text": r[3],
+                "heading": json.loads(r[4]),
+                "kind": r[5],
+                "start": r[6],
+                "end": r[7],
+                "n_tokens": r[8],
+            }
+            for r in rows
+        }
 
     def size(self) -> int:
         with self.lock:
@@ -229,8 +252,9 @@ class KnowledgeBase:
                     continue
                 try:
                     blocks = read_blocks(src, name)
-                    chunks = chunk_blocks(blocks, enc.count_tokens, self.meta["chunk_tokens"],
-                                          self.meta["chunk_overlap"])
+                    chunks = chunk_blocks(
+                        blocks, enc.count_tokens, self.meta["chunk_tokens"], self.meta["chunk_overlap"]
+                    )
                 except (CamelidError, ValueError) as e:
                     report.failed[name] = str(e)
                     log.error(str(e))
@@ -242,15 +266,27 @@ class KnowledgeBase:
                 self._copy_in(src, name)
                 with self.lock, self.db:
                     stale = self._delete_doc(old[0]) if old else []
-                    doc = self.db.execute("INSERT INTO docs (name, sha256, bytes, added) VALUES (?, ?, ?, ?)",
-                                          (name, digest, src.stat().st_size, time.time())).lastrowid
+                    doc = self.db.execute(
+                        "INSERT INTO docs (name, sha256, bytes, added) VALUES (?, ?, ?, ?)",
+                        (name, digest, src.stat().st_size, time.time()),
+                    ).lastrowid
                     ids = []
                     for i, (c, text, v) in enumerate(zip(chunks, texts, vecs)):
                         cid = self.db.execute(
                             "INSERT INTO chunks (doc_id, ord, text, heading, kind, start, end, n_tokens, vec) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (doc, i, c.text, json.dumps(list(c.heading), ensure_ascii=False), c.kind, c.start, c.end,
-                             c.n_tokens, v.tobytes())).lastrowid
+                            (
+                                doc,
+                                i,
+                                c.text,
+                                json.dumps(list(c.heading), ensure_ascii=False),
+                                c.kind,
+                                c.start,
+                                c.end,
+                                c.n_tokens,
+                                v.tobytes(),
+                            ),
+                        ).lastrowid
                         self.db.execute("INSERT INTO fts (rowid, terms) VALUES (?, ?)", (cid, " ".join(terms(text))))
                         ids.append(cid)
                     self._bump()
@@ -273,8 +309,10 @@ class KnowledgeBase:
             for raw in names:
                 name = safe_name(raw.rstrip("/"))
                 with self.lock:
-                    rows = self.db.execute("SELECT id, name FROM docs WHERE name = ? OR name LIKE ? ESCAPE '!'",
-                                           (name, _like_prefix(name + "/"))).fetchall()
+                    rows = self.db.execute(
+                        "SELECT id, name FROM docs WHERE name = ? OR name LIKE ? ESCAPE '!'",
+                        (name, _like_prefix(name + "/")),
+                    ).fetchall()
                 if not rows:
                     raise CamelidError(f"knowledge base '{self.name}' has no document '{raw}' (see `camelid kb ls`)")
                 with self.lock, self.db:
@@ -295,8 +333,10 @@ class KnowledgeBase:
         return ids
 
     def _bump(self) -> None:
-        self.db.execute("INSERT INTO meta (key, value) VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE "
-                        "SET value = CAST(value AS INTEGER) + 1")
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', '1') ON CONFLICT(key) DO UPDATE "
+            "SET value = CAST(value AS INTEGER) + 1"
+        )
 
     def _save_index(self, index) -> None:
         faiss = require("faiss", "rag")
@@ -314,7 +354,7 @@ class KnowledgeBase:
         self._index, self._generation = index, gen
 
     def _copy_in(self, src: Path, name: str) -> None:
-        dest = (self.folder / "files" / name)
+        dest = self.folder / "files" / name
         if not dest.resolve().is_relative_to((self.folder / "files").resolve()):
             raise CamelidError(f"document name '{name}' would point outside the knowledge base")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -329,12 +369,16 @@ def _check_settings(name: str, meta: dict, cfg: RagConfig) -> None:
     """An existing knowledge base keeps the encoder and chunking it was built with."""
     asked = cfg.embedding_model
     if asked != meta["embedding_model"] and asked != RagConfig.embedding_model:  # a default is not a request
-        raise CamelidError(f"knowledge base '{name}' was built with encoder '{meta['embedding_model']}', not "
-                           f"'{asked}': make a new one to change encoders")
+        raise CamelidError(
+            f"knowledge base '{name}' was built with encoder '{meta['embedding_model']}', not "
+            f"'{asked}': make a new one to change encoders"
+        )
     if (cfg.chunk_tokens, cfg.chunk_overlap) != (meta["chunk_tokens"], meta["chunk_overlap"]):
         # one knowledge base, one chunking: mixed chunk sizes would skew BM25's length normalisation
-        log.warning(f"knowledge base '{name}' keeps its chunking ({meta['chunk_tokens']} tokens, overlap "
-                    f"{meta['chunk_overlap']}); rag.chunk_tokens and rag.chunk_overlap apply to new ones")
+        log.warning(
+            f"knowledge base '{name}' keeps its chunking ({meta['chunk_tokens']} tokens, overlap "
+            f"{meta['chunk_overlap']}); rag.chunk_tokens and rag.chunk_overlap apply to new ones"
+        )
 
 
 def _like_prefix(prefix: str) -> str:

@@ -12,7 +12,8 @@ from camelid.utils import require
 
 # Function words that match almost every chunk: in a question they only add noise to BM25 and to the
 # share-of-question-matched relevance test.
-STOP = set("""
+STOP = set(
+    """
 a an the and or but if of to in on at by for with from as is are was were be been being am do does did done
 have has had having it its this that these those there here what which who whom whose when where why how
 i me my we our you your he him his she her they them their not no yes so than then too very can could
@@ -20,7 +21,8 @@ will would shall should may might must about into over under again more most som
 only own same just also up down out off per vs via don doesn didn isn aren wasn ll ve re
 的 了 是 在 和 与 及 或 有 也 都 就 而 被 把 对 从 向 之 其 这 那 这个 那个 这些 那些 一个 什么 哪 哪些 哪个 哪里
 怎么 怎样 如何 为什么 为何 谁 吗 呢 吧 啊 呀 么 多少 几 请 请问 是否 能否 可以 会 要 吧 我 你 他 她 它 我们 你们 他们
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[0-9a-z\u3400-\u9fff\uf900-\ufaff]")
 _LETTER = re.compile(r"[a-z]")

@@ -55,8 +55,15 @@ class Guard:
                 await e.response()(scope, receive, send)
 
 
-def create_app(engine: Engine, cfg: ServeConfig, model_id: str, store: SessionStore, keys: set[str],
-               kbs: dict[str, KnowledgeBase] | None = None, rag: RagConfig | None = None) -> FastAPI:
+def create_app(
+    engine: Engine,
+    cfg: ServeConfig,
+    model_id: str,
+    store: SessionStore,
+    keys: set[str],
+    kbs: dict[str, KnowledgeBase] | None = None,
+    rag: RagConfig | None = None,
+) -> FastAPI:
     api = Api(engine, cfg, model_id, store, keys, kbs, rag)
     app = FastAPI(title="camelid", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api = api
@@ -72,7 +79,9 @@ def create_app(engine: Engine, cfg: ServeConfig, model_id: str, store: SessionSt
         if e.status_code == 404:
             err = ApiError(404, f"no route {request.method} {clip(request.url.path)}", code="not_found")
         elif e.status_code == 405:
-            err = ApiError(405, f"{request.method} is not allowed on {clip(request.url.path)}", code="method_not_allowed")
+            err = ApiError(
+                405, f"{request.method} is not allowed on {clip(request.url.path)}", code="method_not_allowed"
+            )
         else:
             err = ApiError(e.status_code, str(e.detail), code="http_error")
         return await _api_error(request, err)
@@ -80,8 +89,12 @@ def create_app(engine: Engine, cfg: ServeConfig, model_id: str, store: SessionSt
     @app.get("/health")
     async def health():
         # plain reads of the engine's queues, no lock and no stats pass: it answers however busy the engine is
-        return {"status": "ok", "model": model_id, "running": len(engine.running),
-                "waiting": len(engine.waiting) + engine._incoming.qsize()}
+        return {
+            "status": "ok",
+            "model": model_id,
+            "running": len(engine.running),
+            "waiting": len(engine.waiting) + engine._incoming.qsize(),
+        }
 
     @app.get("/metrics")
     async def metrics():

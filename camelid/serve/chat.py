@@ -19,8 +19,9 @@ from camelid.serve.sessions import window_history
 
 
 def chat_params(c: ChatConfig) -> SamplingParams:
-    return SamplingParams(max_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
-                          repetition_penalty=c.repetition_penalty)
+    return SamplingParams(
+        max_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, repetition_penalty=c.repetition_penalty
+    )
 
 
 def answers(engine: Engine, conversations: list[list[dict]], params: SamplingParams) -> list[str]:
@@ -49,7 +50,7 @@ def main(cfg, target: str, stdin=sys.stdin, stdout=sys.stdout) -> None:
             print("(history cleared)", file=stdout)
             continue
         if line.startswith("/system"):
-            system = line[len("/system"):].strip()
+            system = line[len("/system") :].strip()
             history, window = [], 0
             print("(system prompt set; history cleared)", file=stdout)
             continue
@@ -59,8 +60,11 @@ def main(cfg, target: str, stdin=sys.stdin, stdout=sys.stdout) -> None:
         room = engine.max_model_len - params.max_tokens
         ids, moved = window_history(stored, turn, window, lambda m: prompt_ids(engine.tokenizer, m), room)
         if len(ids) > room:
-            print(f"(not sent: the message alone is {len(ids)} tokens; the context holds {engine.max_model_len}, "
-                  f"{params.max_tokens} of them (chat.max_new_tokens) kept for the answer)", file=stdout)
+            print(
+                f"(not sent: the message alone is {len(ids)} tokens; the context holds {engine.max_model_len}, "
+                f"{params.max_tokens} of them (chat.max_new_tokens) kept for the answer)",
+                file=stdout,
+            )
             continue
         window = window if moved is None else moved
         print("bot> ", end="", file=stdout, flush=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,8 +21,14 @@ IGNORED_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_ca
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
@@ -129,8 +136,12 @@ def session_not_found(sid: str) -> ApiError:
 
 
 def session_deleted(sid: str) -> ApiError:
-    return ApiError(409, f"session '{clip(sid)}' was deleted while this turn ran; the turn was aborted",
-                    param="session_id", code="session_deleted")
+    return ApiError(
+        409,
+        f"session '{clip(sid)}' was deleted while this turn ran; the turn was aborted",
+        param="session_id",
+        code="session_deleted",
+    )
 
 
 def max_tokens_too_large(limit: int) -> ApiError:
@@ -142,8 +153,9 @@ def check_content_type(value: str | None) -> None:
     no Content-Type at all is read as JSON."""
     media = (value or "").split(";", 1)[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
-        raise ApiError(415, f"Content-Type must be application/json (got '{clip(media)}')",
-                       code="unsupported_media_type")
+        raise ApiError(
+            415, f"Content-Type must be application/json (got '{clip(media)}')", code="unsupported_media_type"
+        )
 
 
 def _check_tree(body) -> None:
@@ -159,12 +171,17 @@ def _check_tree(body) -> None:
         for key, value in items:
             where = f"{path}.{key}" if path else str(key)
             if isinstance(key, str) and _SURROGATE.search(key):
-                raise ApiError(400, f"a field name under '{clip(path) or 'the body'}' holds a lone UTF-16 "
-                                    "surrogate, which is not valid Unicode", param=path or None)
+                raise ApiError(
+                    400,
+                    f"a field name under '{clip(path) or 'the body'}' holds a lone UTF-16 "
+                    "surrogate, which is not valid Unicode",
+                    param=path or None,
+                )
             if isinstance(value, str):
                 if _SURROGATE.search(value):
-                    raise ApiError(400, f"'{clip(where)}' holds a lone UTF-16 surrogate, which is not valid Unicode",
-                                   param=where)
+                    raise ApiError(
+                        400, f"'{clip(where)}' holds a lone UTF-16 surrogate, which is not valid Unicode", param=where
+                    )
             elif isinstance(value, (dict, list)):
                 stack.append((value, where, depth + 1))
 
@@ -215,14 +232,19 @@ def usage(prompt_tokens: int, done: Sequence) -> dict:
     prefix every one of them reused."""
     completion = sum(c.completion_tokens for c in done)
     cached = min(c.cached_tokens for c in done) if done else 0
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion, "prompt_tokens_details": {"cached_tokens": cached}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def logprob_items(token_bytes, entries: list[dict]) -> list[dict]:
     """OpenAI's logprob items. `bytes` are the token's raw bytes (`token_bytes[id]`), so that text can be rebuilt
     from tokens that each hold part of a character; `token` is their text, with bytes that are not a whole
     character written as \\xNN (not U+FFFD, which would make different fragments the same key in top_logprobs)."""
+
     def tok(t: int, lp: float) -> dict:
         raw = token_bytes[t]
         return {"token": raw.decode("utf-8", "backslashreplace"), "logprob": lp, "bytes": list(raw)}
@@ -232,24 +254,47 @@ def logprob_items(token_bytes, entries: list[dict]) -> list[dict]:
 
 def chat_choice(index: int, text: str, finish_reason: str | None, logprobs: list[dict] | None = None) -> dict:
     """One choice of a whole chat completion; `logprobs` are items from `logprob_items`, None when not asked."""
-    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
-            "logprobs": None if logprobs is None else {"content": logprobs}}
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text},
+        "finish_reason": finish_reason,
+        "logprobs": None if logprobs is None else {"content": logprobs},
+    }
 
 
 def chat_completion(head: dict, choices: list[dict], usage: dict, cites: list[dict] | None = None) -> dict:
     """A whole chat completion; `head` is {id, created, model[, session_id]}. A knowledge-base answer carries
     `cites` (its sources, numbered as in the prompt), even when empty."""
-    return {**head, "object": "chat.completion", "choices": choices, "usage": usage,
-            **({"citations": cites} if cites is not None else {})}
+    return {
+        **head,
+        "object": "chat.completion",
+        "choices": choices,
+        "usage": usage,
+        **({"citations": cites} if cites is not None else {}),
+    }
 
 
-def chat_chunk(head: dict, index: int, delta: dict, finish_reason: str | None = None,
-               logprobs: list[dict] | None = None, cites: list[dict] | None = None) -> dict:
+def chat_chunk(
+    head: dict,
+    index: int,
+    delta: dict,
+    finish_reason: str | None = None,
+    logprobs: list[dict] | None = None,
+    cites: list[dict] | None = None,
+) -> dict:
     """One streamed chunk of one choice; `cites` go on a knowledge-base answer's first chunk."""
-    choice = {"index": index, "delta": delta, "finish_reason": finish_reason,
-              "logprobs": None if logprobs is None else {"content": logprobs}}
-    return {**head, "object": "chat.completion.chunk", "choices": [choice],
-            **({"citations": cites} if cites is not None else {})}
+    choice = {
+        "index": index,
+        "delta": delta,
+        "finish_reason": finish_reason,
+        "logprobs": None if logprobs is None else {"content": logprobs},
+    }
+    return {
+        **head,
+        "object": "chat.completion.chunk",
+        "choices": [choice],
+        **({"citations": cites} if cites is not None else {}),
+    }
 
 
 def usage_chunk(head: dict, obj: str, usage: dict) -> dict:

@@ -73,8 +73,16 @@ class Turn:
 
 
 class Api:
-    def __init__(self, engine: Engine, cfg: ServeConfig, model_id: str, store: SessionStore, keys: set[str],
-                 kbs: dict[str, KnowledgeBase] | None = None, rag: RagConfig | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        cfg: ServeConfig,
+        model_id: str,
+        store: SessionStore,
+        keys: set[str],
+        kbs: dict[str, KnowledgeBase] | None = None,
+        rag: RagConfig | None = None,
+    ):
         self.engine, self.cfg, self.model_id, self.store, self.keys = engine, cfg, model_id, store, keys
         self.kbs, self.rag = kbs or {}, rag or RagConfig()
         self.tok = engine.tokenizer
@@ -93,10 +101,13 @@ class Api:
             async for chunk in request.stream():
                 raw += chunk
                 if len(raw) > self.cfg.max_body_bytes:
-                    raise ApiError(413, f"request body exceeds {self.cfg.max_body_bytes} bytes",
-                                   code="request_too_large")
+                    raise ApiError(
+                        413, f"request body exceeds {self.cfg.max_body_bytes} bytes", code="request_too_large"
+                    )
         except ClientDisconnect:  # gone mid-upload: counted, not logged as an internal error
-            raise ApiError(499, "the client disconnected while sending its request", code="client_disconnected") from None
+            raise ApiError(
+                499, "the client disconnected while sending its request", code="client_disconnected"
+            ) from None
         return parse(bytes(raw), schema)
 
     def authorize(self, request: Request) -> str:
@@ -107,8 +118,12 @@ class Api:
         given = (header[7:].strip() if header.lower().startswith("bearer ") else "").encode("latin-1")
         key = next((k for k in self.keys if secrets.compare_digest(given, k.encode())), None) if given else None
         if key is None:
-            raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
-                           "authentication_error", code="invalid_api_key")
+            raise ApiError(
+                401,
+                "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                "authentication_error",
+                code="invalid_api_key",
+            )
         return _owner(key)
 
     def count_error(self, status: int, kind: str, sent: str = "response") -> None:
@@ -120,8 +135,12 @@ class Api:
             kb = name[3:]
         elif name != self.model_id:
             served = ", ".join([f"'{self.model_id}'"] + [f"'kb:{k}'" for k in self.kbs])
-            raise ApiError(404, f"model '{clip(name)}' not found; this server serves {served}", param="model",
-                           code="model_not_found")
+            raise ApiError(
+                404,
+                f"model '{clip(name)}' not found; this server serves {served}",
+                param="model",
+                code="model_not_found",
+            )
         if kb is None:
             return None
         return self.knowledge_base(kb, "kb" if not name.startswith("kb:") else "model")
@@ -129,8 +148,12 @@ class Api:
     def knowledge_base(self, name: str, param: str = "kb") -> KnowledgeBase:
         if name not in self.kbs:
             known = ", ".join(self.kbs) or "none (start the server with serve.kb=[NAME])"
-            raise ApiError(404, f"knowledge base '{clip(name)}' is not served here; served: {known}", param=param,
-                           code="kb_not_found")
+            raise ApiError(
+                404,
+                f"knowledge base '{clip(name)}' is not served here; served: {known}",
+                param=param,
+                code="kb_not_found",
+            )
         return self.kbs[name]
 
     def session(self, owner: str, sid: str) -> dict:
@@ -153,10 +176,19 @@ class Api:
         # tiny enough one gives inf, then NaN probabilities, which would fail the step of every request batched.
         temperature = 0.0 if r.temperature < 1e-5 else r.temperature
         sp = SamplingParams(
-            max_tokens=min(self.cfg.default_max_tokens, self.cfg.max_tokens) if max_tokens is None else max_tokens, temperature=temperature,
-            top_p=r.top_p, top_k=r.top_k, repetition_penalty=r.repetition_penalty, presence_penalty=r.presence_penalty,
-            frequency_penalty=r.frequency_penalty, stop=stop, seed=r.seed, logprobs=logprobs, top_logprobs=top,
-            ignore_eos=r.ignore_eos)
+            max_tokens=min(self.cfg.default_max_tokens, self.cfg.max_tokens) if max_tokens is None else max_tokens,
+            temperature=temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            repetition_penalty=r.repetition_penalty,
+            presence_penalty=r.presence_penalty,
+            frequency_penalty=r.frequency_penalty,
+            stop=stop,
+            seed=r.seed,
+            logprobs=logprobs,
+            top_logprobs=top,
+            ignore_eos=r.ignore_eos,
+        )
         try:
             sp.check()
         except ValueError as e:
@@ -173,8 +205,13 @@ class Api:
         return n_prompt + max_tokens <= self.engine.max_model_len
 
     def too_long(self, n_prompt: int, max_tokens: int) -> ApiError:
-        return ApiError(400, f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
-                             f"of {self.engine.max_model_len} tokens", param="messages", code="context_length_exceeded")
+        return ApiError(
+            400,
+            f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
+            f"of {self.engine.max_model_len} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
 
     # ---------------------------------------------------------------- generations
 
@@ -183,17 +220,32 @@ class Api:
         flight, not one. More than the limit alone can never run (400); more beside what runs waits (429)."""
         limit, busy = self.cfg.max_concurrent_per_key, self.in_flight.get(owner, 0)
         if count > limit:
-            raise ApiError(400, f"this request asks for {count} generations (prompts x n) but a key may run at most "
-                                f"{limit} at once (serve.max_concurrent_per_key)", param=param,
-                           code="too_many_generations")
+            raise ApiError(
+                400,
+                f"this request asks for {count} generations (prompts x n) but a key may run at most "
+                f"{limit} at once (serve.max_concurrent_per_key)",
+                param=param,
+                code="too_many_generations",
+            )
         if busy + count > limit:
-            raise ApiError(429, f"this key has {busy} generations in flight and this request adds {count}; at most "
-                                f"{limit} run at once (serve.max_concurrent_per_key)", "rate_limit_error",
-                           code="rate_limit_exceeded")
+            raise ApiError(
+                429,
+                f"this key has {busy} generations in flight and this request adds {count}; at most "
+                f"{limit} run at once (serve.max_concurrent_per_key)",
+                "rate_limit_error",
+                code="rate_limit_exceeded",
+            )
         self.in_flight[owner] = busy + count
 
-    def start(self, request: Request, owner: str, prompts: list[list[int]], params: list[SamplingParams],
-              param: str = "n", turn: Turn | None = None):
+    def start(
+        self,
+        request: Request,
+        owner: str,
+        prompts: list[list[int]],
+        params: list[SamplingParams],
+        param: str = "n",
+        turn: Turn | None = None,
+    ):
         """Submit a call's engine requests, delivering into one asyncio queue as (choice index, Output). Each
         counts against its key until its engine request finishes (not until a response body is closed: a stream
         whose client left before its first byte never runs that code). A watcher aborts them all as soon as the
@@ -209,8 +261,11 @@ class Api:
         reqs = []
         try:
             for i, (p, sp) in enumerate(zip(prompts, params)):
-                reqs.append(self.engine.submit(p, sp, owner=owner,
-                                               on_output=lambda o, i=i: loop.call_soon_threadsafe(deliver, i, o)))
+                reqs.append(
+                    self.engine.submit(
+                        p, sp, owner=owner, on_output=lambda o, i=i: loop.call_soon_threadsafe(deliver, i, o)
+                    )
+                )
         except (ValueError, RuntimeError) as e:
             self.in_flight[owner] -= len(prompts) - len(reqs)  # the submitted ones are released as they abort
             self.cancel(reqs)
@@ -250,8 +305,12 @@ class Api:
                 try:
                     item = await asyncio.wait_for(queue.get(), timeout=max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
-                    raise ApiError(504, f"the request ran past {self.cfg.request_timeout:.0f}s and was aborted",
-                                   "timeout_error", code="timeout") from None
+                    raise ApiError(
+                        504,
+                        f"the request ran past {self.cfg.request_timeout:.0f}s and was aborted",
+                        "timeout_error",
+                        code="timeout",
+                    ) from None
                 if item is GONE:
                     return
                 i, out = item
@@ -287,6 +346,7 @@ class Api:
         """Server-sent events from `events` (chunk dicts), then [DONE]. A stream that fails after its 200 sends
         OpenAI's error object as an event, then [DONE]; an unexpected exception is logged and sent as
         "internal error". Either is counted in /metrics."""
+
         async def body():
             try:
                 async for obj in events:

@@ -80,15 +80,24 @@ def main(cfg: Config, target: str) -> None:
 
     keys = load_keys(cfg)
     if not is_loopback(cfg.serve.host) and not keys:
-        raise CamelidError(f"serve.host={cfg.serve.host} is reachable from other machines: set API keys first "
-                           "(serve.api_keys_file or CAMELID_API_KEYS)")
+        raise CamelidError(
+            f"serve.host={cfg.serve.host} is reachable from other machines: set API keys first "
+            "(serve.api_keys_file or CAMELID_API_KEYS)"
+        )
     kbs = open_kbs(cfg)
     engine = Engine.load(target, cfg.engine, trust_remote_code=cfg.model.trust_remote_code)
     store = SessionStore(cfg.serve.sessions_db)
     name = model_id(cfg, target)
     app = create_app(engine, cfg.serve, name, store, keys, kbs, cfg.rag)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.serve.host, port=cfg.serve.port, log_level="warning",
-                                           timeout_graceful_shutdown=int(cfg.serve.shutdown_grace) + 5))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=cfg.serve.host,
+            port=cfg.serve.port,
+            log_level="warning",
+            timeout_graceful_shutdown=int(cfg.serve.shutdown_grace) + 5,
+        )
+    )
     http = threading.Thread(target=server.run, name="camelid-http", daemon=True)
 
     def stop(signum, frame):
@@ -109,8 +118,11 @@ def main(cfg: Config, target: str) -> None:
     # when HTTP ends (after a graceful shutdown, or by failing), the engine loop ends too
     threading.Thread(target=lambda: (http.join(), engine.shutdown(0)), daemon=True).start()
     served = "".join(f", 'kb:{k}'" for k in kbs)
-    print(f"serving '{name}'{served} at http://{cfg.serve.host}:{cfg.serve.port}/v1 "
-          f"({'API keys required' if keys else 'no API keys'}; sessions in {cfg.serve.sessions_db})", flush=True)
+    print(
+        f"serving '{name}'{served} at http://{cfg.serve.host}:{cfg.serve.port}/v1 "
+        f"({'API keys required' if keys else 'no API keys'}; sessions in {cfg.serve.sessions_db})",
+        flush=True,
+    )
     engine.run()
     server.should_exit = True
     http.join(timeout=cfg.serve.shutdown_grace + 10)

@@ -55,8 +55,10 @@ class SessionStore:
         self._lock = threading.Lock()
         with self._tx():
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
-            old = version < VERSION and self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='sessions'").fetchone()
+            old = (
+                version < VERSION
+                and self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sessions'").fetchone()
+            )
             if old:
                 self._db.execute("DROP INDEX IF EXISTS sessions_owner")
                 self._db.execute("ALTER TABLE messages RENAME TO messages_v0")
@@ -64,9 +66,13 @@ class SessionStore:
             for statement in SCHEMA:
                 self._db.execute(statement)
             if old:
-                self._db.execute("INSERT INTO sessions SELECT owner, id, model, created, updated, window FROM sessions_v0")
-                self._db.execute("INSERT INTO messages SELECT s.owner, m.session_id, m.seq, m.role, m.content, m.created "
-                                 "FROM messages_v0 m JOIN sessions_v0 s ON s.id = m.session_id")
+                self._db.execute(
+                    "INSERT INTO sessions SELECT owner, id, model, created, updated, window FROM sessions_v0"
+                )
+                self._db.execute(
+                    "INSERT INTO messages SELECT s.owner, m.session_id, m.seq, m.role, m.content, m.created "
+                    "FROM messages_v0 m JOIN sessions_v0 s ON s.id = m.session_id"
+                )
                 self._db.execute("DROP TABLE messages_v0")
                 self._db.execute("DROP TABLE sessions_v0")
             self._db.execute(f"PRAGMA user_version={VERSION}")
@@ -84,14 +90,23 @@ class SessionStore:
     def get(self, owner: str, sid: str) -> dict | None:
         """The session with its messages, or None when it does not exist or belongs to another key."""
         with self._lock:
-            row = self._db.execute("SELECT id, model, created, updated, window FROM sessions WHERE owner=? AND id=?",
-                                   (owner, sid)).fetchone()
+            row = self._db.execute(
+                "SELECT id, model, created, updated, window FROM sessions WHERE owner=? AND id=?", (owner, sid)
+            ).fetchone()
             if row is None:
                 return None
-            msgs = self._db.execute("SELECT role, content FROM messages WHERE owner=? AND session_id=? ORDER BY seq",
-                                    (owner, sid)).fetchall()
-        return {"id": row[0], "object": "session", "model": row[1], "created": int(row[2]), "updated": int(row[3]),
-                "window": row[4], "messages": [{"role": r, "content": c} for r, c in msgs]}
+            msgs = self._db.execute(
+                "SELECT role, content FROM messages WHERE owner=? AND session_id=? ORDER BY seq", (owner, sid)
+            ).fetchall()
+        return {
+            "id": row[0],
+            "object": "session",
+            "model": row[1],
+            "created": int(row[2]),
+            "updated": int(row[3]),
+            "window": row[4],
+            "messages": [{"role": r, "content": c} for r, c in msgs],
+        }
 
     def append(self, owner: str, sid: str, messages: list[dict], window: int | None = None) -> None:
         """Add whole exchanges; `window` moves the start of what the model is sent (history windowing)."""
@@ -99,20 +114,33 @@ class SessionStore:
         with self._lock, self._tx():
             if not self._db.execute("SELECT 1 FROM sessions WHERE owner=? AND id=?", (owner, sid)).fetchone():
                 raise KeyError(sid)
-            (n,) = self._db.execute("SELECT COUNT(*) FROM messages WHERE owner=? AND session_id=?",
-                                    (owner, sid)).fetchone()
+            (n,) = self._db.execute(
+                "SELECT COUNT(*) FROM messages WHERE owner=? AND session_id=?", (owner, sid)
+            ).fetchone()
             self._insert(owner, sid, n, messages, now)
-            self._db.execute("UPDATE sessions SET updated=?, window=COALESCE(?, window) WHERE owner=? AND id=?",
-                             (now, window, owner, sid))
+            self._db.execute(
+                "UPDATE sessions SET updated=?, window=COALESCE(?, window) WHERE owner=? AND id=?",
+                (now, window, owner, sid),
+            )
 
     def list(self, owner: str) -> list[dict]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT s.id, s.model, s.created, s.updated, COUNT(m.seq) FROM sessions s LEFT JOIN messages m "
                 "ON m.owner = s.owner AND m.session_id = s.id WHERE s.owner=? GROUP BY s.id ORDER BY s.updated DESC",
-                (owner,)).fetchall()
-        return [{"id": r[0], "object": "session", "model": r[1], "created": int(r[2]), "updated": int(r[3]),
-                 "message_count": r[4]} for r in rows]
+                (owner,),
+            ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "object": "session",
+                "model": r[1],
+                "created": int(r[2]),
+                "updated": int(r[3]),
+                "message_count": r[4],
+            }
+            for r in rows
+        ]
 
     def delete(self, owner: str, sid: str) -> bool:
         with self._lock:
@@ -124,8 +152,10 @@ class SessionStore:
             self._db.close()
 
     def _insert(self, owner: str, sid: str, start: int, messages: list[dict], now: float) -> None:
-        self._db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?)",
-                             [(owner, sid, start + i, m["role"], m["content"], now) for i, m in enumerate(messages)])
+        self._db.executemany(
+            "INSERT INTO messages VALUES (?,?,?,?,?,?)",
+            [(owner, sid, start + i, m["role"], m["content"], now) for i, m in enumerate(messages)],
+        )
 
     @contextlib.contextmanager
     def _tx(self):
@@ -138,8 +168,9 @@ class SessionStore:
         self._db.execute("COMMIT")
 
 
-def window_history(history: list[dict], new: list[dict], window: int, render: Callable[[list[dict]], list[int]],
-                   limit: int) -> tuple[list[int], int | None]:
+def window_history(
+    history: list[dict], new: list[dict], window: int, render: Callable[[list[dict]], list[int]], limit: int
+) -> tuple[list[int], int | None]:
     """The prompt ids for `history` (stored, a system message first if any) + `new` messages, fitted to `limit`
     tokens; and the new window (the index of the oldest stored message still sent), or None when it is unchanged.
 

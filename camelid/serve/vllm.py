@@ -24,9 +24,11 @@ def _folder(target: str | Path) -> Path:
     needed, as the other verbs do)."""
     path = Path(hub.model_folder(target))
     if not path.is_dir():  # a Hugging Face id that the Hub serves: nothing here to check
-        raise CamelidError(f"{target}: not a local folder; camelid vllm checks a run folder, its final/ folder, an "
-                           "exported model or a catalog model. For a Hugging Face id run "
-                           f"`vllm serve {target}` directly")
+        raise CamelidError(
+            f"{target}: not a local folder; camelid vllm checks a run folder, its final/ folder, an "
+            "exported model or a catalog model. For a Hugging Face id run "
+            f"`vllm serve {target}` directly"
+        )
     return path
 
 
@@ -38,23 +40,37 @@ def vllm_command(target: str | Path, name: str | None = None, port: int = 8000) 
     if cfg is not None:
         kind = cfg.get("peft_type")
         if kind != "LORA":
-            raise CamelidError(f"{path}: a {kind} adapter; vLLM serves only LoRA adapters (serve it with `camelid serve`)")
+            raise CamelidError(
+                f"{path}: a {kind} adapter; vLLM serves only LoRA adapters (serve it with `camelid serve`)"
+            )
         problems = []
         if cfg.get("use_dora"):
             problems.append("DoRA adapters are not supported by vLLM")
         if cfg.get("modules_to_save"):
-            problems.append(f"the adapter also trains whole modules ({', '.join(cfg['modules_to_save'])}), which vLLM "
-                            "LoRA does not load")
+            problems.append(
+                f"the adapter also trains whole modules ({', '.join(cfg['modules_to_save'])}), which vLLM "
+                "LoRA does not load"
+            )
         if problems:
-            raise CamelidError(f"{path}: " + "; ".join(problems) + f"; merge it first: camelid export {target} OUT_DIR, "
-                               "then serve OUT_DIR")
+            raise CamelidError(
+                f"{path}: " + "; ".join(problems) + f"; merge it first: camelid export {target} OUT_DIR, "
+                "then serve OUT_DIR"
+            )
         base = cfg.get("base_model_name_or_path") or "BASE_MODEL"
         rank = max([cfg.get("r", 8)] + list((cfg.get("rank_pattern") or {}).values()))
         max_rank = next((r for r in LORA_RANKS if r >= rank), None)
         if max_rank is None:
             raise CamelidError(f"{path}: LoRA rank {rank} is above vLLM's maximum {LORA_RANKS[-1]}; merge it first")
-        args = ["vllm", "serve", base, "--enable-lora", "--lora-modules", f"{name}={path.resolve()}",
-                "--max-lora-rank", str(max_rank)]
+        args = [
+            "vllm",
+            "serve",
+            base,
+            "--enable-lora",
+            "--lora-modules",
+            f"{name}={path.resolve()}",
+            "--max-lora-rank",
+            str(max_rank),
+        ]
     elif (path / "config.json").is_file():
         config = json.loads((path / "config.json").read_text())
         if "quantization_config" in config and config["quantization_config"].get("quant_method") == "bitsandbytes":

@@ -70,9 +70,13 @@ def dpo_batch_loss(ref: Reference, dc: DpoConfig):
         (pc, pr), (rc, rr) = policy.chunk(2), reference.chunk(2)
         losses, chosen, rejected = dpo_loss(pc, pr, rc, rr, dc.beta, dc.loss, dc.label_smoothing)
         return losses.mean(), {
-            "reward_chosen": chosen.mean(), "reward_rejected": rejected.mean(), "margin": (chosen - rejected).mean(),
-            "accuracy": (chosen > rejected).float().mean(), "logp_chosen": pc.detach().mean(),
-            "logp_rejected": pr.detach().mean(), "n_pairs": len(pc),
+            "reward_chosen": chosen.mean(),
+            "reward_rejected": rejected.mean(),
+            "margin": (chosen - rejected).mean(),
+            "accuracy": (chosen > rejected).float().mean(),
+            "logp_chosen": pc.detach().mean(),
+            "logp_rejected": pr.detach().mean(),
+            "n_pairs": len(pc),
         }
 
     return loss_fn
@@ -103,7 +107,8 @@ def main(cfg: Config, loss_fn=None) -> dict:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    model, metrics = fit(model, loss_fn or dpo_batch_loss(ref, cfg.dpo), data.train, data.eval, collate_fn, cfg.train,
-                         run_dir, acc)
+    model, metrics = fit(
+        model, loss_fn or dpo_batch_loss(ref, cfg.dpo), data.train, data.eval, collate_fn, cfg.train, run_dir, acc
+    )
     run.finish(run_dir, acc, model, tokenizer, cfg, metrics, started)
     return metrics

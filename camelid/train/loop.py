@@ -25,8 +25,8 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -50,12 +50,17 @@ SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     handlers = []
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
+    if (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+        and "LOCAL_RANK" in os.environ
+        and not torch.cuda.is_available()
+    ):
         # DeepSpeed on CPU ranks: without a named backend accelerate sees no device, starts the process
         # group through DeepSpeed anyway, but then counts a single process. Naming gloo keeps both in step.
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                       kwargs_handlers=handlers)
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers
+    )
 
 
 def param_groups(params, weight_decay: float, lr: float) -> list[dict]:
@@ -65,7 +70,10 @@ def param_groups(params, weight_decay: float, lr: float) -> list[dict]:
     for p in params:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -129,15 +137,23 @@ def fit(
     scheduler = make_scheduler(optimizer, cfg, steps)
     state = resume(run_dir, cfg, acc, model, optimizer, scheduler) or {"step": 0, "tokens": 0}
 
-    stream = _Stream(len(train_units), cfg, acc.process_index, acc.num_processes).from_index(state["step"] * cfg.grad_accum)
+    stream = _Stream(len(train_units), cfg, acc.process_index, acc.num_processes).from_index(
+        state["step"] * cfg.grad_accum
+    )
     logger = MetricsLog(run_dir, cfg, acc, steps)
     metrics: dict = {}
     if eval_units and state["step"] == 0:  # the baseline every later eval is read against
         logger.write({"step": 0, **evaluate(model, loss_fn, eval_units, collate_fn, cfg.batch_size, acc)})
     # The bar starts after the baseline eval, and later evals and checkpoint saves are taken off its clock and off
     # tokens/s: the ETA is training steps only (a slow step-0 eval once made a 9.5 min run show 46 min).
-    bar = tqdm(total=steps, initial=state["step"], desc="train", unit="step", disable=not acc.is_main_process,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=steps,
+        initial=state["step"],
+        desc="train",
+        unit="step",
+        disable=not acc.is_main_process,
+        dynamic_ncols=True,
+    )
     t0, tok0, paused = time.perf_counter(), state["tokens"], 0.0
     model.train()
     while state["step"] < steps:
@@ -152,7 +168,9 @@ def fit(
                     loss, extra = loss_fn(model, batch)
                 acc.backward(loss)
                 if acc.sync_gradients:
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+                    grad_norm = (
+                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+                    )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step_loss += loss.detach().float() / cfg.grad_accum
@@ -168,9 +186,14 @@ def fit(
             raise CamelidError(f"loss became {loss_value} at step {state['step']}; lower train.lr or check the data")
         elapsed = time.perf_counter() - t0 - paused
         metrics = {
-            "step": state["step"], "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+            "step": state["step"],
+            "epoch": epoch,
+            "loss": loss_value,
+            "lr": scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "tokens": state["tokens"], "tokens_per_s": (state["tokens"] - tok0) / max(elapsed, 1e-9), **step_metrics,
+            "tokens": state["tokens"],
+            "tokens_per_s": (state["tokens"] - tok0) / max(elapsed, 1e-9),
+            **step_metrics,
         }
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
         bar.update(1)
@@ -193,15 +216,24 @@ def fit(
     return model, metrics
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-                   steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """train.scheduler over `steps` optimizer steps, the first train.warmup_ratio of them warming up linearly."""
-    return get_scheduler(SCHEDULES[cfg.scheduler], optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps),
-                         num_training_steps=steps)
+    return get_scheduler(
+        SCHEDULES[cfg.scheduler], optimizer, num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps
+    )
 
 
-def resume(run_dir: Path, cfg: TrainConfig, acc: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: torch.optim.lr_scheduler.LRScheduler, scheduler_steps: int = 1) -> dict | None:
+def resume(
+    run_dir: Path,
+    cfg: TrainConfig,
+    acc: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler_steps: int = 1,
+) -> dict | None:
     """With train.resume and a checkpoint in `run_dir`: restore `model`'s trainable weights, the optimizer and the
     RNG states from the latest one, fast-forward the schedule by `scheduler_steps` per step done, and drop the
     metrics lines of the steps about to be run again. Returns the checkpoint's state (step, ...), or None when the
@@ -234,8 +266,9 @@ def pause_clock(bar, seconds: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loss_fn: LossFn, units: list, collate_fn, batch_size: int,
-             acc: Accelerator) -> dict:
+def evaluate(
+    model: torch.nn.Module, loss_fn: LossFn, units: list, collate_fn, batch_size: int, acc: Accelerator
+) -> dict:
     """Weighted means over `units` (sharded over ranks) of the loss and every metric the loss reports, as
     eval_<name>; weights are the loss's n_tokens (then eval_ppl too) or n_pairs, else 1 per batch."""
     model.eval()
@@ -255,7 +288,9 @@ def evaluate(model: torch.nn.Module, loss_fn: LossFn, units: list, collate_fn, b
         token_weighted = "n_tokens" in extra
         n = next((extra[k] for k in WEIGHTS if k in extra), 1)
         for k, v in {"loss": loss, **{k: v for k, v in extra.items() if k not in WEIGHTS}}.items():
-            sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + torch.as_tensor(v, device=acc.device).float() * n
+            sums[k] = (
+                sums.get(k, torch.zeros((), device=acc.device)) + torch.as_tensor(v, device=acc.device).float() * n
+            )
         count += n
     count = acc.reduce(count, "sum").clamp(min=1)
     out = {f"eval_{k}": (acc.reduce(v, "sum") / count).item() for k, v in sorted(sums.items())}
@@ -332,8 +367,14 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run_dir: Path, state: dict, acc: Accelerator, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, keep_last: int) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    state: dict,
+    acc: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    keep_last: int,
+) -> None:
     final = run_dir / f"checkpoint-{state['step']}"
     acc.wait_for_everyone()
     if acc.distributed_type in _SHARDED:
@@ -375,15 +416,19 @@ def load_checkpoint(ckpt: Path, acc: Accelerator, model: torch.nn.Module, optimi
         missing = [n for n, p in params.items() if p.requires_grad and n not in saved]
         extra = [n for n in saved if n not in params]
         if missing or extra:
-            raise CamelidError(f"{ckpt} was written for a different set of trainable weights (this model has "
-                               f"{missing[:3] or 'none'} that it lacks, it has {extra[:3] or 'none'} that this model "
-                               "lacks): was method or lora.target changed? Start over with train.resume=false")
+            raise CamelidError(
+                f"{ckpt} was written for a different set of trainable weights (this model has "
+                f"{missing[:3] or 'none'} that it lacks, it has {extra[:3] or 'none'} that this model "
+                "lacks): was method or lora.target changed? Start over with train.resume=false"
+            )
         wrong = [(n, tuple(t.shape), tuple(params[n].shape)) for n, t in saved.items() if t.shape != params[n].shape]
         if wrong:
             n, had, want = wrong[0]
-            raise CamelidError(f"{ckpt / 'trainable.safetensors'}: tensor {n} has shape {list(had)} but this "
-                               f"model's is {list(want)} ({len(wrong)} tensors differ; was lora.r or the model "
-                               "changed?). Start over with train.resume=false")
+            raise CamelidError(
+                f"{ckpt / 'trainable.safetensors'}: tensor {n} has shape {list(had)} but this "
+                f"model's is {list(want)} ({len(wrong)} tensors differ; was lora.r or the model "
+                "changed?). Start over with train.resume=false"
+            )
         with torch.no_grad():
             for n, t in saved.items():
                 params[n].copy_(t)

@@ -79,8 +79,13 @@ def pairwise_reward_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: f
 
 
 def dpo_loss(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Direct preference optimisation on sequence log-probs; returns (per-pair losses, chosen rewards, rejected rewards).
 
@@ -122,8 +127,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return (out if shift_mean else out + mean) * mask
 
 
-def kl_penalized_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-                         kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_penalized_rewards(
+    scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards r_t = −β (log π(a_t) − log π_ref(a_t)), plus the sequence's score on its last token
     (Ziegler et al. 2019, eq. 2; InstructGPT eq. 2's KL term). Returns (rewards, per-token KL estimate).
     scores [B]; logp, ref_logp, mask [B, T] over response tokens (mask 1 on real tokens, right-padded)."""
@@ -134,8 +140,9 @@ def kl_penalized_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: tor
     return rewards * mask, kl
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16), right to left over each response:
     δ_t = r_t + γ V_{t+1} − V_t,  A_t = δ_t + γλ A_{t+1}; the value after the last real token is 0.
     Returns (advantages, returns = advantages + values), zero on padding."""
@@ -150,8 +157,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                    clip_range: float = 0.2) -> tuple[torch.Tensor, dict]:
+def ppo_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2
+) -> tuple[torch.Tensor, dict]:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated to minimise:
     max(−A ρ, −A clip(ρ, 1−ε, 1+ε)) with ρ = π(a)/π_old(a), averaged over response tokens.
     Also returns the share of tokens where clipping was active and the approximate KL to the old policy."""
@@ -168,14 +176,17 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     return loss, stats
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                   clip: float = 0.2) -> tuple[torch.Tensor, dict]:
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> tuple[torch.Tensor, dict]:
     """The critic's clipped squared error (OpenAI baselines' PPO2, as used by Ziegler et al. 2019):
     ½ max((V − R)², (clip(V, V_old ± c) − R)²), averaged over response tokens."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
     with torch.no_grad():
-        stats = {"value_clipfrac": masked_mean(((clipped_values - returns) ** 2 > (values - returns) ** 2).float(), mask)}
+        stats = {
+            "value_clipfrac": masked_mean(((clipped_values - returns) ** 2 > (values - returns) ** 2).float(), mask)
+        }
     return loss, stats
 
 

@@ -30,7 +30,7 @@ import copy
 import dataclasses
 import math
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -44,8 +44,16 @@ from camelid.hub import camelid_home
 from camelid.model import decoder_and_head, load_model, load_reward_model, load_tokenizer
 from camelid.train import run
 from camelid.train.loop import MetricsLog, checkpoint_due, make_scheduler, param_groups, resume, save_checkpoint
-from camelid.train.losses import (entropy_from_logits, gae, kl_penalized_rewards, lm_loss, masked_mean, masked_whiten,
-                                  ppo_policy_loss, ppo_value_loss)
+from camelid.train.losses import (
+    entropy_from_logits,
+    gae,
+    kl_penalized_rewards,
+    lm_loss,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
 from camelid.utils import CamelidError, log
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]
@@ -96,11 +104,17 @@ class ActorCritic:
     def _hidden_and_head(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.nn.Module]:
         split = decoder_and_head(model)
         if split is None:
-            raise CamelidError(f"ppo needs a model whose decoder and output head can be called apart; "
-                               f"{type(model).__name__} post-processes its logits")
+            raise CamelidError(
+                f"ppo needs a model whose decoder and output head can be called apart; "
+                f"{type(model).__name__} post-processes its logits"
+            )
         decoder, head = split
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+        hidden = decoder(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+        ).last_hidden_state
         p = batch["prompt_width"]  # the state before answer token j is the hidden state at column p + j - 1
         return hidden[:, p - 1 : -1], head
 
@@ -138,8 +152,14 @@ class RewardModel:
     def __call__(self, prompts: list[list[dict]], answers: list[str]) -> list[float]:
         rows = [render(self.tok, p + [{"role": "assistant", "content": a}]) for p, a in zip(prompts, answers)]
         batch = collate(rows, self.tok.pad_token_id)  # right-padded: the head reads each row's last non-pad token
-        return self.model(input_ids=batch["input_ids"].to(self.device),
-                          attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0].float().tolist()
+        return (
+            self.model(
+                input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)
+            )
+            .logits[:, 0]
+            .float()
+            .tolist()
+        )
 
 
 def load_prompts(tokenizer: PreTrainedTokenizerBase, cfg: Config) -> list[tuple[list[dict], list[int]]]:
@@ -156,7 +176,9 @@ def load_prompts(tokenizer: PreTrainedTokenizerBase, cfg: Config) -> list[tuple[
             continue
         out.append((messages, ids))
     if too_long:
-        log.warning(f"dropped {too_long} of {len(records)} prompts longer than data.max_length − ppo.max_new_tokens ({room})")
+        log.warning(
+            f"dropped {too_long} of {len(records)} prompts longer than data.max_length − ppo.max_new_tokens ({room})"
+        )
     if not out:
         raise CamelidError(f"no prompts fit in {room} tokens; raise data.max_length or lower ppo.max_new_tokens")
     return out
@@ -172,8 +194,13 @@ def episode_batch(prompts: list[list[int]], answers: list[list[int]], pad_id: in
         ids[i, pw - len(p) : pw + len(a)] = torch.tensor(p + a)
         mask[i, pw - len(p) : pw + len(a)] = 1
     return {
-        "input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
-        "answer_ids": ids[:, pw:], "answer_mask": mask[:, pw:].float(), "prompt_width": pw, "temperature": temperature,
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+        "answer_ids": ids[:, pw:],
+        "answer_mask": mask[:, pw:].float(),
+        "prompt_width": pw,
+        "temperature": temperature,
     }
 
 
@@ -183,14 +210,30 @@ def take(batch: dict, idx: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def rollout(ac: ActorCritic, engine: Engine, reward_fn: RewardFn, prompts, cfg: Config, step: int,
-            kl_coef: float, device: torch.device) -> tuple[dict, dict]:
+def rollout(
+    ac: ActorCritic,
+    engine: Engine,
+    reward_fn: RewardFn,
+    prompts,
+    cfg: Config,
+    step: int,
+    kl_coef: float,
+    device: torch.device,
+) -> tuple[dict, dict]:
     """Answer, score and evaluate one batch of prompts: everything the PPO epochs then train on."""
     p = cfg.ppo
     ac.train(False)
     ac.use("default")
-    params = [SamplingParams(max_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
-                             seed=cfg.train.seed * 1_000_003 + step * 10_007 + i) for i in range(len(prompts))]
+    params = [
+        SamplingParams(
+            max_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            seed=cfg.train.seed * 1_000_003 + step * 10_007 + i,
+        )
+        for i in range(len(prompts))
+    ]
     done = engine.generate([ids for _, ids in prompts], params)
     answers = [c.token_ids + ([c.stop_token] if c.stop_token is not None else []) for c in done]
     ended = torch.tensor([c.finish_reason == "stop" for c in done], dtype=torch.float32)
@@ -204,7 +247,9 @@ def rollout(ac: ActorCritic, engine: Engine, reward_fn: RewardFn, prompts, cfg: 
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     mask = batch["answer_mask"]
     parts: dict[str, list] = {"old_logp": [], "ref_logp": [], "old_values": [], "entropy": []}
-    for idx in torch.arange(len(prompts), device=device).split(p.mini_batch):  # vocabulary-sized logits, a chunk at a time
+    for idx in torch.arange(len(prompts), device=device).split(
+        p.mini_batch
+    ):  # vocabulary-sized logits, a chunk at a time
         mb = take(batch, idx)
         logits = ac.logits(mb)
         parts["old_logp"].append(gather_logps(logits, mb["answer_ids"]))
@@ -222,16 +267,29 @@ def rollout(ac: ActorCritic, engine: Engine, reward_fn: RewardFn, prompts, cfg: 
     batch["advantages"] = masked_whiten(advantages, mask)
     lengths = mask.sum(1)
     stats = {
-        "score": raw_scores.mean().item(), "score_std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
-        "kl": kl.sum(1).mean().item(), "kl_coef": kl_coef, "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(),
-        "entropy": entropy.item(), "response_length": lengths.mean().item(), "ended_by_eos": ended.mean().item(),
-        "returns": masked_mean(batch["returns"], mask).item(), "value": masked_mean(batch["old_values"], mask).item(),
+        "score": raw_scores.mean().item(),
+        "score_std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
+        "kl": kl.sum(1).mean().item(),
+        "kl_coef": kl_coef,
+        "non_score_reward": (-kl_coef * kl.sum(1)).mean().item(),
+        "entropy": entropy.item(),
+        "response_length": lengths.mean().item(),
+        "ended_by_eos": ended.mean().item(),
+        "returns": masked_mean(batch["returns"], mask).item(),
+        "value": masked_mean(batch["old_values"], mask).item(),
     }
     return batch, stats
 
 
-def ppo_update(ac: ActorCritic, batch: dict, cfg: Config, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, ptx: Iterator[dict] | None, step: int) -> dict:
+def ppo_update(
+    ac: ActorCritic,
+    batch: dict,
+    cfg: Config,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ptx: Iterator[dict] | None,
+    step: int,
+) -> dict:
     """`ppo.ppo_epochs` passes over the rollout in mini-batches; one optimizer step per mini-batch."""
     p = cfg.ppo
     ac.train(True)
@@ -308,17 +366,28 @@ def main(cfg: Config, reward_fn: RewardFn | None = None) -> dict:
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
     prompts = load_prompts(tokenizer, cfg)
     ac = ActorCritic(cfg, device)
-    reward_fn = reward_fn or RewardModel(p.reward_model, device, cfg.model.dtype if cfg.model.dtype != "auto" else "float32")
+    reward_fn = reward_fn or RewardModel(
+        p.reward_model, device, cfg.model.dtype if cfg.model.dtype != "auto" else "float32"
+    )
     longest = max(len(ids) for _, ids in prompts) + p.max_new_tokens
-    engine = Engine(ac.policy, tokenizer, dataclasses.replace(
-        cfg.engine, prefix_cache=False,  # the weights change every update: yesterday's KV is stale
-        max_running=p.rollout_batch, kv_cache_tokens=cfg.engine.kv_cache_tokens or p.rollout_batch * (longest + 16)))
+    engine = Engine(
+        ac.policy,
+        tokenizer,
+        dataclasses.replace(
+            cfg.engine,
+            prefix_cache=False,  # the weights change every update: yesterday's KV is stale
+            max_running=p.rollout_batch,
+            kv_cache_tokens=cfg.engine.kv_cache_tokens or p.rollout_batch * (longest + 16),
+        ),
+    )
 
     per_epoch = len(batch_order(len(prompts), p.rollout_batch, t.seed, 0))
     steps = t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
     updates = p.ppo_epochs * (p.rollout_batch // p.mini_batch)  # optimizer steps per PPO step
-    optimizer = torch.optim.AdamW(param_groups(ac.actor_params, t.weight_decay, t.lr)
-                                  + param_groups(ac.critic_params, t.weight_decay, p.critic_lr or t.lr))
+    optimizer = torch.optim.AdamW(
+        param_groups(ac.actor_params, t.weight_decay, t.lr)
+        + param_groups(ac.critic_params, t.weight_decay, p.critic_lr or t.lr)
+    )
     scheduler = make_scheduler(optimizer, t, steps * updates)
     ptx = ptx_batches(tokenizer, cfg, device)
 
@@ -328,8 +397,13 @@ def main(cfg: Config, reward_fn: RewardFn | None = None) -> dict:
     ac.use("default")
 
     logger = MetricsLog(run_dir, t, acc, steps)
-    bar = tqdm(total=steps * p.rollout_batch, initial=state["step"] * p.rollout_batch, desc="ppo", unit="episode",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=steps * p.rollout_batch,
+        initial=state["step"] * p.rollout_batch,
+        desc="ppo",
+        unit="episode",
+        dynamic_ncols=True,
+    )
     metrics: dict = {}
     t0, first = time.perf_counter(), state["step"]
     while state["step"] < steps:
@@ -340,8 +414,14 @@ def main(cfg: Config, reward_fn: RewardFn | None = None) -> dict:
         state["step"] += 1
         state["kl_coef"] = adapt_kl(state["kl_coef"], roll["kl"], p)
         elapsed = time.perf_counter() - t0
-        metrics = {"step": state["step"], "epoch": epoch, **roll, **upd, "lr": scheduler.get_last_lr()[0],
-                   "episodes_per_s": (state["step"] - first) * p.rollout_batch / max(elapsed, 1e-9)}
+        metrics = {
+            "step": state["step"],
+            "epoch": epoch,
+            **roll,
+            **upd,
+            "lr": scheduler.get_last_lr()[0],
+            "episodes_per_s": (state["step"] - first) * p.rollout_batch / max(elapsed, 1e-9),
+        }
         logger.step(metrics)
         bar.set_postfix(score=f"{roll['score']:.3f}", kl=f"{roll['kl']:.3f}")
         bar.update(p.rollout_batch)

@@ -32,8 +32,11 @@ def reward_loss(margin: float = 0.0):
         chosen, rejected = rewards.chunk(2)
         loss = pairwise_reward_loss(chosen, rejected, margin)
         return loss, {
-            "accuracy": (chosen > rejected).float().mean(), "margin": (chosen - rejected).mean().detach(),
-            "reward_chosen": chosen.mean().detach(), "reward_rejected": rejected.mean().detach(), "n_pairs": len(chosen),
+            "accuracy": (chosen > rejected).float().mean(),
+            "margin": (chosen - rejected).mean().detach(),
+            "reward_chosen": chosen.mean().detach(),
+            "reward_rejected": rejected.mean().detach(),
+            "n_pairs": len(chosen),
         }
 
     return loss_fn
@@ -54,7 +57,8 @@ def main(cfg: Config, loss_fn=None) -> dict:
     def collate_fn(pairs):
         return collate_pairs(pairs, tokenizer.pad_token_id)
 
-    model, metrics = fit(model, loss_fn or reward_loss(cfg.rm.margin), data.train, data.eval, collate_fn, cfg.train,
-                         run_dir, acc)
+    model, metrics = fit(
+        model, loss_fn or reward_loss(cfg.rm.margin), data.train, data.eval, collate_fn, cfg.train, run_dir, acc
+    )
     run.finish(run_dir, acc, model, tokenizer, cfg, metrics, started)
     return metrics

@@ -47,10 +47,29 @@ from camelid.utils import CamelidError, log, setup_logging, sha256_file, write_j
 RESUME_LOCKED: dict[str, tuple[str, ...]] = {
     "": ("method",),
     "model": ("name", "dtype", "template", "trust_remote_code"),
-    "data": ("train", "eval", "eval_split", "format", "max_length", "max_samples", "packing", "on_error", "truncation",
-             "system"),
-    "train": ("lr", "batch_size", "grad_accum", "warmup_ratio", "scheduler", "weight_decay", "max_grad_norm",
-              "mixed_precision", "seed"),
+    "data": (
+        "train",
+        "eval",
+        "eval_split",
+        "format",
+        "max_length",
+        "max_samples",
+        "packing",
+        "on_error",
+        "truncation",
+        "system",
+    ),
+    "train": (
+        "lr",
+        "batch_size",
+        "grad_accum",
+        "warmup_ratio",
+        "scheduler",
+        "weight_decay",
+        "max_grad_norm",
+        "mixed_precision",
+        "seed",
+    ),
     "lora": ("r", "alpha", "dropout", "target", "rslora", "dora"),
     "quant": ("bits", "quant_type", "double_quant"),
     "freeze": ("last_n_blocks", "modules", "extra"),
@@ -58,23 +77,61 @@ RESUME_LOCKED: dict[str, tuple[str, ...]] = {
     "embedding": ("new_rows_only", "first_new_id"),
     "rm": ("margin",),
     "dpo": ("beta", "loss", "label_smoothing"),
-    "ppo": ("reward_model", "layout", "rollout_batch", "mini_batch", "ppo_epochs", "max_new_tokens", "temperature",
-            "top_p", "top_k", "kl_coef", "adaptive_kl", "target_kl", "kl_horizon", "gamma", "lam", "clip_range",
-            "value_clip", "vf_coef", "critic_lr", "whiten_rewards", "reward_clip", "missing_eos_penalty", "ptx_data",
-            "ptx_coef", "ptx_batch"),
+    "ppo": (
+        "reward_model",
+        "layout",
+        "rollout_batch",
+        "mini_batch",
+        "ppo_epochs",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "kl_coef",
+        "adaptive_kl",
+        "target_kl",
+        "kl_horizon",
+        "gamma",
+        "lam",
+        "clip_range",
+        "value_clip",
+        "vf_coef",
+        "critic_lr",
+        "whiten_rewards",
+        "reward_clip",
+        "missing_eos_penalty",
+        "ptx_data",
+        "ptx_coef",
+        "ptx_batch",
+    ),
 }
 # Free: a change extends the run (more steps or epochs; the schedule is stretched to the new length), or only
 # changes how it is watched, saved or computed (same maths).
 RESUME_FREE: dict[str, tuple[str, ...]] = {
     "model": ("attn_implementation", "gradient_checkpointing"),
-    "train": ("output_dir", "max_steps", "epochs", "eval_every", "save_every", "keep_last", "log_every", "resume",
-              "tensorboard"),
+    "train": (
+        "output_dir",
+        "max_steps",
+        "epochs",
+        "eval_every",
+        "save_every",
+        "keep_last",
+        "log_every",
+        "resume",
+        "tensorboard",
+    ),
     "dpo": ("precompute_ref",),
 }
 # Sections that matter only to the method or stage using them: a method's options change nothing under another
 # method (lora.r under method full), nor dpo.beta in an sft run.
-METHOD_SECTIONS = {"lora": ("lora",), "qlora": ("lora", "quant"), "freeze": ("freeze",), "ptuning": ("ptuning",),
-                   "embedding": ("embedding",), "full": ()}
+METHOD_SECTIONS = {
+    "lora": ("lora",),
+    "qlora": ("lora", "quant"),
+    "freeze": ("freeze",),
+    "ptuning": ("ptuning",),
+    "embedding": ("embedding",),
+    "full": (),
+}
 STAGE_SECTIONS = {"rm": ("rm",), "dpo": ("dpo",), "ppo": ("ppo",)}
 # Sections that never shape training (evaluation after it, serving, other verbs): changes are recorded only.
 UNRELATED = ("chat", "engine", "serve", "eval", "clean", "tok", "rag")
@@ -149,8 +206,11 @@ def config_changes(old: dict, cfg: Config, stage: str) -> dict[str, dict]:
     default; sections it holds that the stage does not read (an older camelid saved every section) are not compared."""
     new = _flat(to_dict(cfg, stage))
     before = _flat(to_dict(Config(), stage)) | _flat(old)
-    return {k: {"old": before.get(k), "new": v, "kind": classify(k, cfg, stage)}
-            for k, v in new.items() if before.get(k) != v and k != "train.resume"}  # resume says how, not what
+    return {
+        k: {"old": before.get(k), "new": v, "kind": classify(k, cfg, stage)}
+        for k, v in new.items()
+        if before.get(k) != v and k != "train.resume"
+    }  # resume says how, not what
 
 
 def data_changes(run_dir: Path) -> dict[str, dict]:
@@ -189,8 +249,10 @@ def plan_resume(cfg: Config, stage: str, run_dir: Path) -> dict | None:
         while Path(f"{run_dir}-{n}").exists():
             n += 1
         cfg.train.output_dir = f"{run_dir}-{n}"
-        log.warning(f"train.resume=false: {run_dir} holds an earlier run, left as it is; "
-                    f"this run starts over in {cfg.train.output_dir}")
+        log.warning(
+            f"train.resume=false: {run_dir} holds an earlier run, left as it is; "
+            f"this run starts over in {cfg.train.output_dir}"
+        )
         return None
     if not (run_dir / "config.yaml").is_file():
         log.warning(f"{run_dir} has no config.yaml to compare this config with; continuing as asked")
@@ -205,31 +267,53 @@ def plan_resume(cfg: Config, stage: str, run_dir: Path) -> dict | None:
         raise CamelidError(
             f"{run_dir} holds a run ({where}) trained with a different config; continuing it would mix two trainings:\n"
             f"{lines}\nEither start over: train.resume=false (a new folder beside this one; this one is kept), or "
-            f"accept the change: train.resume=force (recorded in {run_dir / HISTORY})")
+            f"accept the change: train.resume=force (recorded in {run_dir / HISTORY})"
+        )
     if ckpt is None:
-        log.warning(f"{run_dir} holds a finished run and no checkpoint to continue from: training again from step 0 "
-                    "(final/ is replaced)")
+        log.warning(
+            f"{run_dir} holds a finished run and no checkpoint to continue from: training again from step 0 "
+            "(final/ is replaced)"
+        )
     if not changes:
         return None
     for k, c in changes.items():
-        log.info(f"config change on resume: {k}: {_fmt(c['old'])} → {_fmt(c['new'])}"
-                 + (" (forced)" if c["kind"] == "locked" else ""))
+        log.info(
+            f"config change on resume: {k}: {_fmt(c['old'])} → {_fmt(c['new'])}"
+            + (" (forced)" if c["kind"] == "locked" else "")
+        )
     step = json.loads((ckpt / "state.json").read_text())["step"] if ckpt is not None else 0
-    return {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "stage": stage,
-            "resumed_at_step": step, "resume": cfg.train.resume,
-            "changes": {k: {"old": c["old"], "new": c["new"], "kind": c["kind"]} for k, c in changes.items()}}
+    return {
+        "time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "stage": stage,
+        "resumed_at_step": step,
+        "resume": cfg.train.resume,
+        "changes": {k: {"old": c["old"], "new": c["new"], "kind": c["kind"]} for k, c in changes.items()},
+    }
 
 
 def record_data(run_dir: Path, prepared: Prepared, acc: Accelerator) -> None:
     if acc.is_main_process:
-        write_json(run_dir / "data.json", {
-            "kind": prepared.kind, "sources": prepared.sources, "dropped_after_tokenizing": prepared.dropped,
-            "train_units": len(prepared.train), "eval_units": len(prepared.eval),
-        })
+        write_json(
+            run_dir / "data.json",
+            {
+                "kind": prepared.kind,
+                "sources": prepared.sources,
+                "dropped_after_tokenizing": prepared.dropped,
+                "train_units": len(prepared.train),
+                "eval_units": len(prepared.eval),
+            },
+        )
 
 
-def finish(run_dir: Path, acc: Accelerator, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, cfg: Config,
-           metrics: dict, started: float) -> Path:
+def finish(
+    run_dir: Path,
+    acc: Accelerator,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: Config,
+    metrics: dict,
+    started: float,
+) -> Path:
     from camelid.model import save_trained
 
     acc.wait_for_everyone()
@@ -239,7 +323,9 @@ def finish(run_dir: Path, acc: Accelerator, model: torch.nn.Module, tokenizer: P
     state_dict = acc.get_state_dict(model) if acc.distributed_type in _SHARDED else None
     if acc.is_main_process:
         save_trained(unwrapped, tokenizer, final, cfg, state_dict)
-        write_json(run_dir / "summary.json", metrics | {"seconds": round(time.time() - started, 1), "final": str(final)})
+        write_json(
+            run_dir / "summary.json", metrics | {"seconds": round(time.time() - started, 1), "final": str(final)}
+        )
     acc.wait_for_everyone()
     # Tear the process group down before the interpreter does: left to exit, gloo's threads were seen to abort a
     # rank ("terminate called without an active exception") after a run had finished and saved.

@@ -24,7 +24,14 @@ from pathlib import Path
 
 from camelid import hub
 from camelid.config import Config, TokConfig, validate
-from camelid.data.tokenizer import corpus_lines, save_tokenizer, split_lines, tokens_per_char, train_tokenizer, vocabulary
+from camelid.data.tokenizer import (
+    corpus_lines,
+    save_tokenizer,
+    split_lines,
+    tokens_per_char,
+    train_tokenizer,
+    vocabulary,
+)
 from camelid.data.vocab import extend, format_report, report, verify
 from camelid.model import VOCAB_INFO, load_tokenizer, resize_embeddings
 from camelid.utils import CamelidError, atomic_dir, log, write_json
@@ -79,11 +86,20 @@ def extend_main(cfg: Config, base: str, domain: str | None, out: str) -> dict:
             from transformers import AutoModelForCausalLM
 
             log.info(f"resizing {src}'s embeddings to {len(ext.tokenizer):,} rows")
-            model = AutoModelForCausalLM.from_pretrained(src, dtype="auto", trust_remote_code=cfg.model.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                src, dtype="auto", trust_remote_code=cfg.model.trust_remote_code
+            )
             resize_embeddings(model, base_tok, ext.tokenizer)
             model.save_pretrained(str(tmp))
-        info = {"base": base, "base_path": src, "domain": domain or t.train, "first_new_id": ext.first_id,
-                "vocab_size": len(ext.tokenizer), "model_resized": is_model and t.resize_model, **ext.stats}
+        info = {
+            "base": base,
+            "base_path": src,
+            "domain": domain or t.train,
+            "first_new_id": ext.first_id,
+            "vocab_size": len(ext.tokenizer),
+            "model_resized": is_model and t.resize_model,
+            **ext.stats,
+        }
         write_json(tmp / VOCAB_INFO, info)
         write_json(tmp / "tok_report.json", {"extension": ext.stats, "checks": checks, **rep})
     print(format_report(ext.stats, checks, rep))

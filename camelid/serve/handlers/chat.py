@@ -37,8 +37,9 @@ from camelid.serve.sessions import window_history
 from camelid.utils import CamelidError
 
 
-def session_prompt(api: Api, owner: str, r: ChatRequest, max_tokens: int,
-                   grounded_turn: dict | None = None) -> tuple[list[int], list[dict], int | None]:
+def session_prompt(
+    api: Api, owner: str, r: ChatRequest, max_tokens: int, grounded_turn: dict | None = None
+) -> tuple[list[int], list[dict], int | None]:
     """The prompt for a session turn: stored history + new messages, windowed to fit; returns the new window.
     `grounded_turn` stands in for the last new message in the prompt; the session keeps the message as sent."""
     sess = api.session(owner, r.session_id)
@@ -54,23 +55,27 @@ async def grounded_turn(api: Api, kb: KnowledgeBase, r: ChatRequest, max_tokens:
     """The last user message with its retrieved sources, and the hits used ((None, []) when none is relevant)."""
     messages = [m.plain() for m in r.messages]
     if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
-        raise ApiError(400, "with a knowledge base the last message must be a non-empty user message",
-                       param="messages")
+        raise ApiError(400, "with a knowledge base the last message must be a non-empty user message", param="messages")
     budget = prompt_budget(api.engine.max_model_len, api.rag, max_tokens)
     # With a session, half for the sources if one fits there: the stored history windows into the rest.
     history, budgets = ([], [budget // 2, budget]) if r.session_id else (messages[:-1], [budget])
     try:
         # retrieval blocks (encoder forward, SQLite, faiss): off the event loop
-        grounded, used = await asyncio.to_thread(ground, kb, api.rag, history + messages[-1:],
-                                                 lambda m: len(api.render(m)), budgets)
+        grounded, used = await asyncio.to_thread(
+            ground, kb, api.rag, history + messages[-1:], lambda m: len(api.render(m)), budgets
+        )
     except CamelidError as e:
         raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None
     return (grounded[-1] if grounded else None), used
 
 
 def _head(r: ChatRequest) -> dict:
-    return {"id": "chatcmpl-" + secrets.token_hex(12), "created": int(time.time()), "model": r.model,
-            **({"session_id": r.session_id} if r.session_id else {})}
+    return {
+        "id": "chatcmpl-" + secrets.token_hex(12),
+        "created": int(time.time()),
+        "model": r.model,
+        **({"session_id": r.session_id} if r.session_id else {}),
+    }
 
 
 async def complete(api: Api, request: Request, owner: str, r: ChatRequest):
@@ -126,12 +131,14 @@ async def complete(api: Api, request: Request, owner: str, r: ChatRequest):
     async def events():
         try:
             for i in range(r.n):
-                yield chat_chunk(head, i, {"role": "assistant", "content": ""},
-                                 cites=citations(used) if kb and i == 0 else None)
+                yield chat_chunk(
+                    head, i, {"role": "assistant", "content": ""}, cites=citations(used) if kb and i == 0 else None
+                )
             async for i, out in api.outputs(reqs, queue, turn):
                 if out.text or out.finished or out.logprobs:
-                    yield chat_chunk(head, i, {"content": out.text} if out.text else {}, out.finish_reason,
-                                     logprobs(out.logprobs))
+                    yield chat_chunk(
+                        head, i, {"content": out.text} if out.text else {}, out.finish_reason, logprobs(out.logprobs)
+                    )
             if not all(q.finished for q in reqs):  # the client went away
                 return
             done = [q.result() for q in reqs]
@@ -149,8 +156,9 @@ def nothing_found(api: Api, owner: str, r: ChatRequest):
     text = not_found(r.messages[-1].plain()["content"])
     if r.session_id:
         api.session(owner, r.session_id)
-        api.store.append(owner, r.session_id, [m.plain() for m in r.messages] +
-                         [{"role": "assistant", "content": text}], None)
+        api.store.append(
+            owner, r.session_id, [m.plain() for m in r.messages] + [{"role": "assistant", "content": text}], None
+        )
     head, none = _head(r), usage(0, [])
     if not r.stream:
         choices = [chat_choice(i, text, "stop") for i in range(r.n)]

@@ -26,14 +26,21 @@ def prompt_list(api: Api, r: CompletionRequest) -> list[str | list[int]]:
         raise ApiError(400, "'prompt' is empty", param="prompt")
     # before any tokenizing: a 55 KB body can hold thousands of prompts
     if len(prompts) > api.cfg.max_prompts_per_request:
-        raise ApiError(400, f"'prompt' holds {len(prompts)} prompts; at most {api.cfg.max_prompts_per_request} "
-                            "per request (serve.max_prompts_per_request)", param="prompt")
+        raise ApiError(
+            400,
+            f"'prompt' holds {len(prompts)} prompts; at most {api.cfg.max_prompts_per_request} "
+            "per request (serve.max_prompts_per_request)",
+            param="prompt",
+        )
     vocab = api.engine.vocab
     for x in prompts:  # before decoding them for `echo`: the tokenizer overflows on ids like -1 or 2**70
         if not isinstance(x, str) and x and not all(0 <= t < vocab for t in x):
             bad = next(t for t in x if not 0 <= t < vocab)
-            raise ApiError(400, f"'prompt' holds token id {clip(str(bad), 30)}, outside the vocabulary "
-                                f"[0, {vocab})", param="prompt")
+            raise ApiError(
+                400,
+                f"'prompt' holds token id {clip(str(bad), 30)}, outside the vocabulary [0, {vocab})",
+                param="prompt",
+            )
     return prompts
 
 
@@ -57,19 +64,28 @@ async def complete(api: Api, request: Request, owner: str, r: CompletionRequest)
         if r.logprobs is None:
             return None
         items = logprob_items(api.engine.token_bytes, entries)
-        return {"tokens": [e["token"] for e in items], "token_logprobs": [e["logprob"] for e in items],
-                "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in items]}
+        return {
+            "tokens": [e["token"] for e in items],
+            "token_logprobs": [e["logprob"] for e in items],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in items],
+        }
 
     def choice(i: int, text: str, finish_reason: str | None, entries: list[dict] | None) -> dict:
-        return {"index": i, "text": text, "finish_reason": finish_reason,
-                "logprobs": None if entries is None else logprobs(entries)}
+        return {
+            "index": i,
+            "text": text,
+            "finish_reason": finish_reason,
+            "logprobs": None if entries is None else logprobs(entries),
+        }
 
     if not r.stream:
         done = await api.collect(reqs, queue)
         if done is None:
             return api.client_gone()
-        choices = [choice(i, (texts[i // r.n] if r.echo else "") + c.text, c.finish_reason, c.logprobs)
-                   for i, c in enumerate(done)]
+        choices = [
+            choice(i, (texts[i // r.n] if r.echo else "") + c.text, c.finish_reason, c.logprobs)
+            for i, c in enumerate(done)
+        ]
         return JSONResponse({**head, "object": "text_completion", "choices": choices, "usage": usage(n_prompt, done)})
 
     async def events():

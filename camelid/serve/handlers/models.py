@@ -6,8 +6,13 @@ from camelid.serve.runtime import Api
 
 
 def describe(api: Api, name: str) -> dict:
-    return {"id": name, "object": "model", "created": int(api.started), "owned_by": "camelid",
-            "max_model_len": api.engine.max_model_len}
+    return {
+        "id": name,
+        "object": "model",
+        "created": int(api.started),
+        "owned_by": "camelid",
+        "max_model_len": api.engine.max_model_len,
+    }
 
 
 def listing(api: Api) -> dict:

@@ -11,8 +11,9 @@ def create(api: Api, owner: str, r: SessionCreate) -> dict:
     try:
         return api.store.create(owner, api.model_id, [m.plain() for m in r.messages], r.session_id)
     except KeyError:  # ids are per key: only the caller's own sessions can clash
-        raise ApiError(409, f"session '{clip(r.session_id)}' already exists", param="session_id",
-                       code="session_exists") from None
+        raise ApiError(
+            409, f"session '{clip(r.session_id)}' already exists", param="session_id", code="session_exists"
+        ) from None
 
 
 def listing(api: Api, owner: str) -> dict:
