@@ -52,7 +52,6 @@ CHATS = [
 
 def build_tokenizer(template: str | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -61,6 +60,14 @@ def build_tokenizer(template: str | None = None):
         vocab_size=600, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tk.train_from_iterator(CORPUS, trainer)
+    return wrap_tokenizer(tk, template)
+
+
+def wrap_tokenizer(tk, template: str | None = None):
+    """A trained `tokenizers.Tokenizer` as the transformers tokenizer the tests use: SPECIALS registered, chatml's
+    end of turn as eos, and a built-in chat template when one is named."""
+    from transformers import PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk,
         eos_token="<|im_end|>",

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import CHATS, build_tokenizer
+from conftest import CHATS, build_tokenizer, wrap_tokenizer
 
 from camelid.data.formats import to_messages
 from camelid.data.templates import BUILTIN, IGNORE, ensure_template, prompt_ids, render, render_examples, show
@@ -115,7 +115,6 @@ def qwen_like_tokenizer(template: str):
     from real chat data (newline runs, ':\\n\\n\\n') join the template's text to the answer's first characters."""
     from conftest import CORPUS, SPECIALS
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     seed = build_tokenizer(template)
     rendered = [
@@ -138,22 +137,7 @@ def qwen_like_tokenizer(template: str):
             vocab_size=700, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         ),
     )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        bos_token="<|begin_of_text|>",
-        unk_token="<|endoftext|>",
-    )
-    tok.add_special_tokens(
-        {
-            "additional_special_tokens": [
-                s for s in SPECIALS if s not in ("<|im_end|>", "<|endoftext|>", "<|begin_of_text|>")
-            ]
-        }
-    )
-    tok.chat_template = BUILTIN[template]
-    return tok
+    return wrap_tokenizer(tk, template)
 
 
 @pytest.mark.parametrize("template", list(BUILTIN))
