@@ -147,6 +147,7 @@ def apply_method(model: PreTrainedModel, cfg: Config, task: str = "CAUSAL_LM") -
         lc = cfg.lora
         if method == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+            keep_4bit_differentiable(model)
         target = "all-linear" if lc.target == ["all-linear"] else lc.target
         model = get_peft_model(
             model,
@@ -180,6 +181,18 @@ def apply_method(model: PreTrainedModel, cfg: Config, task: str = "CAUSAL_LM") -
     trainable, total = count_parameters(model)
     log.info(f"method {method}: {trainable:,} trainable of {total:,} parameters ({trainable / total:.3%})")
     return model
+
+
+def keep_4bit_differentiable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
+
+    It repacks a layer the first time it runs in eval mode without grad (an eval step, PPO's rollouts) and keeps
+    the packed form; that kernel has no backward, so training after it silently drops the gradient through every
+    frozen base layer. Inference-only loads keep the faster kernel.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def first_new_id(folder: str | Path) -> int:

@@ -212,3 +212,26 @@ def test_a_run_folder_names_its_final_weights_as_the_base_model(tiny_model, chat
     sft.main(cfg)
     info = json.loads((tmp_path / "run" / "final" / "camelid_model.json").read_text())
     assert info["base_model"] == str(earlier) and info["base_path"] == str(earlier / "final")
+
+
+def test_qlora_gradients_are_the_same_after_an_eval_pass(tiny_model, chat_file, tmp_path):
+    # bitsandbytes repacks a 4-bit weight for its CPU inference kernel the first time it runs in eval mode without
+    # grad (the step-0 eval does that), and that kernel has no backward: training after it silently lost the
+    # gradient through every frozen base layer.
+    cfg = tiny_config(tiny_model, chat_file, tmp_path, method="qlora")
+    model = load_model(cfg)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+
+    def lora_grads():
+        model.train()
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    before = lora_grads()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    after = lora_grads()
+    for name, grad in before.items():
+        torch.testing.assert_close(after[name], grad, msg=name)
