@@ -423,6 +423,22 @@ def cmd_quickstart(a: Args) -> None:
     main(a.overrides)
 
 
+def cmd_run(a: Args) -> None:
+    from camelid.recipe import describe, load_recipe, plan, run, status_table
+
+    if not a.config or a.plain:
+        raise a.usage_error()
+    recipe = load_recipe(a.config, a.overrides)  # every stage checked before the first one runs
+    if a.flags.get("--status"):
+        print(status_table(recipe))
+        return
+    forced = [n for n in str(a.flags.get("--force", "")).split(",") if n]
+    steps = plan(recipe, forced, a.flags.get("--from"), a.flags.get("--only"))
+    print(describe(recipe, steps))
+    if not a.flags.get("--dry-run"):
+        run(recipe, steps)
+
+
 def cmd_config(a: Args) -> None:
     verbs = [v for v in VERBS if v in SECTIONS]
     if len(a.plain) != 1 or a.plain[0] not in verbs:
@@ -538,6 +554,20 @@ VERBS: dict[str, Verb] = {
         "real LoRA fine-tuning of SmolLM2 on bilingual data, on CPU (overrides change its "
         "recipe, configs/quickstart.yaml)",
         config="none",
+    ),
+    "run": Verb(
+        cmd_run,
+        "camelid run RECIPE [--dry-run | --status] [--from STAGE | --only STAGE] [--force STAGE[,STAGE]] "
+        "[section.key=value | STAGE.section.key=value ...]",
+        "run a recipe: stages in order with lineage, skipping what is already made and resuming what was cut",
+        {
+            "--dry-run": ("", "print the plan (each stage: run, skip or resume, and why) and stop"),
+            "--status": ("", "a table of the stages: state, wall time, headline metrics"),
+            "--from": ("STAGE", "run STAGE and every stage after it again"),
+            "--only": ("STAGE", "run STAGE alone (the stages it reads must have completed)"),
+            "--force": ("STAGE", "run STAGE again (and so what reads it), even if its output is current"),
+        },
+        config="first",
     ),
     "config": Verb(
         cmd_config,

@@ -662,6 +662,17 @@ def to_dict(cfg: Config, stage: str | None = None) -> dict:
     return d if stage is None else {k: v for k, v in d.items() if k in sections(stage)}
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested sections as dotted keys: {"train": {"lr": 1e-4}} → {"train.lr": 1e-4}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def save_config(cfg: Config, path: str | Path, stage: str | None = None) -> None:
     """Write the config as YAML that load_config reads back: a run folder records only its stage's sections, so
     its config.yaml says what the run used and nothing another verb would."""

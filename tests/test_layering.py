@@ -1,4 +1,4 @@
-"""Imports flow one way, down these ranks: cli → quickstart (runs stages end to end) → the stages train, eval and
+"""Imports flow one way, down these ranks: cli → quickstart and recipe (run stages end to end) → the stages train, eval and
 serve (HTTP) → rag (retrieval, grounded prompts) → engine (the inference core every stage generates with) → model →
 data → hub → config → utils. Modules of one rank never import each other's packages, so no stage leans on another."""
 
@@ -10,6 +10,7 @@ LAYER = {
     "__main__": 10,
     "cli": 9,
     "quickstart": 8,
+    "recipe": 8,
     "train": 7,
     "eval": 7,
     "serve": 7,

@@ -190,7 +190,7 @@ def test_every_key_that_shapes_training_is_placed():
     import dataclasses
 
     from camelid.config import Config
-    from camelid.train.run import RESUME_FREE, RESUME_LOCKED, UNRELATED
+    from camelid.train.resume_rules import RESUME_FREE, RESUME_LOCKED, UNRELATED
 
     for f in dataclasses.fields(Config):
         if not dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else getattr(Config(), f.name)):
@@ -205,7 +205,7 @@ def test_every_key_that_shapes_training_is_placed():
 
 def test_which_changes_matter_depends_on_method_and_stage():
     from camelid.config import load_config
-    from camelid.train.run import classify
+    from camelid.train.resume_rules import classify
 
     lora = load_config(None, ["method=lora"])
     full = load_config(None, ["method=full"])
@@ -240,7 +240,7 @@ def test_config_yaml_holds_the_stage_sections_and_an_older_full_one_still_resume
 
 def test_a_section_the_saved_config_lacks_compares_as_its_defaults():
     from camelid.config import to_dict
-    from camelid.train.run import config_changes
+    from camelid.train.resume_rules import config_changes
 
     cfg = load_config(None, ["dpo.beta=0.3", "serve.port=9000"])
     old = {k: v for k, v in to_dict(cfg, "dpo").items() if k != "dpo"}  # saved without its dpo section
