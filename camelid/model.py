@@ -78,12 +78,22 @@ def load_model(cfg: Config, path: str | None = None, reward: bool = False, pad_t
         require("flash_attn", "flash")
     if cfg.method == "qlora":
         kwargs["quantization_config"] = _bnb_config(cfg)
+    cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
     if reward:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            src, num_labels=1, pad_token_id=pad_token_id, **kwargs
-        )
+        kwargs |= {"num_labels": 1, "pad_token_id": pad_token_id}
+    if hub.adapter_config(src) is not None:
+        # Training on from an adapter run (pt LoRA → sft): its adapter is merged in first, so the new method starts
+        # from what that run learned, and the new adapter records the run as its base (load_for_inference merges
+        # it again on the way).
+        if cfg.method == "qlora":
+            raise CamelidError(
+                f"{src} is an adapter run: QLoRA needs plain weights to quantize; merge it first "
+                f"(camelid export {m.name} OUT) and set model.name=OUT"
+            )
+        model = merged_weights(Path(src), cls, kwargs)
+        model.name_or_path = model.config._name_or_path = str(Path(src).resolve())  # peft records it as the base
     else:
-        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        model = cls.from_pretrained(src, **kwargs)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -296,6 +306,26 @@ def adapter_base(path: Path, adapter: dict) -> str:
         raise CamelidError(f"{path} is an adapter over {base}, which cannot be loaded: {e}") from None
 
 
+def merged_weights(folder: Path, cls, kwargs: dict) -> PreTrainedModel:
+    """The weights a folder stands for, as plain `cls` weights: a model folder as it is; a LoRA run or adapter
+    folder merged into its base, which may itself be such a run (pt LoRA → sft LoRA → ...), merged first.
+    (transformers alone would attach the adapter unmerged under the name "default", which the next adapter of the
+    same name then replaces: a pt LoRA run under an sft LoRA run was silently dropped that way.)"""
+    folder = Path(hub.model_folder(folder))
+    adapter = hub.adapter_config(folder)
+    if adapter is None:
+        return cls.from_pretrained(str(folder), **kwargs)
+    if adapter.get("peft_type") != "LORA":
+        raise CamelidError(f"{folder}: a {adapter.get('peft_type')} adapter cannot be merged into a base to train on")
+    from peft import PeftModel
+
+    base = merged_weights(Path(adapter_base(folder, adapter)), cls, kwargs)
+    vocab = len(load_tokenizer(folder, trust_remote_code=kwargs.get("trust_remote_code", False), as_saved=True))
+    if vocab > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(vocab)
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+
+
 def load_for_inference(
     path: str | Path, dtype: str = "auto", merge: bool = True, trust_remote_code: bool = False
 ) -> tuple[Model, PreTrainedTokenizerBase]:
@@ -306,8 +336,10 @@ def load_for_inference(
     if adapter is not None:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(
-            adapter_base(path, adapter), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        base = merged_weights(
+            Path(adapter_base(path, adapter)),
+            AutoModelForCausalLM,
+            {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code},
         )
         if len(tok) > base.get_input_embeddings().weight.shape[0]:  # as peft's AutoPeftModel does
             base.resize_token_embeddings(len(tok))
@@ -348,9 +380,8 @@ def load_reward_model(
     if adapter is not None:
         from peft import PeftModel
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            adapter_base(path, adapter), num_labels=1, pad_token_id=tok.pad_token_id, **kwargs
-        )
+        kwargs |= {"num_labels": 1, "pad_token_id": tok.pad_token_id}
+        model = merged_weights(Path(adapter_base(path, adapter)), AutoModelForSequenceClassification, kwargs)
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)

@@ -235,3 +235,33 @@ def test_qlora_gradients_are_the_same_after_an_eval_pass(tiny_model, chat_file, 
     after = lora_grads()
     for name, grad in before.items():
         torch.testing.assert_close(after[name], grad, msg=name)
+
+
+def test_training_on_from_a_lora_run_starts_from_what_it_learned(tiny_model, chat_file, text_file, tmp_path):
+    # A pt LoRA run under an sft LoRA run: the pt adapter was attached unmerged as "default" and then replaced by
+    # the new adapter of that name, so sft silently started from the untouched base.
+    from camelid.model import load_for_inference, merge_adapter
+
+    pt_cfg = tiny_config(tiny_model, text_file, tmp_path / "pt", method="lora", **{"train.max_steps": 3})
+    pt.main(pt_cfg)
+    pt_run = tmp_path / "pt" / "run"
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 64, 11]])
+
+    def logits(model):
+        model.eval()
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    after_pt = logits(load_for_inference(pt_run)[0])
+    assert not torch.allclose(after_pt, logits(load_for_inference(tiny_model)[0]), atol=1e-3)
+    sft_cfg = tiny_config(pt_run, chat_file, tmp_path / "sft", method="lora", **{"train.max_steps": 3})
+    torch.testing.assert_close(logits(load_model(sft_cfg)), after_pt)  # the new LoRA starts at zero: pt's output
+
+    sft.main(sft_cfg)
+    sft_run = tmp_path / "sft" / "run"
+    adapter = json.loads((sft_run / "final" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str((pt_run / "final").resolve())
+    merged = merge_adapter(sft_run, tmp_path / "merged")
+    unmerged = logits(load_for_inference(sft_run, merge=False)[0])
+    torch.testing.assert_close(logits(load_for_inference(merged)[0]), unmerged, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(unmerged, after_pt, atol=1e-3)  # and sft trained on top of it
