@@ -48,5 +48,18 @@ if importlib.util.find_spec("deepspeed"):
         print("setup: DeepSpeed's CPU shared-memory op (compiled once, ~1-2 min the first time)", flush=True)
         b.load(verbose=False)
 PY
+# A headless browser and a Chinese font from Debian's packages: the tests look at the HTML report as a person
+# would (screenshots), and a page of Chinese answers without a CJK font shows empty boxes.
+if ! command -v chromium >/dev/null 2>&1 || ! fc-list :lang=zh 2>/dev/null | grep -q .; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium and fonts-wqy-zenhei (Debian packages) for the browser tests"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        chromium fonts-wqy-zenhei; } 2>&1 | grep -E --line-buffered '^(Setting up (chromium|fonts)|E:)' \
+      | sed -u 's/^/  /' || true
+    command -v chromium >/dev/null 2>&1 || { echo "setup: chromium did not install" >&2; exit 1; }
+  else
+    echo "setup: no chromium or CJK font; browser tests will be skipped (as root: apt-get install chromium fonts-wqy-zenhei)"
+  fi
+fi
 "$VENV/bin/python" -c "import camelid, torch, transformers; from importlib.metadata import version as v
 print('setup: ready:', ', '.join(f'{p} {v(p)}' for p in ('torch', 'transformers', 'peft', 'accelerate')))"

@@ -160,3 +160,33 @@ def tiny_config(model_dir, data, tmp_path, **over):
     }
     base.update(over)
     return load_config(None, [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in base.items()])
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A function that renders a local HTML file in headless Chromium (Debian's package, installed by
+    scripts/setup.sh) and saves a screenshot: what a person would see. Without the browser the test is skipped,
+    unless CAMELID_REQUIRE_BROWSER is set (CI), where that is a failure."""
+    import os
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    fonts = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout if exe else ""
+    if exe is None or not fonts.strip():  # without a CJK font every Chinese character is an empty box
+        missing = "chromium" if exe is None else "a Chinese font"
+        if os.environ.get("CAMELID_REQUIRE_BROWSER"):
+            pytest.fail(f"{missing} is not installed (scripts/setup.sh installs both as root)")
+        pytest.skip(f"no {missing} (scripts/setup.sh installs chromium and fonts-wqy-zenhei as root)")
+
+    def shoot(page: Path, png: Path, width: int = 1200, height: int = 1600) -> Path:
+        out = subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             f"--window-size={width},{height}", "--virtual-time-budget=5000", f"--screenshot={png}",
+             Path(page).resolve().as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0 and png.is_file(), out.stderr[-2000:]
+        return png
+
+    return shoot

@@ -227,6 +227,30 @@ def test_shipped_recipes_load_and_plan(name, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+def test_zh_domain_recipe_on_smollm2_and_people_s_daily(tmp_path):
+    from camelid import hub
+    from camelid.eval.report import main as report
+
+    hub.pull("smollm2-135m-instruct")
+    tiny = [f"{s}.train.max_steps=2" for s in ("pt_embed", "pt_lora", "sft", "dpo")]
+    tiny += [f"{s}.data.max_samples=64" for s in ("pt_embed", "pt_lora", "sft", "dpo")]
+    tiny += ["eval.limit=4", "eval.ppl_max_chars=1500", "eval.max_new_tokens=8", "tok.tok.max_lines=3000"]
+    first = camelid_run(tmp_path, "zh_domain", *tiny)
+    folder = tmp_path / "runs" / "zh_domain"
+    done = records(folder)
+    assert set(done) == set(actions(first)) and {r["state"] for r in done.values()} == {"done"}
+    before, after = done["tok"]["metrics"]["tokens_per_char.peoples_daily_1998_heldout"].split(" → ")
+    assert float(after) < float(before)  # the extended vocabulary cuts the held-out news into fewer tokens
+    for stage in ("base", "eval"):
+        assert {"model:news_cloze.acc", "model:bits_per_char.peoples_daily_1998_heldout"} <= set(done[stage]["metrics"])
+    assert (folder / "export" / "config.json").is_file() and (folder / "kb" / "kb.json").is_file()
+    page = report([str(folder)]).read_text(encoding="utf-8")
+    assert "<h2>Recipe zh_domain.yaml</h2>" in page and "tokens per character" in page.lower()
+    again = camelid_run(tmp_path, "zh_domain", "--dry-run", *tiny)
+    assert set(actions(again).values()) == {"skip"}
+
+
+@pytest.mark.slow
 def test_chat_lora_recipe_on_smollm2(tmp_path):
     from camelid import hub
 
@@ -254,3 +278,17 @@ def test_a_second_runner_on_the_same_folder_is_refused(tiny_model, chat_file, tm
         )
     assert second.returncode == 1 and f"another `camelid run` (pid {os.getpid()}) is using out" in second.stderr
     assert not (tmp_path / "out" / "sft").exists()
+
+
+def test_recipe_dir_names_files_shipped_beside_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "prompts.txt").write_text("你好\n", encoding="utf-8")
+    stage = {"verb": "eval", "args": ["smollm2-135m-instruct"], "set": {"eval.samples": "${recipe_dir}/prompts.txt"}}
+    (shipped / "r.yaml").write_text(yaml.safe_dump({"stages": {"ask": stage}}), encoding="utf-8")
+    recipe = load_recipe(str(shipped / "r.yaml"))
+    assert recipe.stages["ask"].keys["eval.samples"] == str(shipped / "prompts.txt")
+    (shipped / "bad.yaml").write_text(yaml.safe_dump({"stages": {"recipe_dir": stage}}), encoding="utf-8")
+    with pytest.raises(CamelidError, match="recipe file's folder"):
+        load_recipe(str(shipped / "bad.yaml"))

@@ -306,3 +306,72 @@ def test_ppo_and_preference_runs_get_their_curves(tmp_path):
     assert {"score.png", "kl.png", "entropy.png", "eval_accuracy.png", "eval_margin.png"} <= set(images(index))
     plain = make_run(tmp_path, "plain")  # an sft run has no alignment section
     assert "<h2>Alignment</h2>" not in write_report([plain], tmp_path / "out2").read_text(encoding="utf-8")
+
+
+def make_recipe_folder(root: Path) -> Path:
+    """A recipe's folder as `camelid run` leaves it: lineage.json, eval stages, a training stage, a tok extend
+    report, and a failed stage."""
+    folder = root / "runs" / "zh"
+    base = {"label": "model", "tasks": {"news": {"acc": 0.25, "acc_norm": 0.25, "acc_norm_token": 0.25, "n": 100}}}
+    base["perplexity"] = {"held.txt": {"ppl": 30.0, "tokens": 2000, "bits_per_char": 3.1}}
+    base["samples"] = [{"prompt": "你好？", "output": "base answer"}]
+    end = {"label": "model", "tasks": {"news": {"acc": 0.4, "acc_norm": 0.4, "acc_norm_token": 0.4, "n": 100}}}
+    end["perplexity"] = {"held.txt": {"ppl": 45.0, "tokens": 1200, "bits_per_char": 2.6}}
+    end["samples"] = [{"prompt": "你好？", "output": "tuned <b>answer</b>"}]
+    for name, result in (("base", base), ("eval", end)):
+        (folder / name / "eval").mkdir(parents=True)
+        (folder / name / "eval" / "model.json").write_text(json.dumps(result), encoding="utf-8")
+    make_run(folder, "sft", results=())
+    middle = {"label": "after", "tasks": {"news": {"acc": 0.3, "acc_norm": 0.3, "acc_norm_token": 0.3, "n": 100}}}
+    (folder / "eval_sft").mkdir()  # `camelid eval RUN --out DIR` of a run folder writes DIR/after.json
+    (folder / "eval_sft" / "after.json").write_text(json.dumps(middle), encoding="utf-8")
+    (folder / "tok").mkdir()
+    tokens = {"held.txt": {"chars": 900, "tokens_per_char_before": 1.85, "tokens_per_char_after": 1.1}}
+    (folder / "tok" / "tok_report.json").write_text(json.dumps({"tokens_per_char": tokens}), encoding="utf-8")
+    stages = {
+        "base": {"verb": "eval", "reads": [], "state": "done", "seconds": 80.0},
+        "tok": {"verb": "tok extend", "reads": [], "state": "done", "seconds": 40.0},
+        "sft": {"verb": "sft", "reads": ["tok"], "state": "done", "seconds": 300.0, "metrics": {"loss": 1.5}},
+        "eval_sft": {"verb": "eval", "reads": ["sft"], "state": "done", "seconds": 0.0},
+        "export": {"verb": "export", "reads": ["sft"], "state": "done", "seconds": 20.0},
+        "eval": {"verb": "eval", "reads": ["export"], "state": "done", "seconds": 90.0},
+        "kb": {"verb": "kb add", "reads": [], "state": "failed", "seconds": 3.0, "error": "no such file"},
+    }
+    (folder / "lineage.json").write_text(json.dumps({"recipe": "zh.yaml", "stages": stages}), encoding="utf-8")
+    return folder
+
+
+def test_a_recipe_folder_reports_its_stages_and_the_chain_first_against_last(tmp_path):
+    folder = make_recipe_folder(tmp_path)
+    index = main([str(folder)])
+    assert index == folder / "report" / "index.html"
+    page = squash(index.read_text(encoding="utf-8"))
+    assert "<h2>Recipe zh.yaml</h2>" in page and "8.9 min of stage time" in page
+    assert (folder / "report" / "lineage.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert '<td class="bad">failed</td>' in page and "no such file" in page
+    # first (base) against last (eval): accuracy up is good, bits per character down is good
+    assert (
+        '<td class="key">news accuracy</td><td>0.2500</td><td>0.3000</td><td>0.4000</td>'
+        '<td class="good">+0.1500 (+60.0%)</td>' in page
+    )
+    bits = '<td class="key">held.txt bits per character</td><td>3.1000</td><td>—</td><td>2.6000</td><td class="good">'
+    assert bits in page
+    assert '<td>1.850</td><td>1.100</td><td class="good">-0.750 (-40.5%)</td>' in page
+    assert "tuned &lt;b&gt;answer&lt;/b&gt;" in page  # sample answers side by side, escaped
+    assert "<h2>Training loss</h2>" in page and "<th>sft</th>" in page  # then the stages' own sections
+    assert images(index)[0] == "lineage.png" and len(images(index)) > 1
+
+
+def test_the_recipe_report_as_a_browser_shows_it(tmp_path, chromium):
+    """Headless Chromium renders the page; the screenshot must show the lineage picture (its green "done" and red
+    "failed" boxes are drawn only in that PNG) and the table's green delta text."""
+    from PIL import Image
+
+    index = main([str(make_recipe_folder(tmp_path))])
+    shot = tmp_path / "report.png"
+    chromium(index, shot, width=1200, height=2400)
+    pixels = Image.open(shot).convert("RGB")
+    colors = dict((rgb, n) for n, rgb in pixels.getcolors(maxcolors=1 << 20))
+    assert colors.get((0xDA, 0xFB, 0xE1), 0) > 2000  # done boxes
+    assert colors.get((0xFF, 0xEB, 0xE9), 0) > 300  # the failed box
+    assert colors.get((0x1A, 0x7F, 0x37), 0) > 20  # green "good" deltas in the chain table

@@ -94,6 +94,10 @@ def test_wheel_ships_configs_and_runs_from_another_directory(installed, tmp_path
     # a shipped recipe by its README path, from a directory that has no configs/ folder
     out = run(venv, "data", "configs/sft_lora.yaml", "data.train=[missing_file.jsonl]", cwd=tmp_path)
     assert "config file not found" not in out.stderr and "missing_file.jsonl" in out.stderr
+    # a shipped recipe by name, with the prompts file shipped beside it
+    assert {"camelid/recipes/zh_domain.yaml", "camelid/recipes/zh_domain_prompts.txt"} <= set(names)
+    out = run(venv, "run", "zh_domain", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0 and f"{venv}/lib/" in out.stdout and "zh_domain_prompts.txt" in out.stdout, out.stderr
 
 
 @pytest.mark.slow

@@ -718,23 +718,40 @@ def _unique_names(runs: list[Run]) -> None:
 
 
 def write_report(runs: list[Path], out: Path) -> Path:
-    """Write out/index.html and its PNG figures for one or several run folders; returns the index.html path."""
+    """Write out/index.html and its PNG figures for run folders and recipe folders (holding lineage.json: their
+    stages as a picture and the chain's numbers, then each stage's own sections); returns the index.html path."""
+    from camelid.eval import report_recipe
+
     if not runs:
         raise CamelidError("no run folder given")
-    loaded = [load_run(r) for r in runs]
-    _unique_names(loaded)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    body = [
-        _header(loaded),
-        _loss_section(loaded, out),
-        _eval_loss_section(loaded, out),
-        _alignment_section(loaded, out),
-        _benchmark_section(loaded, out),
-        _perplexity_section(loaded),
-        _samples_section(loaded),
-    ]
-    title = "camelid report: " + ", ".join(r.name for r in loaded)
+    recipes, paths = [], []
+    for r in runs:
+        lineage = report_recipe.read_lineage(Path(r))
+        if lineage is None:
+            paths.append(Path(r))
+            continue
+        recipes.append(report_recipe.lineage_section(Path(r), lineage, out))
+        paths += report_recipe.stage_runs(Path(r), lineage)
+    loaded = [load_run(r) for r in paths]
+    _unique_names(loaded)
+    body = recipes + (
+        [
+            _header(loaded),
+            _loss_section(loaded, out),
+            _eval_loss_section(loaded, out),
+            _alignment_section(loaded, out),
+            _benchmark_section(loaded, out),
+            _perplexity_section(loaded),
+            _samples_section(loaded),
+        ]
+        if loaded
+        else []
+    )
+    title = "camelid report: " + ", ".join(
+        [Path(r).name for r in runs if Path(r) not in paths] + [r.name for r in loaded]
+    )
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"

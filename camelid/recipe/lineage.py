@@ -164,6 +164,12 @@ def headline(stage: Stage) -> dict:
             value = ppl.get("ppl") if isinstance(ppl, dict) else ppl
             if isinstance(value, int | float):
                 out[f"{f.stem}:ppl.{name}"] = round(value, 3)
+            if isinstance(ppl, dict) and "bits_per_char" in ppl:
+                out[f"{f.stem}:bits_per_char.{name}"] = round(ppl["bits_per_char"], 4)
+    report = stage.folder / "tok_report.json"
+    if stage.verb == "tok extend" and report.is_file():
+        for name, r in json.loads(report.read_text(encoding="utf-8")).get("tokens_per_char", {}).items():
+            out[f"tokens_per_char.{name}"] = f"{r['tokens_per_char_before']} → {r['tokens_per_char_after']}"
     return out
 
 

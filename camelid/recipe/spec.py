@@ -15,6 +15,7 @@
         args: ["${sft}"]            # plain arguments; ${NAME} is an earlier stage's output folder
 
 `${NAME}` may stand anywhere in `args` and `set` values, also inside a longer string (`${tok}/tokenizer.json`).
+`${recipe_dir}` is the folder the recipe file is in, for files shipped beside it (prompts, exams).
 Every error (an unknown verb or key, a reference to a stage that is unknown or comes later, a config key that
 fails validation in the fifth stage) is reported before the first stage runs, naming the stage and the key.
 """
@@ -153,17 +154,20 @@ def _section(key: str) -> str:
     return "method" if key == "method" else key.split(".")[0]
 
 
-def _substitute(value, stage: str, earlier: dict[str, Path], later: list[str], needs: list[str]):
-    """Replace ${NAME} by stage NAME's output folder, recording NAME in `needs`."""
+def _substitute(value, stage: str, earlier: dict[str, Path], later: list[str], needs: list[str], here: Path):
+    """Replace ${NAME} by stage NAME's output folder, recording NAME in `needs`, and ${recipe_dir} by the folder the
+    recipe file is in (for files shipped beside it)."""
     if isinstance(value, list):
-        return [_substitute(v, stage, earlier, later, needs) for v in value]
+        return [_substitute(v, stage, earlier, later, needs, here) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, stage, earlier, later, needs) for k, v in value.items()}
+        return {k: _substitute(v, stage, earlier, later, needs, here) for k, v in value.items()}
     if not isinstance(value, str):
         return value
 
     def one(m: re.Match) -> str:
         ref = m.group(1).strip()
+        if ref == "recipe_dir":
+            return str(here)
         ref = ref.removeprefix("stages.").removesuffix(".output")  # ${stages.sft.output} reads the same
         if ref == stage:
             raise CamelidError(f"stage '{stage}': '${{{ref}}}' refers to the stage itself (a cycle)")
@@ -203,14 +207,16 @@ def load_recipe(path: str, overrides: list[str] | None = None) -> Recipe:
     common |= everywhere
     stages: dict[str, Stage] = {}
     for i, name in enumerate(names):
-        stages[name] = _stage(name, stages_in[name], i, names, folder, common, per_stage[name], stages, where)
+        stages[name] = _stage(name, stages_in[name], i, names, folder, common, per_stage[name], stages, p)
     return Recipe(p, folder, stages, text)
 
 
-def _stage(name, spec, i, names, folder, common, cli_keys, earlier_stages, where) -> Stage:
-    at = f"{where}: stage '{name}'"
+def _stage(name, spec, i, names, folder, common, cli_keys, earlier_stages, recipe: Path) -> Stage:
+    at = f"{recipe}: stage '{name}'"
     if not _NAME.fullmatch(str(name)):
         raise CamelidError(f"{at}: a stage name is letters, digits, '_' and '-', starting with a letter")
+    if name == "recipe_dir":
+        raise CamelidError(f"{at}: '${{recipe_dir}}' means the recipe file's folder; name the stage otherwise")
     if not isinstance(spec, dict):
         raise CamelidError(f"{at}: a stage is a mapping with verb, and optionally config, args, set, launch")
     unknown = set(spec) - set(STAGE_KEYS)
@@ -234,7 +240,7 @@ def _stage(name, spec, i, names, folder, common, cli_keys, earlier_stages, where
     earlier = {n: s.folder for n, s in earlier_stages.items()}
     later, needs = names[i + 1 :], []
     stage = Stage(name, verb, folder / name, spec.get("config"), [], {}, spec.get("launch"), needs)
-    stage.args = [str(a) for a in _substitute(args, name, earlier, later, needs)]
+    stage.args = [str(a) for a in _substitute(args, name, earlier, later, needs, recipe.parent)]
     read = SECTIONS.get(stage.section_verb, ())
     for key in own | cli_keys:
         if _section(key) not in read:
@@ -243,7 +249,7 @@ def _stage(name, spec, i, names, folder, common, cli_keys, earlier_stages, where
                 + (f" (it reads {', '.join(read)})" if read else " (it reads no config keys)")
             )
     keys = {k: v for k, v in common.items() if _section(k) in read} | own | cli_keys
-    stage.keys = _substitute(keys, name, earlier, later, needs)
+    stage.keys = _substitute(keys, name, earlier, later, needs, recipe.parent)
     if stage.launch:
         if verb not in TRAINING:
             raise CamelidError(f"{at}: launch applies to training verbs ({', '.join(TRAINING)}), not {verb}")
@@ -278,8 +284,8 @@ def _check_inputs(stage: Stage, at: str) -> None:
             hub.check_data_source(value)
         elif kind == "model":
             hub.resolve_model(value, pull_catalog=False)
-        elif not Path(value).exists():
-            raise CamelidError(f"'{value}' not found")
+        else:
+            hub.local_file(value, "path", pull_catalog=False)
 
     cfg, verb = stage.cfg, stage.verb
     try:
@@ -299,5 +305,9 @@ def _check_inputs(stage: Stage, at: str) -> None:
         if verb in ("export", "kb add"):
             for a in plain:
                 check("path", a)
+        if verb in ("eval", "pt", "sft"):
+            for f in cfg.eval.perplexity + ([cfg.eval.samples] if cfg.eval.samples else []):
+                if not f.startswith(made):
+                    hub.local_file(f, "eval files", pull_catalog=False)
     except CamelidError as e:
         raise CamelidError(f"{at}: {e}") from e
