@@ -51,13 +51,9 @@ def _results(stage: Path, verb: str | None) -> list[Path]:
 
 
 def _minutes(seconds) -> str:
-    return (
-        "—"
-        if not isinstance(seconds, int | float)
-        else f"{seconds:.0f} s"
-        if seconds < 90
-        else f"{seconds / 60:.1f} min"
-    )
+    if not isinstance(seconds, int | float):
+        return "—"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _figure_lineage(stages: dict[str, dict], path: Path) -> None:
@@ -116,7 +112,9 @@ def lineage_section(folder: Path, lineage: dict, out: Path) -> str:
                 _td(st.get("state", "not run"), {"done": "good", "failed": "bad"}.get(st.get("state"), "")),
                 _td(_minutes(st.get("seconds"))),
                 _td(", ".join(st.get("reads", [])) or "—"),
-                _td(metrics or st.get("error", "—"), "text"),
+                _td(
+                    metrics or st.get("error") or (f"exit code {st['exit_code']}" if "exit_code" in st else "—"), "text"
+                ),
             ]
         )
     total = sum(st.get("seconds") or 0 for st in stages.values())

@@ -52,6 +52,8 @@ def summarize(scores: list[ItemScore], k_shot: int) -> dict:
 
 def read_prompts(path: str) -> list[str]:
     p = local_file(path, "eval.samples")
+    if not p.is_file():
+        raise CamelidError(f"eval.samples: {p} is not a file")
     if p.suffix == ".txt":
         return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts = []

@@ -145,7 +145,7 @@ def headline(stage: Stage) -> dict:
     metrics = stage.folder / "metrics.jsonl"
     if metrics.is_file():
         rows = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x.strip()]
-        for key in ("loss", "eval_loss", "reward", "eval_accuracy"):
+        for key in ("loss", "eval_loss", "reward", "score", "kl", "eval_accuracy"):
             seen = [r[key] for r in rows if key in r]
             if seen:
                 out[key] = round(seen[-1], 4)
