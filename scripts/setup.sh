@@ -50,7 +50,7 @@ if importlib.util.find_spec("deepspeed"):
 PY
 # A headless browser and a Chinese font from Debian's packages: the tests look at the HTML report as a person
 # would (screenshots), and a page of Chinese answers without a CJK font shows empty boxes.
-if ! command -v chromium >/dev/null 2>&1 || ! fc-list :lang=zh 2>/dev/null | grep -q .; then
+if ! command -v chromium >/dev/null 2>&1 || [ -z "$(fc-list :lang=zh 2>/dev/null)" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing chromium and fonts-wqy-zenhei (Debian packages) for the browser tests"
     { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
