@@ -104,12 +104,16 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON via a temp file + rename so a crash never leaves a truncated file."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file + rename, so a crash or a concurrent reader never sees a truncated file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -246,3 +246,27 @@ def test_a_section_the_saved_config_lacks_compares_as_its_defaults():
     old = {k: v for k, v in to_dict(cfg, "dpo").items() if k != "dpo"}  # saved without its dpo section
     assert config_changes(old, cfg, "dpo") == {"dpo.beta": {"old": 0.1, "new": 0.3, "kind": "locked"}}
     assert config_changes(to_dict(cfg, "dpo"), cfg, "dpo") == {}
+
+
+def test_trimming_metrics_on_resume_never_shows_a_reader_a_cut_file(tmp_path):
+    # Two ZeRO ranks once trimmed metrics.jsonl at the same time; one read the file while the other had just
+    # truncated it for rewriting, and the run lost its first lines. Now only the main rank trims, and atomically.
+    import threading
+
+    from camelid.train.loop import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 5)))
+    seen, stop = [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            seen.append(path.read_text().count("\n"))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for _ in range(300):
+        truncate_metrics(path, 2)
+    stop.set()
+    reader.join()
+    assert seen and min(seen) == 2  # never empty, never half written

@@ -37,7 +37,7 @@ from transformers import get_scheduler
 
 from camelid.config import TrainConfig
 from camelid.data.loader import batch_order
-from camelid.utils import CamelidError, atomic_dir, follow_umask, log, write_json
+from camelid.utils import CamelidError, atomic_dir, follow_umask, log, write_json, write_text_atomic
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 # Entries of a loss's metrics dict that weigh eval averages (tokens for LM losses, pairs for preference losses)
@@ -246,7 +246,8 @@ def resume(
         warnings.simplefilter("ignore")
         for _ in range(state["step"] * scheduler_steps):
             scheduler.step()
-    truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+    if acc.is_main_process:  # the one writer of metrics.jsonl: two ranks rewriting it at once lost its first lines
+        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
     log.info(f"resumed from {ckpt} at step {state['step']}")
     return state
 
@@ -347,7 +348,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 # ---------------------------------------------------------------------------------------------
