@@ -241,7 +241,7 @@ def test_zh_domain_recipe_on_smollm2_and_people_s_daily(tmp_path):
     assert set(done) == set(actions(first)) and {r["state"] for r in done.values()} == {"done"}
     before, after = done["tok"]["metrics"]["tokens_per_char.peoples_daily_1998_heldout"].split(" → ")
     assert float(after) < float(before)  # the extended vocabulary cuts the held-out news into fewer tokens
-    for stage in ("base", "eval"):
+    for stage in ("base", "after_dpo"):
         assert {"model:news_cloze.acc", "model:bits_per_char.peoples_daily_1998_heldout"} <= set(done[stage]["metrics"])
     assert (folder / "export" / "config.json").is_file() and (folder / "kb" / "kb.json").is_file()
     page = report([str(folder)]).read_text(encoding="utf-8")
