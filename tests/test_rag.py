@@ -163,6 +163,24 @@ def test_bad_files_are_reported_by_name_and_the_rest_is_kept(rag, tmp_path):
     assert "bad.jsonl:2" in report.failed["bad.jsonl"] and "text" in report.failed["bad.jsonl"]
 
 
+def test_a_file_whose_name_cannot_be_stored_is_reported_and_the_rest_is_kept(rag, tmp_path):
+    """A backslash is refused in a stored name (it is a separator on Windows): one such file, inside a folder or
+    given on its own, fails alone by name instead of stopping the whole `kb add`."""
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "good.txt").write_text("A fine document.\n", encoding="utf-8")
+    (d / "bad\\name.txt").write_text("A backslash in its name.\n", encoding="utf-8")
+    lone, other = tmp_path / "lone\\bad.md", tmp_path / "other.txt"
+    lone.write_text("# Lone\n\nAlso a backslash.\n", encoding="utf-8")
+    other.write_text("Another fine document.\n", encoding="utf-8")
+    kb = make_kb(rag)
+    report = kb.add([str(d), str(lone), str(other)], rag, progress=False)
+    assert report.added == ["docs/good.txt", "other.txt"]
+    assert sorted(report.failed) == ["docs/bad\\name.txt", "lone\\bad.md"]
+    assert all("not allowed" in why for why in report.failed.values())
+    assert [doc["name"] for doc in kb.documents()] == ["docs/good.txt", "other.txt"]
+
+
 # ------------------------------------------------------------------ path safety
 
 
@@ -285,6 +303,56 @@ def test_irrelevant_questions_and_empty_kbs_find_nothing(rag, corpus):
     strict = RagConfig(**{**rag.__dict__, "min_similarity": 0.99})
     assert search(kb, "quantum chromodynamics lattice gauge", strict) == []
     assert search(kb, "量子色动力学的格点规范", strict) == []
+
+
+UNREADABLE_ZH = "鲸鱼在深夜唱歌，声音传得很远。海豚跟着它们游向南方。"  # characters the tiny encoder never saw: [UNK]
+
+
+def test_chunks_the_encoder_cannot_read_get_no_dense_vote(rag, tmp_path):
+    """A random encoder finds all texts alike, as all-MiniLM-L6-v2 finds Chinese: a chunk mostly [UNK] to it
+    neither passes rag.min_similarity nor ranks in the dense list, however close its vector."""
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "whales.txt").write_text(UNREADABLE_ZH + "\n", encoding="utf-8")
+    kb_zh = make_kb(rag, "zh")
+    kb_zh.add([str(d)], rag, progress=False)
+    question = "Which school teaches music?"  # nothing in either knowledge base answers it
+    enc = kb_zh.encoder()
+    assert enc.unknown_share(question) <= rag.max_unknown_share < enc.unknown_share(UNREADABLE_ZH)
+    assert search(kb_zh, question, rag) == []  # so the answer is "not found", not one made up from whales
+    (d / "court.txt").write_text("The court sets the price of bread at the market.\n", encoding="utf-8")
+    kb = make_kb(rag)
+    kb.add([str(d)], rag, progress=False)
+    for cfg in (rag, RagConfig(**{**rag.__dict__, "min_similarity": -1.0})):
+        hits = search(kb, question, cfg)
+        assert [(h.chunk["source"], h.ranks) for h in hits] == [("docs/court.txt", {"dense": 1})]
+    # BM25 still finds the chunk for a question in its own language
+    zh = search(kb, "鲸鱼为什么唱歌？", rag)
+    assert [(h.chunk["source"], h.ranks) for h in zh] == [("docs/whales.txt", {"bm25": 1})]
+
+
+def test_bm25s_first_hit_matching_every_question_term_stays_in_the_fused_top_k(rag, tmp_path, monkeypatch):
+    """Reciprocal rank fusion puts chunks both retrievers rank above one only BM25 ranks: when the dense side
+    prefers chunks that match part of the question, BM25's first hit, which matches all of it, must stay."""
+    from camelid.rag import retrieve
+
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "serve.md").write_text(
+        "# Serving\n\nIn streaming mode the server sends each token as soon as it is made.\n", encoding="utf-8"
+    )
+    for i in range(6):
+        (d / f"mode{i}.txt").write_text(f"The mode of school {i} is set by the court.\n", encoding="utf-8")
+    kb = make_kb(rag)
+    kb.add([str(d)], rag, progress=False)
+    others = sorted(
+        c["id"] for c in kb.chunks(list(range(1, kb.size() + 1))).values() if c["source"] != "docs/serve.md"
+    )
+    monkeypatch.setattr(retrieve, "dense_search", lambda kb, question, n: [(i, 0.9) for i in others[:n]])
+    hits = search(kb, "What is streaming mode?", rag)
+    assert len(hits) == rag.top_k and all("dense" in h.ranks for h in hits if h.chunk["source"] != "docs/serve.md")
+    (full,) = [h for h in hits if h.chunk["source"] == "docs/serve.md"]
+    assert full.ranks == {"bm25": 1} and full.term_share == pytest.approx(1.0)
 
 
 def test_cross_encoder_reranks_and_thresholds(rag, corpus, tmp_path):

@@ -317,3 +317,51 @@ def test_bad_arguments_and_empty():
     for size, overlap in [(0, 0), (10, 10), (10, -1)]:
         with pytest.raises(ValueError):
             chunk_blocks([], words, size, overlap)
+
+
+# --- Markdown tables --------------------------------------------------------------------------------------------
+
+TABLE_HEAD = ["# | Option | Default | Meaning", "--|--------|---------|--------"]
+TABLE_ROWS = [f"{i} | opt_{i} | {i}.5 | What option {i} does. In a few words" for i in range(1, 9)]
+TABLE_MD = "\n".join(
+    ["# Options", "", "## Serving", "", "Every option below can be set on the command line:"]
+    + TABLE_HEAD
+    + TABLE_ROWS
+    + ["---", "After the table."]
+)
+
+
+def test_markdown_table_is_one_block_under_its_section(tmp_path):
+    # The header row "# | Option" is no heading, the table needs no blank line to end the paragraph above it,
+    # and the "---" after it is a rule, not a setext underline making the table a heading.
+    blocks = read_blocks(write(tmp_path, "options.md", TABLE_MD))
+    assert [(b.text, b.heading, b.loc) for b in blocks] == [
+        ("Every option below can be set on the command line:", ("Options", "Serving"), 5),
+        ("\n".join(TABLE_HEAD + TABLE_ROWS), ("Options", "Serving"), 6),
+        ("After the table.", ("Options", "Serving"), 17),
+    ]
+
+
+def test_a_table_is_kept_whole_or_split_between_rows_under_its_header():
+    table, heading = "\n".join(TABLE_HEAD + TABLE_ROWS), ("Options", "Serving")
+    blocks = [
+        Block("Every option below can be set on the command line:", heading, "line", 5),
+        Block(table, heading, "line", 6),
+        Block("After the table.", heading, "line", 17),
+    ]
+    assert sum(table in c.text for c in chunk_blocks(blocks, words, 150, 0)) == 1  # it fits: whole
+    for size, overlap in [(40, 0), (60, 10), (48, 8)]:
+        chunks = chunk_blocks(blocks, words, size, overlap)
+        parts = [c for c in chunks if TABLE_HEAD[0] in c.text]
+        assert len(parts) > 1 and all(c.heading == heading for c in chunks)
+        seen = []
+        for c in parts:
+            assert c.n_tokens <= size and len(c.text.split()) <= size
+            part = c.text[c.text.index(TABLE_HEAD[0]) :].split("\n\n")[0].split("\n")  # up to the next paragraph
+            assert part[:2] == TABLE_HEAD  # every part repeats the header row and its separator
+            rows = part[2:]
+            assert rows and all(r in TABLE_ROWS for r in rows)  # whole rows only
+            seen += rows
+        assert sorted(set(seen), key=TABLE_ROWS.index) == TABLE_ROWS
+        if not overlap:
+            assert seen == TABLE_ROWS

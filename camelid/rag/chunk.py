@@ -1,5 +1,8 @@
 """Sentence-aware chunking: blocks of one heading section packed into chunks of at most `size` tokens that end
-at sentence (preferably paragraph) ends, with a few trailing sentences of overlap between neighbours."""
+at sentence (preferably paragraph) ends, with a few trailing sentences of overlap between neighbours.
+
+A Markdown table is no run of sentences: it is kept whole when it fits, else cut between rows into parts that
+each repeat the header row and its delimiter row, so every part still says what its columns are."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
 
-from camelid.rag.readers import Block
+from camelid.rag.readers import Block, split_table
 
 
 @dataclass
@@ -96,7 +99,7 @@ def chunk_blocks(
     for (heading, kind, _), group in groupby(
         (b for b in blocks if b.text.strip()), key=lambda b: (b.heading, b.kind, b.section)
     ):
-        section = list(group)
+        section = _split_tables(list(group), count_tokens, size)
         units = _units(section, count_tokens, size)
         for i, j in _pack(units, size, overlap):
             text = ""
@@ -124,9 +127,44 @@ def _count(count_tokens: Callable[[list[str]], list[int]], texts: list[str]) -> 
     return counts
 
 
+def _split_tables(blocks: list[Block], count_tokens: Callable[[list[str]], list[int]], size: int) -> list[Block]:
+    """`blocks` with each table over `size` tokens replaced by parts (blocks at the table's loc) of as many whole
+    rows as fit under a copy of its header. A row too long for that is a part alone, cut later like any text."""
+    tables = {k: t for k, b in enumerate(blocks) if (t := split_table(b.text)) and t[1]}
+    fits = _count(count_tokens, [blocks[k].text for k in tables])
+    big = {k: t for (k, t), n in zip(tables.items(), fits) if n > size}
+    # Each line counted with its line break, so that a tokenizer counting breaks does not make the sum too small.
+    lines = [line + "\n" for head, rows in big.values() for line in ["\n".join(head), *rows]]
+    counts = iter(_count(count_tokens, lines))
+    out = []
+    for k, b in enumerate(blocks):
+        if k not in big:
+            out.append(b)
+            continue
+        head, rows = big[k]
+        room, used = size - next(counts), 0
+        parts: list[list[str]] = []
+        for row in rows:
+            n = next(counts)
+            if parts and used + n <= room:
+                parts[-1].append(row)
+                used += n
+            else:
+                parts.append([row])
+                used = n
+        out += [Block("\n".join(head + part), b.heading, b.kind, b.loc, b.section) for part in parts]
+    return out
+
+
+def _pieces(text: str) -> list[str]:
+    """A block's sentences; a table's rows are not sentences, so a table (or part) is one piece, which the
+    oversized-sentence path cuts at clauses only if even one row under its header is over `size`."""
+    return [text] if split_table(text) else split_sentences(text)
+
+
 def _units(section: list[Block], count_tokens: Callable[[list[str]], list[int]], size: int) -> list[_Unit]:
     """The section's sentences with token counts; a sentence over `size` is cut at clauses, then by characters."""
-    sents = [(b, s) for b, block in enumerate(section) for s in split_sentences(block.text)]
+    sents = [(b, s) for b, block in enumerate(section) for s in _pieces(block.text)]
     counts = _count(count_tokens, [s.strip() for _, s in sents])
     # One more batch for the clauses of every oversized sentence.
     clauses = {k: _split_clauses(s) for k, ((_, s), n) in enumerate(zip(sents, counts)) if n > size}

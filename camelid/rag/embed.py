@@ -41,9 +41,15 @@ class Encoder:
     def unknown_share(self, text: str) -> float:
         """Share of `text`'s tokens the encoder's vocabulary lacks ([UNK]): high for a language it never learned
         (all-MiniLM-L6-v2 reads most Chinese characters as [UNK]), whose texts it then finds all alike."""
+        return self.unknown_shares([text])[0]
+
+    def unknown_shares(self, texts: list[str]) -> list[float]:
+        """`unknown_share` of each text, tokenized in one batch."""
+        if not texts:
+            return []
         unk = self.tokenizer.unk_token_id
-        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        return sum(i == unk for i in ids) / len(ids) if ids and unk is not None else 0.0
+        batch = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        return [sum(i == unk for i in ids) / len(ids) if ids and unk is not None else 0.0 for ids in batch]
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         if not texts:

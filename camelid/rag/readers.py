@@ -83,11 +83,34 @@ _RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _LINKDEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s*\S+")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+_DELIM_CELL = r"[ \t]*:?-+:?[ \t]*"
+_TABLE_DELIM = re.compile(rf"^ {{0,3}}\|?{_DELIM_CELL}(?:\|{_DELIM_CELL})*\|?[ \t]*$")
+_PIPE = re.compile(r"(?<!\\)\|")  # a cell border; "\|" is a pipe inside a cell
 
 
 def _inline(text: str) -> str:
     # Images before links, so a linked image `[![alt](img)](url)` comes out as its alt text.
     return _LINK.sub(r"\1", _IMAGE.sub(r"\1", text)).strip()
+
+
+def _cells(row: str) -> int:
+    """How many cells a table row has: its unescaped pipes divide it, less the optional ones at either end."""
+    row = row.strip().removeprefix("|")
+    row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
+    return len(_PIPE.split(row))
+
+
+def _table_at(lines: list[str], i: int) -> bool:
+    """Whether a GFM table starts at lines[i]: a header row, then a delimiter row (|---|:--:|) of as many cells."""
+    if i + 1 >= len(lines) or not _PIPE.search(lines[i]) or not _PIPE.search(lines[i + 1]):
+        return False
+    return bool(_TABLE_DELIM.match(lines[i + 1])) and _cells(lines[i]) == _cells(lines[i + 1])
+
+
+def split_table(text: str) -> tuple[list[str], list[str]] | None:
+    """(header row and delimiter row, body rows) when `text` is a Markdown table, else None."""
+    lines = text.split("\n")
+    return (lines[:2], lines[2:]) if _table_at(lines, 0) else None
 
 
 def _read_markdown(text: str) -> list[Block]:
@@ -124,6 +147,17 @@ def _read_markdown(text: str) -> list[Block]:
                 if len(close) >= len(mark) and set(close) == {mark[0]}:
                     break
             flush(code=True)
+            continue
+        if _table_at(lines, i):
+            # A table is a block of its own, of whole rows (the chunker splits it only between rows). It ends the
+            # paragraph above it, as in GFM, and is taken before headings: a header row "# | Name" is no heading,
+            # and a "---" under the last row is a rule, not a setext underline. Rows here keep a "|".
+            flush()
+            start = n
+            while i < len(lines) and _PIPE.search(lines[i]):
+                buf.append(lines[i])
+                i += 1
+            flush()
             continue
         atx = _ATX.match(line)
         if atx:

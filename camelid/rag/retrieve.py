@@ -6,10 +6,17 @@ chunk is kept when its cosine similarity reaches `rag.min_similarity`, or when i
 `rag.min_term_share` of the question's BM25 weight (Σ idf of the question terms it contains / Σ idf of all of
 them: a question about something the knowledge base never mentions matches little of its rare words).
 
-An encoder that cannot read the question's language finds all its texts alike (all-MiniLM-L6-v2 gives any two
-Chinese texts a cosine of ~0.7, related or not): its ranking is noise and its similarity vouches for nothing.
-When more than `rag.max_unknown_share` of the question's tokens are [UNK] to the encoder, the dense side sits
-out and hybrid retrieval is BM25 alone (benchmarks/RESULTS.md measures both).
+An encoder that cannot read a language finds all its texts alike (all-MiniLM-L6-v2 gives any two Chinese texts
+a cosine of ~0.7, related or not, and an English question reaches rag.min_similarity with Chinese chunks it
+cannot read): its ranking is noise and its similarity vouches for nothing. So its vote counts only on text it
+reads: when more than `rag.max_unknown_share` of the question's tokens are [UNK] to the encoder, the dense side
+sits out and hybrid retrieval is BM25 alone (benchmarks/RESULTS.md measures both); a dense candidate whose chunk
+is over that share is dropped from the dense list, so it neither ranks there nor passes on its similarity. The
+chunks' shares are measured at query time (one tokenizer batch over the dense candidates), so a knowledge base
+built before this rule needs nothing new.
+
+Reciprocal rank fusion ranks a chunk both retrievers list above one that only BM25 lists, however good a match:
+BM25's first hit, when it matches every question term, keeps a place in the top k whatever the dense side prefers.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass, field
 
 from camelid.config import RagConfig
 from camelid.rag.embed import reranker
-from camelid.rag.store import KnowledgeBase
+from camelid.rag.store import KnowledgeBase, passage
 from camelid.rag.terms import query_terms
 
 
@@ -74,6 +81,14 @@ def dense_search(kb: KnowledgeBase, question: str, n: int) -> list[tuple[int, fl
     return [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0]
 
 
+def readable(kb: KnowledgeBase, ranked: list[tuple[int, float]], max_unknown: float) -> list[tuple[int, float]]:
+    """The dense hits whose passage (as embedded) is at most `max_unknown` [UNK] to the encoder, in order."""
+    chunks = kb.chunks([cid for cid, _ in ranked])
+    ranked = [(cid, sim) for cid, sim in ranked if cid in chunks]  # a chunk removed since the index was read
+    shares = kb.encoder().unknown_shares([passage(chunks[cid]["heading"], chunks[cid]["text"]) for cid, _ in ranked])
+    return [hit for hit, share in zip(ranked, shares) if share <= max_unknown]
+
+
 def rrf(rankings: dict[str, list[int]], k: int) -> dict[int, float]:
     """Reciprocal rank fusion: Σ over retrievers of 1 / (k + rank)."""
     fused: dict[int, float] = {}
@@ -93,7 +108,7 @@ def search(
     if mode in ("hybrid", "bm25"):
         found["bm25"] = bm25_search(kb, words, cfg.candidates)
     if mode in ("hybrid", "dense") and kb.encoder().unknown_share(question) <= cfg.max_unknown_share:
-        found["dense"] = dense_search(kb, question, cfg.candidates)
+        found["dense"] = readable(kb, dense_search(kb, question, cfg.candidates), cfg.max_unknown_share)
     hits: dict[int, Hit] = {}
     for name, ranked in found.items():
         for rank, (cid, score) in enumerate(ranked, 1):
@@ -118,4 +133,12 @@ def search(
         for h, s in zip(kept, scores):
             h.rerank = h.score = s
         kept = sorted((h for h in kept if h.rerank >= cfg.min_rerank_score), key=lambda h: -h.score)
-    return kept[: top_k or cfg.top_k]
+        return kept[: top_k or cfg.top_k]
+    return _top(kept, top_k or cfg.top_k)
+
+
+def _top(kept: list[Hit], k: int) -> list[Hit]:
+    """The first k of the fused hits, where BM25's first hit matching every question term takes the last place
+    if fusion ranked it below: a chunk only BM25 lists scores 1/(rrf_k + 1) at best, under any chunk both list."""
+    full = next((h for h in kept[k:] if h.ranks.get("bm25") == 1 and math.isclose(h.term_share, 1.0)), None)
+    return kept[: k - 1] + [full] if full else kept[:k]

@@ -78,14 +78,23 @@ def safe_name(name: str) -> str:
     return p.as_posix().removeprefix("./")
 
 
-def collect(paths: list[str]) -> list[tuple[Path, str]]:
+def collect(paths: list[str]) -> tuple[list[tuple[Path, str]], dict[str, str]]:
     """(file, stored name) for each argument: a file is stored under its base name; a folder's supported files
-    under 'folder/relative/path'. Hidden entries are skipped, and links leading out of the folder are not followed."""
-    out = []
+    under 'folder/relative/path'. Hidden entries are skipped, and links leading out of the folder are not followed.
+    Second, name → why for the files whose name cannot be stored (a backslash): they fail alone, the rest go on."""
+    out: list[tuple[Path, str]] = []
+    refused: dict[str, str] = {}
+
+    def take(f: Path, name: str) -> None:
+        try:
+            out.append((f, safe_name(name)))
+        except CamelidError as e:
+            refused[name] = str(e)
+
     for arg in paths:
         src = Path(arg).expanduser()
         if src.is_file():
-            out.append((src, safe_name(src.name)))
+            take(src, src.name)
         elif src.is_dir():
             top = src.resolve()
             for f in sorted(src.rglob("*")):
@@ -97,10 +106,16 @@ def collect(paths: list[str]) -> list[tuple[Path, str]]:
                 if not f.resolve().is_relative_to(top):
                     log.warning(f"skipped {f}: a link leading out of {src}")
                     continue
-                out.append((f, safe_name(f"{top.name}/{rel.as_posix()}")))
+                take(f, f"{top.name}/{rel.as_posix()}")
         else:
             raise CamelidError(f"{arg}: no such file or folder")
-    return out
+    return out, refused
+
+
+def passage(heading: list[str] | tuple[str, ...], text: str) -> str:
+    """What is embedded and indexed for a chunk: its heading path, then its text. A chunk under "Refunds" matches
+    a question about refunds even when its own sentences never say the word."""
+    return " > ".join(heading) + "\n" + text if heading else text
 
 
 @dataclass
@@ -112,6 +127,10 @@ class AddReport:
     chunks: int = 0
     pages: int = 0  # distinct (kind, loc) of the blocks read: PDF pages, or paragraphs of text files
     seconds: float = 0.0
+
+    def fail(self, name: str, why: str) -> None:
+        self.failed[name] = why
+        log.error(why)
 
 
 class KnowledgeBase:
@@ -236,8 +255,10 @@ class KnowledgeBase:
     def add(self, paths: list[str], cfg: RagConfig, progress: bool = True) -> AddReport:
         from tqdm import tqdm
 
-        files = collect(paths)
+        files, refused = collect(paths)
         report = AddReport([], [], [], {})
+        for name, why in refused.items():
+            report.fail(name, why)
         started = time.perf_counter()
         enc = self.encoder(cfg.embedding_batch)
         with self.writing():
@@ -256,12 +277,9 @@ class KnowledgeBase:
                         blocks, enc.count_tokens, self.meta["chunk_tokens"], self.meta["chunk_overlap"]
                     )
                 except (CamelidError, ValueError) as e:
-                    report.failed[name] = str(e)
-                    log.error(str(e))
+                    report.fail(name, str(e))
                     continue
-                # The heading path goes into what is embedded and indexed: a chunk under "Refunds" matches a
-                # question about refunds even when its own sentences never say the word.
-                texts = [" > ".join(c.heading) + "\n" + c.text if c.heading else c.text for c in chunks]
+                texts = [passage(c.heading, c.text) for c in chunks]
                 vecs = enc.encode(texts)
                 self._copy_in(src, name)
                 with self.lock, self.db:
