@@ -12,7 +12,9 @@ end-of-sequence masked on both sides, so token counts match):
        N x longer for the same numbers.
 2. Offline batch of 16 prompts: camelid `Engine.generate` vs transformers' own continuous batching
    (`generate_batch`, paged attention) vs static padded batch `generate`.
-3. Load test over HTTP: `camelid serve` in a subprocess, 64 client threads x 10 requests, errors counted.
+3. Load test over HTTP: `camelid serve` in a subprocess, 64 client threads x 10 requests, errors counted; twice,
+   with the web UI off, then on with one more thread loading what an open page loads (/ui/, its script, /v1/server,
+   /v1/sessions, /v1/runs) every 0.5 s throughout, its errors and latencies counted apart.
 4. Multi-turn session over HTTP: a ~500-token system prompt and 8 turns sent with `session_id`, prefix cache on vs
    off (two server runs); latency per turn and cached prompt tokens.
 
@@ -263,7 +265,9 @@ def post(url: str, path: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def load_test(model: str, dtype: str, texts: list[str], clients: int, per_client: int, max_tokens: int) -> dict:
+def load_test(
+    model: str, dtype: str, texts: list[str], clients: int, per_client: int, max_tokens: int, ui: bool
+) -> dict:
     lat, errors, tokens, lock = [], [], [0], threading.Lock()
 
     def client(c: int) -> None:
@@ -283,19 +287,36 @@ def load_test(model: str, dtype: str, texts: list[str], clients: int, per_client
                 with lock:
                     errors.append(f"{type(e).__name__}: {e}")
 
-    with serve(model, f"engine.dtype={dtype}") as url:
+    ui_lat, ui_errors, running = [], [], [True]
+
+    def page() -> None:
+        while running[0]:
+            for path in ("/ui/", "/ui/app.js", "/v1/server", "/v1/sessions", "/v1/runs"):
+                t0 = time.perf_counter()
+                try:
+                    urllib.request.urlopen(url + path, timeout=60).read()
+                    ui_lat.append(time.perf_counter() - t0)
+                except Exception as e:
+                    ui_errors.append(f"{path}: {type(e).__name__}: {e}")
+            time.sleep(0.5)
+
+    with serve(model, f"engine.dtype={dtype}", f"serve.ui={str(ui).lower()}") as url:
         post(
             url,
             "/v1/chat/completions",
             {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
         )
         threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        if ui:
+            threads.append(threading.Thread(target=page))
         start = time.perf_counter()
         for t in threads:
             t.start()
-        for t in threads:
+        for t in threads[:clients]:
             t.join()
         wall = time.perf_counter() - start
+        running[0] = False
+        threads[-1].join()
     return {
         "requests": len(lat) + len(errors),
         "errors": len(errors),
@@ -304,6 +325,11 @@ def load_test(model: str, dtype: str, texts: list[str], clients: int, per_client
         "tok_s": tokens[0] / wall,
         "p50": pct(lat, 50) if lat else None,
         "p99": pct(lat, 99) if lat else None,
+        "ui_requests": len(ui_lat) + len(ui_errors),
+        "ui_errors": len(ui_errors),
+        "ui_first_error": ui_errors[:1],
+        "ui_p50": pct(ui_lat, 50) if ui_lat else None,
+        "ui_max": max(ui_lat) if ui_lat else None,
     }
 
 
@@ -435,17 +461,30 @@ def main(argv=None) -> None:
 
         recs, _ = load_source("alpaca_en_demo", "prompt", "skip", 200, "auto")
         texts = [r["prompt"][-1]["content"] for r in recs]
-        r = load_test(path, dtype, texts, args.load_clients, args.load_requests, args.load_max_tokens)
         lines += [
             "",
             f"Load test over HTTP (`camelid serve`, {args.load_clients} client threads × {args.load_requests} "
-            f"requests, max_tokens {args.load_max_tokens}, temperature 0.7, stop at end-of-sequence):",
+            f"requests, max_tokens {args.load_max_tokens}, temperature 0.7, stop at end-of-sequence), without the "
+            "web UI, then with it and a page open (polling what the page loads every 0.5 s):",
             "",
-            f"- requests: {r['requests']}, errors: **{r['errors']}** {r['first_error'] or ''}",
-            f"- wall {r['wall']:.1f} s, {r['tok_s']:.1f} generated tok/s, latency p50 {r['p50']:.2f} s, "
-            f"p99 {r['p99']:.2f} s",
+            "| web UI | requests | errors | wall s | generated tok/s | latency p50 s | p99 s | page requests | page errors "
+            "| page p50 ms | page max ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        print("\n".join(lines[-2:]), flush=True)
+        for ui in (False, True):
+            r = load_test(path, dtype, texts, args.load_clients, args.load_requests, args.load_max_tokens, ui)
+            page = (
+                f"{r['ui_requests']} | **{r['ui_errors']}** | {r['ui_p50'] * 1000:.0f} | {r['ui_max'] * 1000:.0f}"
+                if ui
+                else "— | — | — | —"
+            )
+            lines.append(
+                f"| {'on, page open' if ui else 'off'} | {r['requests']} | **{r['errors']}** | {r['wall']:.1f} | "
+                f"{r['tok_s']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | {page} |"
+            )
+            if r["first_error"] or r["ui_first_error"]:
+                lines.append(f"first errors: {r['first_error']} {r['ui_first_error']}")
+            print(lines[-1], flush=True)
 
     if 4 in parts:
         on = session_latency(path, dtype, True, args.turns)

@@ -203,7 +203,13 @@ def cmd_train(stage: str, a: Args) -> None:
         from camelid.eval.tasks import task_specs
 
         task_specs(cfg.eval.tasks)  # two tasks reported under one name: refused now, not after training
-    importlib.import_module(f"camelid.train.{stage}").main(cfg)
+    try:
+        importlib.import_module(f"camelid.train.{stage}").main(cfg)
+    except BaseException as error:
+        from camelid.train.run import failed
+
+        failed(cfg, error)
+        raise
     e = cfg.eval
     if not e.after_training:
         return
@@ -217,53 +223,29 @@ def cmd_train(stage: str, a: Args) -> None:
         evaluate(cfg, cfg.train.output_dir)
 
 
-def _holds_pairs(spec: str) -> bool:
-    """Whether a data source's first record is a preference pair (chosen/rejected)."""
-    from camelid.data.formats import load_source
-
-    try:
-        load_source(spec, "preference", max_samples=1)
-    except CamelidError:
-        return False
-    return True
-
-
 def cmd_data(a: Args) -> None:
     from camelid import hub
-    from camelid.data.loader import load_records, render_all, render_pairs
-    from camelid.data.templates import show
+    from camelid.data.preview import preview
+    from camelid.data.templates import marked
     from camelid.model import load_tokenizer
 
     cfg = validate(a.load(), "data")
     for spec in cfg.data.train:  # a typo fails here, with the closest names, before the tokenizer loads
         hub.check_data_source(spec)
     tok = load_tokenizer(cfg.model.name, cfg.model.template, cfg.model.trust_remote_code)
-    pairs = cfg.data.format == "preference" or _holds_pairs(cfg.data.train[0])
-    records, stats = load_records(cfg.data.train, "preference" if pairs else "messages", cfg.data)
-    for st in stats:
+    p = preview(tok, cfg.data.train, cfg.data)
+    for st in p.stats:
         cut = {k.replace("_", " "): n for k, n in st.get("trimmed", {}).items() if n}
         print(
             f"{st['source']}: read {st['read']}, kept {st['kept']}, skipped {st['skipped']} {st['reasons'] or ''}"
             + (f"; dropped from cut chats: {cut}" if cut else "")
         )
-    if pairs:  # rm / dpo data: each side as the stage renders it, the final answer supervised
-        rendered, dropped = render_pairs(tok, records, cfg.data)
-        shown = [
-            (f"{side} #{i}", getattr(p, side)) for i, p in enumerate(rendered[:2]) for side in ("chosen", "rejected")
-        ]
-        rendered = [r for p in rendered for r in (p.chosen, p.rejected)]
-        what = f"{len(rendered) // 2} preference pairs"
-    else:
-        rendered, dropped = render_all(tok, records, cfg.data)
-        shown, what = [("", r) for r in rendered[:2]], f"{len(rendered)} chats"
-    lengths = sorted(len(r.input_ids) for r in rendered)
-    sup = sum(r.n_supervised for r in rendered) / max(1, sum(lengths))
     print(
-        f"{what}; tokens p50={lengths[len(lengths) // 2]} max={lengths[-1]}; "
-        f"{sup:.0%} of tokens supervised; dropped: {dropped or 'none'}"
+        f"{p.what}; tokens p50={p.p50} max={p.longest}; "
+        f"{p.supervised:.0%} of tokens supervised; dropped: {p.dropped or 'none'}"
     )
-    for label, r in shown:
-        print("-" * 60 + (f" {label}" if label else "") + "\n" + show(tok, r) + "\n" + "-" * 60)
+    for label, runs in p.examples:
+        print("-" * 60 + (f" {label}" if label else "") + "\n" + marked(runs) + "\n" + "-" * 60)
     print("[[...]] marks the tokens the loss is computed on")
 
 

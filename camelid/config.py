@@ -238,6 +238,9 @@ class ServeConfig:
     request_timeout: float = 300.0  # seconds; a request still running then is aborted (504 / an error event)
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM/SIGINT before abort
     kb: list[str] = field(default_factory=list)  # knowledge bases answered as model "kb:<name>" (names or folders)
+    ui: bool = True  # the web UI at /ui (chat, knowledge bases, runs), behind the same API keys
+    runs_root: str = "runs"  # the folder whose run and recipe folders the UI shows (nothing outside it is read)
+    max_upload_bytes: int = 50_000_000  # the largest document one upload to a knowledge base may be
 
     def check(self) -> list[str]:
         return _failing(
@@ -245,6 +248,7 @@ class ServeConfig:
             (self.max_tokens >= 1, "serve.max_tokens must be >= 1"),
             (self.default_max_tokens >= 1, "serve.default_max_tokens must be >= 1"),
             (self.max_prompts_per_request >= 1, "serve.max_prompts_per_request must be >= 1"),
+            (self.max_upload_bytes >= 1, "serve.max_upload_bytes must be >= 1"),
         )
 
 
@@ -264,9 +268,9 @@ class RagConfig:
     # question's BM25 weight (idf) it matches >= min_term_share. Nothing relevant → the "not found" answer.
     min_similarity: float = 0.35  # dense: the least cosine similarity that makes a chunk relevant
     min_term_share: float = 0.4  # BM25: the least share of the question's idf weight a relevant chunk matches
-    # Dense retrieval sits out a question whose tokens are more than this share [UNK] to the encoder (a language
-    # it cannot read: all-MiniLM-L6-v2 and Chinese); camelid/rag/retrieve.py says why.
-    max_unknown_share: float = 0.2  # dense sits out questions with more [UNK] tokens than this (see above)
+    # Dense retrieval sits out a question, and drops a chunk, whose tokens are more than this share [UNK] to the
+    # encoder (a language it cannot read: all-MiniLM-L6-v2 and Chinese); camelid/rag/retrieve.py says why.
+    max_unknown_share: float = 0.2  # dense ignores questions and chunks with more [UNK] tokens than this
     reranker: str = ""  # a cross-encoder (folder or id) to reorder the fused candidates; empty = none
     min_rerank_score: float = float("-inf")  # with a reranker: drop candidates it scores below this
     max_prompt_tokens: int = 0  # cap on the grounded prompt; 0 = the model's context less the answer's tokens

@@ -19,6 +19,7 @@ LAYER = {
     "model": 4,
     "data": 3,
     "hub": 2,
+    "rundir": 2,
     "config": 1,
     "utils": 0,
     "__init__": 0,

@@ -415,3 +415,30 @@ def test_a_sessions_file_from_before_per_key_ids_is_migrated(tmp_path):
     store = SessionStore(db)  # opened again: already current, nothing to migrate
     assert store.get("bob", "s1") is not None and [s["id"] for s in store.list("alice")] == []
     store.close()
+
+
+def test_a_sessions_file_without_titles_is_migrated_and_titles_are_per_key(tmp_path):
+    from camelid.serve.sessions import SessionStore
+
+    db = tmp_path / "v2.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE sessions (owner TEXT NOT NULL, id TEXT NOT NULL, model TEXT NOT NULL, created REAL NOT NULL,
+            updated REAL NOT NULL, window INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (owner, id));
+        CREATE TABLE messages (owner TEXT NOT NULL, session_id TEXT NOT NULL, seq INTEGER NOT NULL, role TEXT NOT NULL,
+            content TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (owner, session_id, seq));
+        INSERT INTO sessions VALUES ('alice', 's1', 'tiny', 1, 2, 0);
+        INSERT INTO messages VALUES ('alice', 's1', 0, 'system', 'be brief', 1), ('alice', 's1', 1, 'user', 'hi', 1);
+        PRAGMA user_version = 2;
+    """)
+    con.commit()
+    con.close()
+    store = SessionStore(db)
+    [listed] = store.list("alice")
+    assert listed["title"] == "" and listed["first_message"] == "hi" and listed["message_count"] == 2
+    assert store.rename("alice", "s1", "Greeting") and not store.rename("bob", "s1", "theirs")
+    assert store.get("alice", "s1")["title"] == "Greeting" and store.list("alice")[0]["title"] == "Greeting"
+    store.close()
+    store = SessionStore(db)
+    assert store.get("alice", "s1")["title"] == "Greeting"
+    store.close()

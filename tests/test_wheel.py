@@ -96,6 +96,7 @@ def test_wheel_ships_configs_and_runs_from_another_directory(installed, tmp_path
     assert "config file not found" not in out.stderr and "missing_file.jsonl" in out.stderr
     # a shipped recipe by name, with the prompts file shipped beside it
     assert {"camelid/recipes/zh_domain.yaml", "camelid/recipes/zh_domain_prompts.txt"} <= set(names)
+    assert {"camelid/serve/ui/index.html", "camelid/serve/ui/app.js", "camelid/serve/ui/app.css"} <= set(names)
     out = run(venv, "run", "zh_domain", "--dry-run", cwd=tmp_path)
     assert out.returncode == 0 and f"{venv}/lib/" in out.stdout and "zh_domain_prompts.txt" in out.stdout, out.stderr
 

@@ -340,18 +340,25 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return encode(tokenizer, text, spans)[0]
 
 
-def show(tokenizer, rendered: Rendered) -> str:
-    """Human view of a rendered example: supervised text inside [[...]], the rest as is."""
+def spans(tokenizer, rendered: Rendered) -> list[tuple[str, bool]]:
+    """A rendered example as (text, supervised) runs: the loss mask as a person reads it."""
     out, cur, buf = [], None, []
     for tok, lab in zip(rendered.input_ids, rendered.labels):
         sup = lab != IGNORE
         if cur is not None and sup != cur:
-            text = tokenizer.decode(buf)
-            out.append(f"[[{text}]]" if cur else text)
+            out.append((tokenizer.decode(buf), cur))
             buf = []
         cur = sup
         buf.append(tok)
     if buf:
-        text = tokenizer.decode(buf)
-        out.append(f"[[{text}]]" if cur else text)
-    return "".join(out)
+        out.append((tokenizer.decode(buf), cur))
+    return out
+
+
+def marked(runs: list[tuple[str, bool]]) -> str:
+    """Human view of (text, supervised) runs: supervised text inside [[...]], the rest as is."""
+    return "".join(f"[[{text}]]" if sup else text for text, sup in runs)
+
+
+def show(tokenizer, rendered: Rendered) -> str:
+    return marked(spans(tokenizer, rendered))

@@ -16,16 +16,12 @@ never an error: a report is most often opened while a run is still incomplete.
 from __future__ import annotations
 
 import html
-import json
-import math
 import os
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from camelid.rundir import AFTER, ALIGNMENT_CURVES, BEFORE, Run, is_num, load_run, read_lineage
 from camelid.utils import CamelidError
 
 # Each results section and the `camelid eval` option that produces it, with an example value for hints when the
@@ -39,115 +35,6 @@ SCORES = ("acc", "acc_norm", "acc_norm_token")
 # Results written before acc_norm followed lm-eval (per character of the choice without its leading space) carry
 # acc_norm_char instead, which counted that space; shown as its own row, never as acc_norm.
 _OLD_SCORES = ("acc_norm_char",)
-_BEFORE, _AFTER = "before", "after"
-
-
-# ---------------------------------------------------------------------------------------------
-# reading a run folder
-
-
-@dataclass
-class Run:
-    path: Path
-    name: str  # the folder name: the run's label in every figure and table
-    config: dict = field(default_factory=dict)  # config.yaml as plain YAML
-    train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), one per step
-    evals: list[tuple[int, float]] = field(default_factory=list)  # (step, eval_loss), one per step
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # ALIGNMENT_CURVES key → (step, value)
-    results: dict[str, dict] = field(default_factory=dict)  # label → eval/<label>.json, in comparison order
-    sources: list[str] = field(default_factory=list)  # the files read, for the header
-    notes: list[str] = field(default_factory=list)  # files present that could not be used
-
-
-def load_run(path: str | os.PathLike) -> Run:
-    """Read everything the report shows from one run folder. Only a path that is no run folder at all fails."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CamelidError(f"{path} is not a folder; pass a run folder (the train.output_dir of a run)")
-    if not any((path / f).exists() for f in ("metrics.jsonl", "config.yaml", "eval")):
-        raise CamelidError(f"{path} has no metrics.jsonl, config.yaml or eval/: it is not a run folder")
-    run = Run(path=path, name=path.name or path.resolve().name)
-    _read_config(run)
-    _read_metrics(run)
-    _read_results(run)
-    return run
-
-
-def _read_config(run: Run) -> None:
-    f = run.path / "config.yaml"
-    if not f.exists():
-        run.notes.append("config.yaml is missing, so the run's settings are unknown")
-        return
-    try:
-        # Plain YAML, not load_config: a run written by an older camelid may carry keys the strict loader rejects.
-        data = yaml.safe_load(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        run.notes.append(f"config.yaml could not be read ({e})")
-        return
-    run.config = data if isinstance(data, dict) else {}
-    run.sources.append("config.yaml")
-
-
-def _read_metrics(run: Run) -> None:
-    f = run.path / "metrics.jsonl"
-    if not f.exists():
-        run.notes.append(
-            "metrics.jsonl is missing: no losses to plot (camelid sft and camelid pt write it while training)"
-        )
-        return
-    train: dict[int, float] = {}
-    evals: dict[int, float] = {}
-    curves: dict[str, dict[int, float]] = {}
-    skipped = 0
-    for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            skipped += 1  # a run that is still writing can leave half a line at the end
-            continue
-        if not isinstance(row, dict) or not _is_num(row.get("step")):
-            skipped += 1
-            continue
-        step = int(row["step"])
-        # The last value per step wins: the final eval line repeats the last step's, and a resumed run
-        # rewrote the steps after its checkpoint.
-        if _is_num(row.get("loss")):
-            train[step] = float(row["loss"])
-        if _is_num(row.get("eval_loss")):
-            evals[step] = float(row["eval_loss"])
-        for key in ALIGNMENT_CURVES:
-            if _is_num(row.get(key)):
-                curves.setdefault(key, {})[step] = float(row[key])
-    run.train, run.evals = sorted(train.items()), sorted(evals.items())
-    run.curves = {k: sorted(v.items()) for k, v in curves.items()}
-    extra = f", {skipped} unreadable lines skipped" if skipped else ""
-    run.sources.append(f"metrics.jsonl ({len(train)} training steps, {len(evals)} eval points{extra})")
-
-
-def _read_results(run: Run) -> None:
-    found: dict[str, dict] = {}
-    for f in sorted((run.path / "eval").glob("*.json")):
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            run.notes.append(f"eval/{f.name} could not be read ({e}); left out")
-            continue
-        if not isinstance(data, dict):
-            run.notes.append(f"eval/{f.name} is not a JSON object; left out")
-            continue
-        label = str(data.get("label") or f.stem)
-        if label in found:
-            run.notes.append(f"eval/{f.name} repeats the label '{label}'; left out")
-            continue
-        found[label] = data
-        run.sources.append(f"eval/{f.name} (model {data.get('model', '?')}, {data.get('created', 'time unknown')})")
-    run.results = {label: found[label] for label in sorted(found, key=_label_order)}
-
-
-def _label_order(label: str) -> tuple[int, str]:
-    return (0 if label == _BEFORE else 2 if label == _AFTER else 1, label)
 
 
 def _cfg(config: dict, dotted: str) -> Any:
@@ -157,10 +44,6 @@ def _cfg(config: dict, dotted: str) -> Any:
             return None
         node = node[key]
     return node
-
-
-def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,13 +66,13 @@ def smooth(values: list[float], weight: float | None = None) -> list[float]:
 
 
 def _mean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if _is_num(x)]
+    xs = [x for x in xs if is_num(x)]
     return sum(xs) / len(xs) if xs else None
 
 
 def _score(entry: Any, key: str) -> float | None:
     value = entry.get(key) if isinstance(entry, dict) else None
-    return float(value) if _is_num(value) else None
+    return float(value) if is_num(value) else None
 
 
 def _section(result: dict, key: str) -> dict:
@@ -249,7 +132,7 @@ def _bar_figure(accs: dict[str, dict[str, float | None]], tasks: list[str], path
         values = [by_task.get(t) for t in tasks]
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(tasks))]
         # Colors name labels, not runs: gray base model, blue trained model in every run's chart.
-        color = {_BEFORE: "#9aa0a6", _AFTER: "#0969da"}.get(label, f"C{j + 1}")
+        color = {BEFORE: "#9aa0a6", AFTER: "#0969da"}.get(label, f"C{j + 1}")
         bars = ax.bar(xs, [v if v is not None else 0.0 for v in values], width, label=_mpl_text(label), color=color)
         ax.bar_label(bars, labels=[f"{v:.3f}" if v is not None else "" for v in values], fontsize=8)
     ax.set_xticks(range(len(tasks)), [_mpl_text(t) for t in tasks], rotation=30 if len(tasks) > 5 else 0)
@@ -274,7 +157,7 @@ def _td(text: Any, cls: str = "") -> str:
 
 
 def _num(x: float | None, spec: str = ".4f") -> str:
-    return format(x, spec) if _is_num(x) else "—"
+    return format(x, spec) if is_num(x) else "—"
 
 
 def _delta_td(
@@ -393,13 +276,6 @@ def _loss_section(runs: list[Run], out: Path) -> str:
 
 
 # What rm / dpo / ppo runs log beyond a loss, each drawn as its own figure when a run has it.
-ALIGNMENT_CURVES = {
-    "score": "PPO: reward-model score of the rollouts",
-    "kl": "PPO: KL to the reference (per answer)",
-    "entropy": "PPO: policy entropy (per token)",
-    "eval_accuracy": "rm / dpo: held-out pairwise accuracy",
-    "eval_margin": "rm / dpo: held-out chosen − rejected reward margin",
-}
 
 
 def _alignment_section(runs: list[Run], out: Path) -> str:
@@ -472,13 +348,13 @@ def _missing_note(run: Run, labels: list[str], section: str) -> str:
     if not labels:
         files = ", ".join(f"eval/{lb}.json" for lb in run.results)
         return _note(f"No {what} in {files}. Run ", cmd_before, " and ", cmd_after, " to add them.")
-    if _BEFORE not in labels:
+    if BEFORE not in labels:
         return _note(
             f"No {what} for the base model ('before'), so there is nothing to compare against. Run ",
             cmd_before,
             " to add them.",
         )
-    if _AFTER not in labels:
+    if AFTER not in labels:
         return _note(f"No {what} for the trained model ('after'). Run ", cmd_after, " to add them.")
     return ""
 
@@ -728,7 +604,7 @@ def write_report(runs: list[Path], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     recipes, paths = [], []
     for r in runs:
-        lineage = report_recipe.read_lineage(Path(r))
+        lineage = read_lineage(Path(r))
         if lineage is None:
             paths.append(Path(r))
             continue

@@ -12,22 +12,8 @@ import json
 from pathlib import Path
 
 from camelid.eval.report import _delta_td, _e, _figure, _img, _mpl_text, _num, _table, _td
-from camelid.utils import CamelidError
 
 _STATE_COLORS = {"done": "#dafbe1", "failed": "#ffebe9", "running": "#fff8c5"}
-
-
-def read_lineage(folder: Path) -> dict | None:
-    f = folder / "lineage.json"
-    if not f.is_file():
-        return None
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise CamelidError(f"{f}: not valid JSON ({e})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
-        raise CamelidError(f"{f}: no 'stages' mapping; is this a recipe folder?")
-    return data
 
 
 def stage_runs(folder: Path, lineage: dict) -> list[Path]:

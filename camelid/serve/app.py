@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP API over one Engine, as routes: /v1/models, /v1/chat/completions, /v1/completions,
-/v1/sessions, /v1/kb, /health, /metrics. Each route checks the API key, reads its body and hands both to its
+/v1/sessions, /v1/kb, /health, /metrics; for the web UI (camelid/serve/ui/, at /ui) also /v1/server (what is
+served, engine stats) and /v1/runs (run folders, read-only). Each route checks the API key, reads its body and hands both to its
 handler (serve/handlers/); this module adds only what is the same for all: every error in OpenAI's shape
 {"error": {"message", "type", "param", "code"}} (unknown routes and methods too), counted in /metrics, and
 `Guard`, which turns anything unexpected into a 500 of that shape.
@@ -10,18 +11,29 @@ completions. Unknown fields are refused with a 400 naming them, as OpenAI does (
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 
 from camelid.config import RagConfig, ServeConfig
 from camelid.engine import Engine
 from camelid.rag.store import KnowledgeBase
-from camelid.serve.handlers import chat, completions, kb, models, sessions
+from camelid.serve.handlers import chat, completions, kb, models, runs, sessions, ui
 from camelid.serve.metrics import prometheus
-from camelid.serve.protocol import ApiError, ChatRequest, CompletionRequest, KbAsk, KbSearch, SessionCreate, clip
+from camelid.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    KbAsk,
+    KbCreate,
+    KbSearch,
+    SessionCreate,
+    SessionRename,
+    clip,
+)
 from camelid.serve.runtime import Api, internal_error
 from camelid.serve.sessions import SessionStore
 
@@ -133,6 +145,11 @@ def create_app(
     async def get_session(sid: str, request: Request):
         return sessions.get(api, api.authorize(request), sid)
 
+    @app.patch("/v1/sessions/{sid}")
+    async def rename_session(sid: str, request: Request):
+        owner = api.authorize(request)
+        return sessions.rename(api, owner, sid, await api.read(request, SessionRename))
+
     @app.delete("/v1/sessions/{sid}")
     async def delete_session(sid: str, request: Request):
         return sessions.delete(api, api.authorize(request), sid)
@@ -141,6 +158,26 @@ def create_app(
     async def list_kbs(request: Request):
         api.authorize(request)
         return kb.listing(api)
+
+    @app.post("/v1/kb")
+    async def create_kb(request: Request):
+        api.authorize(request)
+        return await kb.create(api, await api.read(request, KbCreate))
+
+    @app.get("/v1/kb/{name}/documents")
+    async def kb_documents(name: str, request: Request):
+        api.authorize(request)
+        return kb.documents(api, name, api.knowledge_base(name, "name"))
+
+    @app.put("/v1/kb/{name}/documents/{filename}")
+    async def kb_upload(name: str, filename: str, request: Request):
+        api.authorize(request)
+        return await kb.upload(api, request, name, api.knowledge_base(name, "name"), filename)
+
+    @app.delete("/v1/kb/{name}/documents/{doc:path}")
+    async def kb_remove(name: str, doc: str, request: Request):
+        api.authorize(request)
+        return await kb.remove(api, name, api.knowledge_base(name, "name"), doc)
 
     @app.post("/v1/kb/{name}/search")
     async def kb_search(name: str, request: Request):
@@ -153,5 +190,42 @@ def create_app(
         owner = api.authorize(request)
         base = api.knowledge_base(name, "name")
         return await kb.ask(api, request, owner, name, base, await api.read(request, KbAsk))
+
+    @app.get("/v1/server")
+    async def server_info(request: Request):
+        api.authorize(request)
+        return ui.server_info(api)
+
+    @app.get("/v1/runs")
+    async def list_runs(request: Request):
+        api.authorize(request)
+        return runs.listing(api)
+
+    @app.get("/v1/runs/{path:path}/report/{name}")
+    async def run_report(path: str, name: str, request: Request):
+        api.authorize(request)
+        return FileResponse(await runs.report(api, path, name), headers={"Cache-Control": "no-store"})
+
+    @app.get("/v1/runs/{path:path}/data")
+    async def run_data(path: str, request: Request):
+        api.authorize(request)
+        return await asyncio.to_thread(runs.data_preview, api, path)
+
+    @app.get("/v1/runs/{path:path}")
+    async def run_detail(path: str, request: Request):
+        api.authorize(request)
+        return await asyncio.to_thread(runs.detail, api, path)
+
+    if cfg.ui:
+        # The page itself holds no data (everything comes from the API, with the key): it is served to anyone
+        # who can reach the port, as the API's 401s are.
+        @app.get("/")
+        @app.get("/ui")
+        async def root():
+            return RedirectResponse("/ui/")
+
+        @app.get("/ui/{name:path}")
+        async def ui_file(name: str):
+            return ui.asset(name or "index.html")
 
     return app

@@ -126,6 +126,14 @@ class SessionCreate(_Strict):
 MAX_DEPTH = 64  # JSON nesting; OpenAI's bodies need 5
 
 
+class SessionRename(_Strict):
+    title: str = Field(max_length=200)
+
+
+class KbCreate(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+
+
 def clip(text: str, n: int = 80) -> str:
     """A client's text quoted in an error, cut so a huge field name or model id cannot make a huge error."""
     return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"

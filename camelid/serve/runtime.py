@@ -96,19 +96,28 @@ class Api:
 
     async def read(self, request: Request, schema: type[BaseModel]):
         check_content_type(request.headers.get("content-type"))
+        return parse(await self.body(request, self.cfg.max_body_bytes, "serve.max_body_bytes"), schema)
+
+    async def body(self, request: Request, limit: int, setting: str) -> bytes:
+        """The raw body, refused with a 413 naming `setting` as soon as it is known to exceed `limit` bytes: from
+        Content-Length before reading anything, else while it streams in."""
+        too_large = ApiError(
+            413, f"request body exceeds {limit} bytes (the server's {setting})", code="request_too_large"
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
         raw = bytearray()
         try:
             async for chunk in request.stream():
                 raw += chunk
-                if len(raw) > self.cfg.max_body_bytes:
-                    raise ApiError(
-                        413, f"request body exceeds {self.cfg.max_body_bytes} bytes", code="request_too_large"
-                    )
+                if len(raw) > limit:
+                    raise too_large
         except ClientDisconnect:  # gone mid-upload: counted, not logged as an internal error
             raise ApiError(
                 499, "the client disconnected while sending its request", code="client_disconnected"
             ) from None
-        return parse(bytes(raw), schema)
+        return bytes(raw)
 
     def authorize(self, request: Request) -> str:
         if not self.keys:

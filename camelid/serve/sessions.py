@@ -7,6 +7,7 @@ Schema (one file, WAL journal; safe to read with the sqlite3 shell while the ser
              model TEXT NOT NULL,   -- the served model id the session was created with
              created REAL NOT NULL, updated REAL NOT NULL,    -- unix seconds
              window INTEGER NOT NULL DEFAULT 0,  -- seq of the oldest non-system message still sent to the model
+             title TEXT NOT NULL DEFAULT '',     -- a name given by the client (the web UI's rename); '' = none
              PRIMARY KEY (owner, id))
     messages(owner TEXT NOT NULL, session_id TEXT NOT NULL,   -- REFERENCES sessions(owner, id) ON DELETE CASCADE
              seq INTEGER NOT NULL,  -- 0, 1, 2, ... in conversation order
@@ -15,7 +16,7 @@ Schema (one file, WAL journal; safe to read with the sqlite3 shell while the ser
 
 Ids are scoped per key: two keys may each have a session "s1", and nothing one key can do (create, get, list,
 delete) tells it whether the other's exists. A file written before ids were scoped (user_version 0, `id` alone the
-key) is migrated in place when opened.
+key) is migrated in place when opened; so is one without titles (user_version 2).
 
 A session only ever grows by whole exchanges (the new messages plus the assistant's reply), written in one
 transaction after the reply is complete; an aborted or failed request leaves the session as it was.
@@ -31,11 +32,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-VERSION = 2  # PRAGMA user_version; 0 is the first schema, where session ids were global
+VERSION = 3  # PRAGMA user_version; 0: session ids were global; 2: sessions had no title
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sessions (
         owner TEXT NOT NULL, id TEXT NOT NULL, model TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-        window INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (owner, id))""",
+        window INTEGER NOT NULL DEFAULT 0, title TEXT NOT NULL DEFAULT '', PRIMARY KEY (owner, id))""",
     "CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(owner, updated)",
     """CREATE TABLE IF NOT EXISTS messages (
         owner TEXT NOT NULL, session_id TEXT NOT NULL, seq INTEGER NOT NULL, role TEXT NOT NULL,
@@ -56,10 +57,12 @@ class SessionStore:
         with self._tx():
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
             old = (
-                version < VERSION
+                version < 2
                 and self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sessions'").fetchone()
             )
-            if old:
+            if version == 2:
+                self._db.execute("ALTER TABLE sessions ADD COLUMN title TEXT NOT NULL DEFAULT ''")
+            elif old:
                 self._db.execute("DROP INDEX IF EXISTS sessions_owner")
                 self._db.execute("ALTER TABLE messages RENAME TO messages_v0")
                 self._db.execute("ALTER TABLE sessions RENAME TO sessions_v0")
@@ -67,7 +70,7 @@ class SessionStore:
                 self._db.execute(statement)
             if old:
                 self._db.execute(
-                    "INSERT INTO sessions SELECT owner, id, model, created, updated, window FROM sessions_v0"
+                    "INSERT INTO sessions SELECT owner, id, model, created, updated, window, '' FROM sessions_v0"
                 )
                 self._db.execute(
                     "INSERT INTO messages SELECT s.owner, m.session_id, m.seq, m.role, m.content, m.created "
@@ -83,7 +86,7 @@ class SessionStore:
         with self._lock, self._tx():
             if self._db.execute("SELECT 1 FROM sessions WHERE owner=? AND id=?", (owner, sid)).fetchone():
                 raise KeyError(sid)
-            self._db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,0)", (owner, sid, model, now, now))
+            self._db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,0,'')", (owner, sid, model, now, now))
             self._insert(owner, sid, 0, messages or [], now)
         return self.get(owner, sid)
 
@@ -91,7 +94,7 @@ class SessionStore:
         """The session with its messages, or None when it does not exist or belongs to another key."""
         with self._lock:
             row = self._db.execute(
-                "SELECT id, model, created, updated, window FROM sessions WHERE owner=? AND id=?", (owner, sid)
+                "SELECT id, model, created, updated, window, title FROM sessions WHERE owner=? AND id=?", (owner, sid)
             ).fetchone()
             if row is None:
                 return None
@@ -105,6 +108,7 @@ class SessionStore:
             "created": int(row[2]),
             "updated": int(row[3]),
             "window": row[4],
+            "title": row[5],
             "messages": [{"role": r, "content": c} for r, c in msgs],
         }
 
@@ -126,7 +130,9 @@ class SessionStore:
     def list(self, owner: str) -> list[dict]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT s.id, s.model, s.created, s.updated, COUNT(m.seq) FROM sessions s LEFT JOIN messages m "
+                "SELECT s.id, s.model, s.created, s.updated, COUNT(m.seq), s.title, "
+                "(SELECT content FROM messages f WHERE f.owner = s.owner AND f.session_id = s.id AND f.role = 'user' "
+                "ORDER BY f.seq LIMIT 1) FROM sessions s LEFT JOIN messages m "
                 "ON m.owner = s.owner AND m.session_id = s.id WHERE s.owner=? GROUP BY s.id ORDER BY s.updated DESC",
                 (owner,),
             ).fetchall()
@@ -138,9 +144,16 @@ class SessionStore:
                 "created": int(r[2]),
                 "updated": int(r[3]),
                 "message_count": r[4],
+                "title": r[5],
+                "first_message": (r[6] or "")[:200],  # for a list that shows untitled sessions by their question
             }
             for r in rows
         ]
+
+    def rename(self, owner: str, sid: str, title: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("UPDATE sessions SET title=? WHERE owner=? AND id=?", (title, owner, sid))
+        return cur.rowcount > 0
 
     def delete(self, owner: str, sid: str) -> bool:
         with self._lock:

@@ -9,6 +9,7 @@
       checkpoint-<n>/      resumable state (see loop.py)
       final/               HF-native weights or peft adapter, tokenizer and chat template
       summary.json         what the run ended with
+      status.json          running (pid) / finished / failed (error) / stopped: read by the web UI (rundir.py)
 
 Inputs are checked before anything is created: every data source and model named in the config must exist (or be
 a catalog name, or a reachable / cached Hugging Face id), so a typo fails in a moment and leaves no folder behind.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ from transformers import PreTrainedTokenizerBase
 from camelid import hub
 from camelid.config import Config, save_config
 from camelid.data.loader import Prepared
+from camelid.rundir import read_status, run_state, write_status
 from camelid.train.loop import _SHARDED, latest_checkpoint, make_accelerator
 from camelid.train.resume_rules import config_changes
 from camelid.utils import CamelidError, log, setup_logging, sha256_file, write_json
@@ -53,6 +56,17 @@ def check_inputs(cfg: Config, stage: str) -> None:
     hub.resolve_model(cfg.model.name, pull_catalog=False)
     if stage == "ppo" and cfg.ppo.reward_model:
         hub.resolve_model(cfg.ppo.reward_model, pull_catalog=False)
+
+
+def failed(cfg: Config, error: BaseException) -> None:
+    """Mark the run failed (or stopped, on Ctrl-C) in status.json, if this process is the one that started it."""
+    run_dir = Path(cfg.train.output_dir)
+    if run_state(run_dir).get("state") != "running" or read_status(run_dir).get("pid") != os.getpid():
+        return
+    if isinstance(error, KeyboardInterrupt):
+        write_status(run_dir, "stopped", error="interrupted")
+    else:
+        write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}"[:2000])
 
 
 def start(cfg: Config, stage: str) -> tuple[Path, Accelerator]:
@@ -76,6 +90,7 @@ def start(cfg: Config, stage: str) -> tuple[Path, Accelerator]:
             old = yaml.safe_load((run_dir / HISTORY).read_text()) if (run_dir / HISTORY).is_file() else []
             (run_dir / HISTORY).write_text(yaml.safe_dump((old or []) + [history], sort_keys=False, allow_unicode=True))
         save_config(cfg, run_dir / "config.yaml", stage)  # only the sections this stage reads
+        write_status(run_dir, "running", stage=stage)
     acc.wait_for_everyone()
     torch.manual_seed(cfg.train.seed)
     return run_dir, acc
@@ -194,6 +209,7 @@ def finish(
         write_json(
             run_dir / "summary.json", metrics | {"seconds": round(time.time() - started, 1), "final": str(final)}
         )
+        write_status(run_dir, "finished")
     acc.wait_for_everyone()
     # Tear the process group down before the interpreter does: left to exit, gloo's threads were seen to abort a
     # rank ("terminate called without an active exception") after a run had finished and saved.

@@ -1,9 +1,9 @@
 """/v1/sessions: conversations the server keeps (camelid/serve/sessions.py stores them), each visible only to the
-key that made it; ids are per key. Deleting one aborts its running turn."""
+key that made it; ids are per key. Deleting one aborts its running turn; PATCH gives one a title."""
 
 from __future__ import annotations
 
-from camelid.serve.protocol import ApiError, SessionCreate, clip, session_not_found
+from camelid.serve.protocol import ApiError, SessionCreate, SessionRename, clip, session_not_found
 from camelid.serve.runtime import Api
 
 
@@ -21,6 +21,12 @@ def listing(api: Api, owner: str) -> dict:
 
 
 def get(api: Api, owner: str, sid: str) -> dict:
+    return api.session(owner, sid)
+
+
+def rename(api: Api, owner: str, sid: str, r: SessionRename) -> dict:
+    if not api.store.rename(owner, sid, r.title.strip()):
+        raise session_not_found(sid)
     return api.session(owner, sid)
 
 
