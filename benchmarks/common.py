@@ -1,16 +1,23 @@
-"""What the benchmark scripts share: a one-line description of the machine, and RESULTS.md section writing."""
+"""What the benchmark scripts share: a one-line description of the machine, RESULTS.md section writing, and a
+`camelid serve` subprocess on a free port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import re
 import resource
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def machine() -> str:
@@ -103,3 +110,27 @@ def write_results(out: Path, section: str, intro: str, key: str, body: str) -> N
         text = text[:start] + block.rstrip("\n") + ("\n\n" + text[end:].lstrip("\n") if text[end:].strip() else "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def camelid_serve(model: str, *overrides: str, quiet: bool = True):
+    """`camelid serve MODEL` on a free localhost port, yielding its URL once /health answers; stopped with SIGTERM."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = subprocess.DEVNULL if quiet else None
+    cmd = [sys.executable, "-m", "camelid", "serve", model, f"serve.port={port}", *overrides]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            if proc.poll() is not None:
+                raise RuntimeError(f"camelid serve exited with {proc.returncode}")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -23,6 +23,7 @@ import yaml
 from camelid.utils import CamelidError, write_json
 
 BEFORE, AFTER = "before", "after"
+_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -59,7 +60,7 @@ def _read_config(run: Run) -> None:
         return
     try:
         # Plain YAML, not load_config: a run written by an older camelid may carry keys the strict loader rejects.
-        data = yaml.safe_load(f.read_text(encoding="utf-8"))
+        data = yaml.load(f.read_text(encoding="utf-8"), Loader=_YAML)
     except (OSError, ValueError, yaml.YAMLError) as e:
         run.notes.append(f"config.yaml could not be read ({e})")
         return
@@ -140,6 +141,21 @@ ALIGNMENT_CURVES = {
 
 def is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def smooth(values: list[float], weight: float | None = None) -> list[float]:
+    """Debiased exponential moving average, TensorBoard's smoothing.
+
+    The default weight remembers about a tenth of the series. A fixed 0.9 would flatten a 20-step run
+    and hardly smooth a 10,000-step one."""
+    n = len(values)
+    if weight is None:
+        weight = min(0.95, max(0.0, 1 - 10 / max(n, 1)))
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))  # the debiasing stops the start being pulled towards 0
+    return out
 
 
 def read_lineage(folder: Path) -> dict | None:
@@ -231,7 +247,8 @@ def find_runs(root: Path, depth: int = 2) -> list[dict]:
 def _brief(run_dir: Path) -> dict:
     """The stage, method and model a run list shows, from status.json and config.yaml (None where unknown)."""
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        # libyaml's loader when present: the web UI lists runs while the same CPU generates (~6x less time)
+        config = yaml.load((run_dir / "config.yaml").read_text(encoding="utf-8"), Loader=_YAML)
     except (OSError, ValueError, yaml.YAMLError):
         config = None
     config = config if isinstance(config, dict) else {}

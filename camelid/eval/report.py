@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from camelid.rundir import AFTER, ALIGNMENT_CURVES, BEFORE, Run, is_num, load_run, read_lineage
+from camelid.rundir import AFTER, ALIGNMENT_CURVES, BEFORE, Run, is_num, load_run, read_lineage, smooth
 from camelid.utils import CamelidError
 
 # Each results section and the `camelid eval` option that produces it, with an example value for hints when the
@@ -48,21 +48,6 @@ def _cfg(config: dict, dotted: str) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # numbers
-
-
-def smooth(values: list[float], weight: float | None = None) -> list[float]:
-    """Debiased exponential moving average, TensorBoard's smoothing.
-
-    The default weight remembers about a tenth of the series. A fixed 0.9 would flatten a 20-step run
-    and hardly smooth a 10,000-step one."""
-    n = len(values)
-    if weight is None:
-        weight = min(0.95, max(0.0, 1 - 10 / max(n, 1)))
-    out, avg = [], 0.0
-    for i, v in enumerate(values, 1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight**i))  # the debiasing stops the start being pulled towards 0
-    return out
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from camelid.rundir import find_runs, is_num, is_run, load_run, read_lineage, read_status, run_state
+from camelid.rundir import find_runs, is_num, is_run, load_run, read_lineage, read_status, run_state, smooth
 from camelid.serve.protocol import ApiError, clip
 from camelid.serve.runtime import Api
 from camelid.utils import CamelidError
@@ -39,7 +39,7 @@ def folder(api: Api, rel: str) -> Path:
 
 def listing(api: Api) -> dict:
     base = root(api)
-    return {"object": "list", "root": str(base), "data": find_runs(base) if base.is_dir() else []}
+    return {"object": "list", "root": api.cfg.runs_root, "data": find_runs(base) if base.is_dir() else []}
 
 
 def flat_results(result: dict) -> dict[str, float]:
@@ -88,6 +88,7 @@ def detail(api: Api, rel: str) -> dict:
         "model": model.get("name") if isinstance(model, dict) else None,
         "config": run.config,
         "loss": run.train,
+        "loss_smoothed": [[step, v] for (step, _), v in zip(run.train, smooth([v for _, v in run.train]))],
         "eval_loss": run.evals,
         "curves": run.curves,
         "results": {label: flat_results(r) for label, r in run.results.items()},

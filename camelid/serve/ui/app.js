@@ -494,7 +494,8 @@ async function openRun(path) {
   const charts = [];
   if (r.loss.length || r.eval_loss.length) {
     charts.push(el("h3", {}, "Loss"), lineChart([
-      { name: "train loss", points: r.loss, color: "#0969da" },
+      { name: "train loss", points: r.loss, color: "#a5c8f5" },
+      { name: "smoothed", points: r.loss_smoothed, color: "#0969da" },
       { name: "eval loss", points: r.eval_loss, color: "#cf222e", dots: true },
     ]));
   }
@@ -615,7 +616,7 @@ function lineChart(series, width = 720, height = 260) {
     if (s.dots) for (const p of s.points) add("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: s.color });
     add("rect", { x: lx, y: 6, width: 12, height: 4, fill: s.color });
     add("text", { x: lx + 16, y: 12 }, `${s.name} (${s.points.length})`);
-    lx += 150;
+    lx += 140;
   }
   return svg;
 }
