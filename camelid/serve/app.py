@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API over one Engine, as routes: /v1/models, /v1/chat/completions, /v1/completions,
 /v1/sessions, /v1/kb, /health, /metrics; for the web UI (camelid/serve/ui/, at /ui) also /v1/server (what is
-served, engine stats) and /v1/runs (run folders, read-only). Each route checks the API key, reads its body and hands both to its
-handler (serve/handlers/); this module adds only what is the same for all: every error in OpenAI's shape
+served, engine stats) and /v1/runs (run folders, read-only). Each route checks the API key, reads its body and
+hands both to its handler (serve/handlers/); this module adds only what is the same for all: every error in OpenAI's shape
 {"error": {"message", "type", "param", "code"}} (unknown routes and methods too), counted in /metrics, and
 `Guard`, which turns anything unexpected into a 500 of that shape.
 

@@ -127,6 +127,6 @@ def main(cfg: Config, target: str) -> None:
     server.should_exit = True
     http.join(timeout=cfg.serve.shutdown_grace + 10)
     store.close()
-    for kb in kbs.values():
+    for kb in app.state.api.kbs.values():  # those made through the API too
         kb.close()
     print("server stopped", flush=True)

@@ -1,7 +1,7 @@
 """/v1/kb: the knowledge bases served (serve.kb, and those made through POST /v1/kb), their documents (list,
 upload one as the raw body of PUT /v1/kb/NAME/documents/FILENAME, delete), the passages retrieval finds
-(/search), and one grounded answer (/ask), given exactly as `camelid kb ask` gives it: both go through camelid/rag/answer.py's `answer_params`,
-`prepare` and `Grounding.reply`. Only the generation between them is the server's: it counts against the
+(/search), and one grounded answer (/ask), given exactly as `camelid kb ask` gives it: both go through
+camelid/rag/answer.py's `answer_params`, `prepare` and `Grounding.reply`. Only the generation between them is the server's: it counts against the
 caller's key and stops when the caller disconnects."""
 
 from __future__ import annotations
