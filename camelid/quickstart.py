@@ -59,5 +59,8 @@ def main(overrides: list[str] | None = None) -> dict:
     )
     print(f"done in {time.time() - started:.0f} s; adapter + tokenizer in {final}")
     out = cfg.train.output_dir
-    print(f"next: camelid chat {out}  |  camelid serve {out}  |  camelid export {out} runs/quickstart-merged")
+    print(
+        f"next: camelid chat {out}  |  camelid serve {out} (then http://127.0.0.1:8000/ui/)  |  "
+        f"camelid export {out} runs/quickstart-merged"
+    )
     return metrics | {"eval_before": evals[0], "eval_after": evals[-1]}
