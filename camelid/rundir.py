@@ -202,9 +202,10 @@ def read_status(run_dir: Path) -> dict:
     return st if isinstance(st, dict) else {}
 
 
-def run_state(run_dir: Path) -> dict:
-    """{"state": running | finished | failed | stopped, and "error" when it failed or stopped}."""
-    st = read_status(run_dir)
+def run_state(run_dir: Path, status: dict | None = None) -> dict:
+    """{"state": running | finished | failed | stopped, and "error" when it failed or stopped}; `status` is
+    status.json when the caller has read it already."""
+    st = read_status(run_dir) if status is None else status
     if st.get("state") not in ("running", "finished", "failed", "stopped"):
         return {"state": "finished" if (run_dir / "summary.json").is_file() else "stopped"}
     if st["state"] == "running":
@@ -236,7 +237,10 @@ def find_runs(root: Path, depth: int = 2) -> list[dict]:
             if (p / "lineage.json").is_file():
                 out.append({"path": rel, "kind": "recipe", "updated": _mtime(p / "lineage.json")})
             elif is_run(p):
-                out.append({"path": rel, "kind": "run", "updated": _mtime(p), **_brief(p), **run_state(p)})
+                status = read_status(p)
+                out.append(
+                    {"path": rel, "kind": "run", "updated": _mtime(p), **_brief(p, status), **run_state(p, status)}
+                )
             elif level < depth:
                 walk(p, level + 1)
 
@@ -244,7 +248,7 @@ def find_runs(root: Path, depth: int = 2) -> list[dict]:
     return sorted(out, key=lambda r: -r["updated"])
 
 
-def _brief(run_dir: Path) -> dict:
+def _brief(run_dir: Path, status: dict) -> dict:
     """The stage, method and model a run list shows, from status.json and config.yaml (None where unknown)."""
     try:
         # libyaml's loader when present: the web UI lists runs while the same CPU generates (~6x less time)
@@ -254,7 +258,7 @@ def _brief(run_dir: Path) -> dict:
     config = config if isinstance(config, dict) else {}
     model = config.get("model")
     return {
-        "stage": read_status(run_dir).get("stage"),
+        "stage": status.get("stage"),
         "method": config.get("method"),
         "model": model.get("name") if isinstance(model, dict) else None,
     }

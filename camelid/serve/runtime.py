@@ -172,6 +172,11 @@ class Api:
             raise session_not_found(sid)
         return sess
 
+    @property
+    def default_max_tokens(self) -> int:
+        """max_tokens of a request that sets none: serve.default_max_tokens within serve.max_tokens."""
+        return min(self.cfg.default_max_tokens, self.cfg.max_tokens)
+
     def check_max_tokens(self, max_tokens: int | None) -> None:
         if max_tokens is not None and max_tokens > self.cfg.max_tokens:
             raise max_tokens_too_large(self.cfg.max_tokens)
@@ -185,7 +190,7 @@ class Api:
         # tiny enough one gives inf, then NaN probabilities, which would fail the step of every request batched.
         temperature = 0.0 if r.temperature < 1e-5 else r.temperature
         sp = SamplingParams(
-            max_tokens=min(self.cfg.default_max_tokens, self.cfg.max_tokens) if max_tokens is None else max_tokens,
+            max_tokens=self.default_max_tokens if max_tokens is None else max_tokens,
             temperature=temperature,
             top_p=r.top_p,
             top_k=r.top_k,

@@ -40,7 +40,7 @@ from transformers import PreTrainedTokenizerBase
 from camelid import hub
 from camelid.config import Config, save_config
 from camelid.data.loader import Prepared
-from camelid.rundir import read_status, run_state, write_status
+from camelid.rundir import read_status, write_status
 from camelid.train.loop import _SHARDED, latest_checkpoint, make_accelerator
 from camelid.train.resume_rules import config_changes
 from camelid.utils import CamelidError, log, setup_logging, sha256_file, write_json
@@ -61,7 +61,8 @@ def check_inputs(cfg: Config, stage: str) -> None:
 def failed(cfg: Config, error: BaseException) -> None:
     """Mark the run failed (or stopped, on Ctrl-C) in status.json, if this process is the one that started it."""
     run_dir = Path(cfg.train.output_dir)
-    if run_state(run_dir).get("state") != "running" or read_status(run_dir).get("pid") != os.getpid():
+    status = read_status(run_dir)
+    if status.get("state") != "running" or status.get("pid") != os.getpid():
         return
     if isinstance(error, KeyboardInterrupt):
         write_status(run_dir, "stopped", error="interrupted")

@@ -79,11 +79,12 @@ def detail(api: Api, rel: str) -> dict:
         return {"object": "recipe", "path": rel, "recipe": lineage.get("recipe"), "stages": stages}
     run = load_run(path)
     model = run.config.get("model")
+    status = read_status(path)
     return {
         "object": "run",
         "path": rel,
-        **run_state(path),
-        "stage": read_status(path).get("stage"),  # runs written before status.json: unknown
+        **run_state(path, status),
+        "stage": status.get("stage"),  # runs written before status.json: unknown
         "method": run.config.get("method"),
         "model": model.get("name") if isinstance(model, dict) else None,
         "config": run.config,

@@ -51,7 +51,7 @@ def server_info(api: Api) -> dict:
         "knowledge_bases": list(api.kbs),
         "limits": {
             "max_tokens": api.cfg.max_tokens,
-            "default_max_tokens": min(api.cfg.default_max_tokens, api.cfg.max_tokens),
+            "default_max_tokens": api.default_max_tokens,
             "max_upload_bytes": api.cfg.max_upload_bytes,
             "max_concurrent_per_key": api.cfg.max_concurrent_per_key,
         },

@@ -531,47 +531,45 @@ function resultsTable(results) {
     })));
 }
 
-function dataBlock(enc) {
-  const box = el("div", {}, el("p", { class: "muted" }, "loading…"));
-  const d = el("details", { id: "data-details" }, el("summary", {}, "Training data as the model sees it (supervised text highlighted)"), box);
+// A <details> whose body `load` fills the first time it opens (a spinner line until then, its error after).
+function lazyDetails(id, summary, waiting, load) {
+  const box = el("div", {}, el("p", { class: "muted" }, waiting));
+  const d = el("details", { id }, el("summary", {}, summary), box);
   d.addEventListener("toggle", async () => {
     if (!d.open || d.dataset.loaded) return;
     d.dataset.loaded = "1";
-    try {
-      const p = await api(`/v1/runs/${enc}/data`);
-      box.replaceChildren(
-        el("p", {}, `${p.what}; tokens p50 ${p.tokens_p50}, max ${p.tokens_max}; ${(p.supervised * 100).toFixed(0)}% of tokens supervised`),
-        ...p.sources.map((s) => el("p", { class: "muted small" }, `${s.source}: read ${s.read}, kept ${s.kept}, skipped ${s.skipped}`)),
-        ...p.examples.map((x) => el("div", {}, x.label ? el("h4", {}, x.label) : null,
-          el("div", { class: "example" }, x.spans.map(([t, sup]) => (sup ? el("span", { class: "sup" }, t) : t))))),
-      );
-    } catch (e) { box.replaceChildren(el("p", { class: "error" }, e.message)); }
+    try { box.replaceChildren(...(await load())); } catch (e) { box.replaceChildren(el("p", { class: "error" }, e.message)); }
   });
   return d;
+}
+
+function dataBlock(enc) {
+  return lazyDetails("data-details", "Training data as the model sees it (supervised text highlighted)", "loading…", async () => {
+    const p = await api(`/v1/runs/${enc}/data`);
+    return [
+      el("p", {}, `${p.what}; tokens p50 ${p.tokens_p50}, max ${p.tokens_max}; ${(p.supervised * 100).toFixed(0)}% of tokens supervised`),
+      ...p.sources.map((s) => el("p", { class: "muted small" }, `${s.source}: read ${s.read}, kept ${s.kept}, skipped ${s.skipped}`)),
+      ...p.examples.map((x) => el("div", {}, x.label ? el("h4", {}, x.label) : null,
+        el("div", { class: "example" }, x.spans.map(([t, sup]) => (sup ? el("span", { class: "sup" }, t) : t))))),
+    ];
+  });
 }
 
 // The report is a static page with figures: fetched with the key, its images inlined as data: URLs, and shown in a
 // sandboxed frame where nothing can run.
 function reportBlock(enc) {
-  const frame = el("iframe", { class: "report", sandbox: "", title: "HTML report" });
-  const box = el("div", {}, el("p", { class: "muted" }, "writing the report (camelid report)…"));
-  const d = el("details", { id: "report-details" }, el("summary", {}, "HTML report"), box);
-  d.addEventListener("toggle", async () => {
-    if (!d.open || d.dataset.loaded) return;
-    d.dataset.loaded = "1";
-    try {
-      const base = `/v1/runs/${enc}/report/`;
-      const doc = new DOMParser().parseFromString(await api(base + "index.html", { type: "text" }), "text/html");
-      for (const s of doc.querySelectorAll("script")) s.remove();
-      for (const img of doc.querySelectorAll("img")) {
-        const src = img.getAttribute("src") || "";
-        if (/^[\w.-]+\.png$/.test(src)) img.src = await dataUrl(base + src);
-      }
-      frame.srcdoc = "<!doctype html>" + doc.documentElement.outerHTML;
-      box.replaceChildren(frame);
-    } catch (e) { box.replaceChildren(el("p", { class: "error" }, e.message)); }
+  return lazyDetails("report-details", "HTML report", "writing the report (camelid report)…", async () => {
+    const base = `/v1/runs/${enc}/report/`;
+    const doc = new DOMParser().parseFromString(await api(base + "index.html", { type: "text" }), "text/html");
+    for (const s of doc.querySelectorAll("script")) s.remove();
+    for (const img of doc.querySelectorAll("img")) {
+      const src = img.getAttribute("src") || "";
+      if (/^[\w.-]+\.png$/.test(src)) img.src = await dataUrl(base + src);
+    }
+    const frame = el("iframe", { class: "report", sandbox: "", title: "HTML report" });
+    frame.srcdoc = "<!doctype html>" + doc.documentElement.outerHTML;
+    return [frame];
   });
-  return d;
 }
 
 async function dataUrl(path) {
