@@ -4,7 +4,7 @@ English text, with questions written by hand (benchmarks/rag_questions.jsonl).
 Corpora (offline catalog): People's Daily, January 1998, split into articles (the catalog copy has no article ids,
 so an article starts at a headline: a line without closing punctuation after one with it), and Shakespeare's
 works in modern spelling, a file each. Both go into one fresh knowledge base with the default `RagConfig`
-(all-MiniLM-L6-v2, 200-token chunks, 32 overlap); a 30-page PDF of one play, rendered with fpdf2, goes into a
+(multilingual-e5-small, 200-token chunks, 32 overlap; `--encoder all-minilm-l6-v2` for the one before); a 30-page PDF of one play, rendered with fpdf2, goes into a
 second one. Each question names a short exact passage (`needle`) of one document: a hit is relevant when its chunk
 contains the needle. Off-topic questions (needle null) measure how often the thresholds let something through.
 
@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "are skipped",
     )
     p.add_argument("--en-docs", type=int, default=0, help="Shakespeare works to ingest (0 = all), chosen likewise")
+    p.add_argument("--encoder", default="", help="the knowledge bases' sentence encoder (default: RagConfig's)")
     p.add_argument("--pdf-play", default="hamlet_gut.txt", help="the work rendered as a PDF")
     p.add_argument("--pdf-pages", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3, help="latency: passes over all questions per retriever")
@@ -340,17 +341,18 @@ def passes(sim: float | None, share: float, s: float, t: float) -> bool:
     return share >= t or (sim is not None and sim >= s)
 
 
-def best_thresholds(cal: list[dict], questions: list[dict], cfg) -> dict:
+def best_thresholds(cal: list[dict], questions: list[dict], cfg, s_of) -> dict:
     """Youden's J = share of answerable questions whose relevant chunk passes − share of off-topic questions with
     any candidate passing, over a grid of (min_similarity s, min_term_share t); ties go to the pair nearest the
-    defaults."""
-    ans = [c for c, q in zip(cal, questions) if q["needle"]]
-    off = [c for c, q in zip(cal, questions) if not q["needle"]]
-    s0, t0 = cfg.min_similarity, cfg.min_term_share
+    defaults. `s_of(question)`: the default min_similarity for that question (per script with `auto`)."""
+    ans = [(c, q) for c, q in zip(cal, questions) if q["needle"]]
+    off = [(c, q) for c, q in zip(cal, questions) if not q["needle"]]
+    s0, t0 = statistics.median(s_of(q) for q in questions), cfg.min_term_share
 
-    def j(s: float, t: float) -> tuple[float, float, float]:
-        tp = sum(any(passes(a, b, s, t) for a, b in c["rel"]) for c in ans) / max(len(ans), 1)
-        fp = sum(any(passes(a, b, s, t) for a, b in c["cands"]) for c in off) / max(len(off), 1)
+    def j(s, t: float) -> tuple[float, float, float]:
+        at = s if callable(s) else (lambda q: s)
+        tp = sum(any(passes(a, b, at(q), t) for a, b in c["rel"]) for c, q in ans) / max(len(ans), 1)
+        fp = sum(any(passes(a, b, at(q), t) for a, b in c["cands"]) for c, q in off) / max(len(off), 1)
         return tp - fp, tp, fp
 
     best = None
@@ -360,7 +362,13 @@ def best_thresholds(cal: list[dict], questions: list[dict], cfg) -> dict:
             key = (round(score[0], 9), -abs(min(s, 1.0) - s0) - abs(t - t0))
             if best is None or key > best[0]:
                 best = (key, s, t, score)
-    return {"default": j(s0, t0), "s": best[1], "t": best[2], "best": best[3], "term_only": j(2.0, best[2])}
+    return {"default": j(s_of, t0), "s": best[1], "t": best[2], "best": best[3], "term_only": j(2.0, best[2])}
+
+
+def similarity_text(cfg, s_of) -> str:
+    if cfg.min_similarity != "auto":
+        return f"{cfg.min_similarity:.2f}"
+    return f"auto (zh {s_of({'question': '中'}):.2f}, en {s_of({'question': 'a'}):.2f})"
 
 
 def thresholds_text(s: float, t: float) -> str:
@@ -409,6 +417,7 @@ def report(
     rec: dict,
     questions: list[dict],
     cfg,
+    s_of,
 ) -> str:
     n_ans = sum(1 for q in questions if q["needle"])
     out = [
@@ -416,7 +425,7 @@ def report(
         f"- machine: {machine()}; load average {setup['load_before']:.1f} before, {os.getloadavg()[0]:.1f} after",
         f"- command: `{shlex.join(['python', 'benchmarks/rag_retrieval.py'] + argv)}`",
         f"- config: encoder {cfg.embedding_model}, chunk_tokens {cfg.chunk_tokens}, overlap {cfg.chunk_overlap}, "
-        f"candidates {cfg.candidates}, rrf_k {cfg.rrf_k}, min_similarity {cfg.min_similarity}, "
+        f"candidates {cfg.candidates}, rrf_k {cfg.rrf_k}, min_similarity {similarity_text(cfg, s_of)}, "
         f"min_term_share {cfg.min_term_share}, max_unknown_share {cfg.max_unknown_share}; "
         f"encoder load {setup['open_s']:.1f} s",
         f"- corpus: {setup['zh_docs']:,} of {setup['zh_all']:,} People's Daily articles, {setup['en_docs']} of "
@@ -443,7 +452,7 @@ def report(
             f"{p['chunks'] / p['seconds']:.1f} |"
         )
     total = sum(sizes.values())
-    chunks = sum(p["chunks"] for k, p in parts.items() if not k.startswith("PDF"))
+    chunks = parts["both"]["chunks"]  # the main knowledge base (the PDF's is apart)
     out += [
         "",
         f"PDF: {pdf['play']} rendered with fpdf2 (Helvetica 10 pt, A4) to {pdf['pages']} pages, "
@@ -454,7 +463,7 @@ def report(
         f"**Index size** ({chunks:,} chunks): "
         + ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items())
         + f"; total {total:.1f} MB, {total * 1e6 / max(chunks, 1) / 1e3:.1f} kB per chunk, "
-        f"{total / max(sum(p['mb'] for k, p in parts.items() if not k.startswith('PDF')), 1e-9):.1f}× the text",
+        f"{total / max(parts['both']['mb'], 1e-9):.1f}× the text",
         "",
     ]
     out += [
@@ -558,7 +567,8 @@ def report(
         "Threshold check, hybrid: J = share of answerable questions whose relevant chunk passes − share of "
         "off-topic questions with any candidate passing (a candidate passes with term share ≥ min_term_share, "
         "or similarity ≥ min_similarity). Defaults "
-        f"({thresholds_text(cfg.min_similarity, cfg.min_term_share)}): J={d[0]:.2f} ({d[1]:.0%} kept, "
+        f"(min_similarity {similarity_text(cfg, s_of)}, min_term_share {cfg.min_term_share:.2f}): "
+        f"J={d[0]:.2f} ({d[1]:.0%} kept, "
         f"{d[2]:.0%} false); best on this set ({thresholds_text(rec['s'], rec['t'])}): "
         f"J={b[0]:.2f} ({b[1]:.0%}, {b[2]:.0%})."
         + "".join(
@@ -610,9 +620,11 @@ def main(argv=None) -> None:
 
     from camelid import hub
     from camelid.config import RagConfig
+    from camelid.rag.embed import encoder
     from camelid.rag.readers import read_blocks
     from camelid.rag.retrieve import search
     from camelid.rag.store import KnowledgeBase
+    from camelid.rag.terms import has_cjk
     from camelid.utils import setup_logging
 
     setup_logging()
@@ -633,7 +645,17 @@ def main(argv=None) -> None:
     if a.pdf_play not in en_all:
         sys.exit(f"--pdf-play {a.pdf_play}: not one of the modern-spelling works")
 
-    cfg = RagConfig()
+    cfg = RagConfig(embedding_model=a.encoder or RagConfig.embedding_model)
+    t0 = time.perf_counter()
+    enc = encoder(cfg.embedding_model)
+    load_s = time.perf_counter() - t0
+
+    def s_of(q: dict) -> float:
+        """The min_similarity `search` applies to this question."""
+        if cfg.min_similarity != "auto":
+            return cfg.min_similarity
+        return enc.min_similarity_cjk if has_cjk(q["question"]) else enc.min_similarity
+
     off = replace(cfg, min_similarity=-1.0, min_term_share=0.0, max_unknown_share=1.0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.work or tmp)
@@ -650,41 +672,46 @@ def main(argv=None) -> None:
             "skipped": len(skipped),
         }
         t0 = time.perf_counter()
-        kb = KnowledgeBase.open(work / "kb", create=cfg)  # loads the encoder
-        setup["open_s"] = time.perf_counter() - t0
-        print(f"--- ingesting {len(zh_names):,} articles and {len(en_names)} works", flush=True)
-        parts = {
-            "People's Daily (zh)": ingest(kb, work / "docs" / "zh", cfg),
-            "Shakespeare (en)": ingest(kb, work / "docs" / "en", cfg),
-        }
-        zh, en = parts["People's Daily (zh)"], parts["Shakespeare (en)"]
-        parts["both"] = {k: zh[k] + en[k] for k in ("documents", "mb", "chars", "pages", "chunks", "seconds")}
+        kb = KnowledgeBase.open(work / "kb", create=cfg)
+        setup["open_s"] = load_s + time.perf_counter() - t0
+        pdf_path = work / "pdf" / a.pdf_play.replace(".txt", ".pdf")
+        pdf_kb = KnowledgeBase.open(work / "kb-pdf", create=cfg)
+        measured = work / "ingest.json"  # a --work folder already ingested: its knowledge bases and measurements
+        if measured.is_file() and pdf_path.is_file():
+            print(f"--- reusing the knowledge bases and ingest measurements in {work}", flush=True)
+            parts, pdf = (json.loads(measured.read_text())[k] for k in ("parts", "pdf"))
+        else:
+            print(f"--- ingesting {len(zh_names):,} articles and {len(en_names)} works", flush=True)
+            parts = {
+                "People's Daily (zh)": ingest(kb, work / "docs" / "zh", cfg),
+                "Shakespeare (en)": ingest(kb, work / "docs" / "en", cfg),
+            }
+            zh, en = parts["People's Daily (zh)"], parts["Shakespeare (en)"]
+            parts["both"] = {k: zh[k] + en[k] for k in ("documents", "mb", "chars", "pages", "chunks", "seconds")}
+
+            print("--- PDF", flush=True)
+            (work / "pdf").mkdir(exist_ok=True)
+            pdf = render_pdf(en_all[a.pdf_play], a.pdf_pages, pdf_path)
+            t0 = time.perf_counter()
+            rep = pdf_kb.add([str(pdf_path)], cfg, progress=False)
+            seconds = time.perf_counter() - t0
+            extracted = " ".join(b.text for b in read_blocks(pdf_path))
+            pdf.update(
+                play=a.pdf_play,
+                extracted=len(extracted),
+                match=SequenceMatcher(None, pdf["text"].split(), extracted.split(), autojunk=False).ratio(),
+            )
+            parts[f"PDF, {a.pdf_play}"] = {
+                "documents": len(rep.added),
+                "mb": pdf["bytes"] / 1e6,
+                "pages": rep.pages,
+                "chunks": rep.chunks,
+                "seconds": seconds,
+            }
+            measured.write_text(json.dumps({"parts": parts, "pdf": pdf}, ensure_ascii=False))
         sizes = disk(work / "kb")
         stats = chunk_stats(kb)
         setup["needles"] = needle_coverage(kb, questions)
-
-        print("--- PDF", flush=True)
-        (work / "pdf").mkdir(exist_ok=True)
-        pdf_path = work / "pdf" / a.pdf_play.replace(".txt", ".pdf")
-        pdf = render_pdf(en_all[a.pdf_play], a.pdf_pages, pdf_path)
-        pdf_kb = KnowledgeBase.open(work / "kb-pdf", create=cfg)
-        t0 = time.perf_counter()
-        rep = pdf_kb.add([str(pdf_path)], cfg, progress=False)
-        seconds = time.perf_counter() - t0
-        blocks = read_blocks(pdf_path)
-        extracted = " ".join(b.text for b in blocks)
-        pdf.update(
-            play=a.pdf_play,
-            extracted=len(extracted),
-            match=SequenceMatcher(None, pdf["text"].split(), extracted.split(), autojunk=False).ratio(),
-        )
-        parts[f"PDF, {a.pdf_play}"] = {
-            "documents": len(rep.added),
-            "mb": pdf["bytes"] / 1e6,
-            "pages": rep.pages,
-            "chunks": rep.chunks,
-            "seconds": seconds,
-        }
         checks = []
         for q in questions:
             if q["needle"] and q["doc"] == a.pdf_play and q["needle"] in pdf["text"]:
@@ -712,19 +739,21 @@ def main(argv=None) -> None:
         # calibrated as `search` runs: thresholds off, but the encoder still sitting out what it cannot read
         cal = calibrate(kb, questions, replace(off, max_unknown_share=cfg.max_unknown_share))
         lat = latency(kb, questions, cfg, a.repeats)
-        rec = best_thresholds(cal, questions, cfg)
+        rec = best_thresholds(cal, questions, cfg, s_of)
         for lang in ("zh", "en"):
             sub = [(c, q) for c, q in zip(cal, questions) if q["lang"] == lang]
             if any(q["needle"] for _, q in sub) and any(not q["needle"] for _, q in sub):
-                rec[lang] = best_thresholds([c for c, _ in sub], [q for _, q in sub], cfg)
+                rec[lang] = best_thresholds([c for c, _ in sub], [q for _, q in sub], cfg, s_of)
         # the config allows min_term_share <= 1; a share is never above 1, so 1.0 keeps only full matches
         suggested = replace(cfg, min_similarity=min(rec["s"], 1.0), min_term_share=min(rec["t"], 1.0))
         rec["verified"] = evaluate(kb, questions, suggested, off, retrievers=("hybrid",))["hybrid"]
         kb.close()
-    text = report(a, argv, setup, parts, sizes, stats, pdf, ev, cal, lat, rec, questions, cfg)
+    text = report(a, argv, setup, parts, sizes, stats, pdf, ev, cal, lat, rec, questions, cfg, s_of)
     print(text)
     if a.out:
-        key = f"cpu, {len(zh_names):,} People's Daily articles + {len(en_names)} Shakespeare works"
+        key = (
+            f"cpu, {cfg.embedding_model}, {len(zh_names):,} People's Daily articles + {len(en_names)} Shakespeare works"
+        )
         write_results(Path(a.out), SECTION, INTRO, key, text)
 
 

@@ -354,7 +354,13 @@ def cmd_kb(a: Args) -> None:
     cfg = validate(a.load(), "kb")
     if sub == "ls" and not rest:
         names = list_kbs(cfg.rag)
-        print("\n".join(names) if names else f"no knowledge bases under {kb_root(cfg.rag)}")
+        if not names:
+            print(f"no knowledge bases under {kb_root(cfg.rag)}")
+        for name in names:
+            kb = KnowledgeBase.open(kb_folder(name, cfg.rag))
+            docs = kb.documents()
+            print(f"{name:30} {len(docs):6} documents {sum(d['chunks'] for d in docs):8} chunks  {kb.encoder_line()}")
+            kb.close()
         return
     if not rest or (sub in ("add", "rm") and len(rest) < 2) or (sub in ("search", "ask") and len(rest) != 2):
         raise a.usage_error()
@@ -379,6 +385,7 @@ def cmd_kb(a: Args) -> None:
     if sub == "rm":
         print("\n".join(f"removed {n}" for n in kb.remove(rest[1:])))
     elif sub == "ls":
+        print(kb.encoder_line())
         for d in kb.documents():
             print(f"{d['name']:50} {d['chunks']:6} chunks {d['bytes']:10,} bytes  sha256 {d['sha256'][:12]}")
     elif sub == "search":

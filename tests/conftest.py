@@ -50,7 +50,8 @@ CHATS = [
 ]
 
 
-def build_tokenizer(template: str | None = None):
+def build_tokenizer(template: str | None = None, words: tuple[str, ...] = ()):
+    """A byte-level BPE trained on CORPUS; `words` become whole tokens of their own."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tk = Tokenizer(models.BPE())
@@ -60,6 +61,7 @@ def build_tokenizer(template: str | None = None):
         vocab_size=600, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tk.train_from_iterator(CORPUS, trainer)
+    tk.add_tokens(list(words))
     return wrap_tokenizer(tk, template)
 
 
@@ -89,10 +91,12 @@ def wrap_tokenizer(tk, template: str | None = None):
     return tok
 
 
-def build_model_dir(path: Path, arch: str = "llama", template: str = "chatml", tie: bool = False) -> Path:
+def build_model_dir(
+    path: Path, arch: str = "llama", template: str = "chatml", tie: bool = False, words: tuple[str, ...] = ()
+) -> Path:
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    tok = build_tokenizer(template)
+    tok = build_tokenizer(template, words)
     common = dict(
         vocab_size=len(tok),
         hidden_size=64,

@@ -20,6 +20,7 @@ LAYER = {
     "data": 3,
     "hub": 2,
     "rundir": 2,
+    "e5s1": 1,
     "config": 1,
     "utils": 0,
     "__init__": 0,

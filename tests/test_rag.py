@@ -6,6 +6,7 @@ paraphrase tests with the real all-MiniLM-L6-v2."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import stat
@@ -348,7 +349,7 @@ def test_bm25s_first_hit_matching_every_question_term_stays_in_the_fused_top_k(r
     others = sorted(
         c["id"] for c in kb.chunks(list(range(1, kb.size() + 1))).values() if c["source"] != "docs/serve.md"
     )
-    monkeypatch.setattr(retrieve, "dense_search", lambda kb, question, n: [(i, 0.9) for i in others[:n]])
+    monkeypatch.setattr(retrieve, "dense_search", lambda kb, enc, question, n: [(i, 0.9) for i in others[:n]])
     hits = search(kb, "What is streaming mode?", rag)
     assert len(hits) == rag.top_k and all("dense" in h.ranks for h in hits if h.chunk["source"] != "docs/serve.md")
     (full,) = [h for h in hits if h.chunk["source"] == "docs/serve.md"]
@@ -356,17 +357,98 @@ def test_bm25s_first_hit_matching_every_question_term_stays_in_the_fused_top_k(r
 
 
 def test_cross_encoder_reranks_and_thresholds(rag, corpus, tmp_path):
-    from camelid.rag.embed import reranker
+    from camelid.rag.rerank import cross_encoder
+    from camelid.rag.store import passage
 
     cross = build_encoder(tmp_path / "cross", cross=True)
     kb = make_kb(rag)
     kb.add([str(corpus)], rag, progress=False)
     cfg = RagConfig(**{**rag.__dict__, "reranker": str(cross), "min_similarity": -1.0, "top_k": 6})
     hits = search(kb, "lighthouse keeper lamp oil", cfg)
-    scores = reranker(str(cross)).scores("lighthouse keeper lamp oil", [h.chunk["text"] for h in hits])
+    texts = [passage(h.chunk["heading"], h.chunk["text"]) for h in hits]
+    scores = cross_encoder(str(cross)).scores("lighthouse keeper lamp oil", texts)
     assert [h.rerank for h in hits] == pytest.approx(scores) and scores == sorted(scores, reverse=True)
     cut = RagConfig(**{**cfg.__dict__, "min_rerank_score": float(np.median(scores))})
     assert all(h.rerank >= cut.min_rerank_score for h in search(kb, "lighthouse keeper lamp oil", cut))
+
+
+def test_a_large_knowledge_base_switches_to_an_ivf_index_and_back(rag, corpus):
+    """Above ann_above chunks the vectors go into an IVF index (saved, reloaded, kept current by add and remove);
+    reading all its lists it finds what exact search finds; well below the threshold it is exact again."""
+    import faiss
+
+    kb = make_kb(rag)
+    kb.add([str(corpus)], rag, progress=False)
+    q = "How often does the Harrow Point keeper go ashore for oil?"
+    exact = [(h.id, h.similarity) for h in search(kb, q, rag, retriever="dense", top_k=8)]
+    n = kb.size()
+    kb.meta.update(ann_above=n - 5, ann_probe=1000)  # every list read: the same answers as exact search
+    kb.remove(["docs/sub"])  # a change saves the index, which now crosses the threshold
+    assert isinstance(kb.index(), faiss.IndexIVF) and kb.index().ntotal == kb.size() < n
+    kb.add([str(corpus)], rag, progress=False)  # the removed file comes back
+    assert isinstance(kb.index(), faiss.IndexIVF) and kb.index().ntotal == n
+    reopened = KnowledgeBase.open(kb.folder)
+    reopened.meta.update(kb.meta)
+    assert isinstance(reopened.index(), faiss.IndexIVF)  # from its file
+    got = [(h.id, h.similarity) for h in search(reopened, q, rag, retriever="dense", top_k=8)]
+    assert [i for i, _ in got] == [i for i, _ in exact] and np.allclose([s for _, s in got], [s for _, s in exact])
+    kb.meta.update(ann_above=2 * n + 2)  # far above: exact again at the next change
+    kb.remove(["docs/sub"])
+    assert not isinstance(kb.index(), faiss.IndexIVF)
+
+
+def test_llm_judge_log_odds_sum_spellings_and_bound_a_missing_side():
+    from camelid.rag.rerank import LlmJudge
+
+    judge = LlmJudge.__new__(LlmJudge)  # the rule alone, without a model
+    judge.yes, judge.no = {1, 2}, {3}
+    top = [(1, math.log(0.5)), (2, math.log(0.1)), (3, math.log(0.2)), (9, math.log(0.05))]
+    assert judge.log_odds([{"top": top}]) == pytest.approx(math.log(0.6 / 0.2))
+    # "no" not among the alternatives: at most as likely as the least listed one
+    assert judge.log_odds([{"top": top[:2] + top[3:]}]) == pytest.approx(math.log(0.6 / 0.05))
+    assert judge.log_odds([]) == 0.0
+
+
+def test_llm_reranker_orders_the_fused_best_by_the_models_yes(rag, corpus, tmp_path):
+    """rag.reranker=llm: the answering model's log-odds of "yes" (the engine's own logprobs, equal to a plain
+    forward pass over the same prompt) reorder the fused top rag.rerank_top; without a model it is refused."""
+    import functools
+
+    import torch
+    from conftest import build_model_dir
+
+    from camelid.config import EngineConfig
+    from camelid.data.templates import prompt_ids
+    from camelid.engine import Engine
+    from camelid.rag.rerank import JUDGE_PROMPT, LlmJudge
+    from camelid.rag.store import passage
+
+    folder = build_model_dir(tmp_path / "judge", words=("yes", "no"))
+    engine = Engine.load(str(folder), EngineConfig(block_size=4, kv_cache_tokens=8192, dtype="float32"))
+    render = functools.partial(prompt_ids, engine.tokenizer)
+    judge = LlmJudge(engine, render)
+    kb = make_kb(rag)
+    kb.add([str(corpus)], rag, progress=False)
+    q = "lighthouse keeper lamp oil"
+    cfg = RagConfig(**{**rag.__dict__, "reranker": "llm", "rerank_top": 5, "min_similarity": -1.0, "top_k": 5})
+    with pytest.raises(CamelidError, match="rag.reranker=llm reranks with the answering model"):
+        search(kb, q, cfg)
+    fused = search(kb, q, RagConfig(**{**cfg.__dict__, "reranker": ""}))
+    hits = search(kb, q, cfg, judge=judge)
+    assert {h.id for h in hits} == {h.id for h in fused}  # the same five, reordered
+    assert [h.rerank for h in hits] == sorted((h.rerank for h in hits), reverse=True)
+    for h in hits[:2]:
+        text = JUDGE_PROMPT.format(question=q, passage=passage(h.chunk["heading"], h.chunk["text"]))
+        ids = render([{"role": "user", "content": text}])
+        with torch.no_grad():
+            lp = torch.log_softmax(engine.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+        values, top = torch.topk(lp, 20)
+        listed = dict(zip(top.tolist(), values.tolist()))
+        mass = [
+            math.log(sum(math.exp(listed[i]) for i in side if i in listed)) if side & listed.keys() else min(values)
+            for side in (judge.yes, judge.no)
+        ]
+        assert h.rerank == pytest.approx(float(mass[0] - mass[1]), abs=1e-3)
 
 
 # ------------------------------------------------------------------ answering
@@ -440,7 +522,11 @@ def test_cli_add_ls_search_rm(rag, corpus, capsys):
     main(["kb", "add", "handbook", str(corpus), *o])
     assert "added 14" in capsys.readouterr().out
     main(["kb", "ls", *o])
-    assert capsys.readouterr().out.split() == ["handbook"]
+    listed = capsys.readouterr().out
+    assert listed.split()[:3] == ["handbook", "14", "documents"] and listed.split()[4] == "chunks"
+    assert listed.strip().endswith(f"encoder {rag.embedding_model}")  # a folder: no catalog license to show
+    main(["kb", "ls", "handbook", *o])
+    assert capsys.readouterr().out.splitlines()[0] == f"encoder {rag.embedding_model}"
     main(["kb", "search", "handbook", "Harrow Point keeper lamp oil", "rag.retriever=bm25", *o])
     assert "docs/lighthouse.md › Coast › Harrow Point, line 5" in capsys.readouterr().out
     main(["kb", "rm", "handbook", "docs/sub", *o])
@@ -458,6 +544,11 @@ def test_an_existing_kb_keeps_its_encoder(rag, corpus, tmp_path):
     assert json.loads((kb.folder / "kb.json").read_text())["embedding_model"] == rag.embedding_model
     with pytest.raises(CamelidError, match="built with encoder"):
         KnowledgeBase.open(kb.folder, create=RagConfig(**{**rag.__dict__, "embedding_model": str(tmp_path)}))
+    # made before the default encoder changed: it opens with today's defaults and says which encoder it keeps
+    old = KnowledgeBase.open(kb.folder, create=RagConfig(root=rag.root))
+    assert RagConfig.embedding_model != rag.embedding_model and old.encoder_line() == f"encoder {rag.embedding_model}"
+    assert not old.add([str(corpus)], RagConfig(root=rag.root), progress=False).failed  # in its own encoder's space
+    assert search(old, "Harrow Point lamp", rag, retriever="dense")
     assert load_config(None, ["rag.top_k=3"]).rag.top_k == 3
     with sqlite3.connect(kb.folder / "kb.sqlite") as db:
         assert {r[0] for r in db.execute("SELECT name FROM sqlite_master")} >= {"docs", "chunks", "fts"}

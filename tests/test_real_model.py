@@ -173,10 +173,10 @@ def test_reward_model_then_ppo_on_smollm2(smollm2, tmp_path):
     assert summary["step"] == 3 and (tmp_path / "ppo" / "final" / "adapter_config.json").exists()
 
 
-def test_knowledge_base_with_minilm_and_smollm2(smollm2, tmp_path):
-    """Real encoder, real corpora, real model: planted passages found for paraphrased zh and en questions by
-    BM25, dense and fused retrieval among People's Daily and Shakespeare distractors; `kb ask` answers with
-    citations, and an off-topic question gets the "not found" answer."""
+def test_knowledge_base_with_e5_and_smollm2(smollm2, tmp_path):
+    """Real encoder (the catalog's multilingual-e5-small, the default), real corpora, real model: planted passages
+    found for paraphrased zh and en questions by BM25, dense and fused retrieval among People's Daily and
+    Shakespeare distractors; `kb ask` answers with citations, and an off-topic question gets the "not found" answer."""
     from camelid import hub
     from camelid.config import RagConfig, load_config
     from camelid.rag.answer import ask_main
@@ -200,11 +200,11 @@ def test_knowledge_base_with_minilm_and_smollm2(smollm2, tmp_path):
     assert not report.failed and report.chunks > 100
     en, zh = "When can I see a doctor at Riverside during the week?", "怎么提前预约看病？"
     wanted = {en: ["Riverside Clinic", "Opening hours"], zh: ["Riverside Clinic", "预约挂号"]}
-    # Ranking alone (thresholds off): each retriever puts the passage in its top 5, except dense for Chinese:
-    # all-MiniLM-L6-v2 is an English encoder (most Chinese characters are [UNK] to it); benchmarks/RESULTS.md
-    # measures how little it finds there.
+    assert kb.encoder_line().startswith("encoder multilingual-e5-small (license: MIT")
+    # Ranking alone (thresholds off): each retriever puts the passage in its top 5, the dense one in Chinese too
+    # (all-MiniLM-L6-v2, the English encoder before it, reads most Chinese characters as [UNK]).
     ranking = RagConfig(**{**rag.__dict__, "min_similarity": -1.0, "min_term_share": 0.0})
-    for retriever, questions in [("bm25", [en, zh]), ("dense", [en]), ("hybrid", [en, zh])]:
+    for retriever, questions in [("bm25", [en, zh]), ("dense", [en, zh]), ("hybrid", [en, zh])]:
         for q in questions:
             top = search(kb, q, ranking, retriever=retriever, top_k=5)
             assert wanted[q] in [h.chunk["heading"] for h in top], (retriever, q)
@@ -222,3 +222,38 @@ def test_knowledge_base_with_minilm_and_smollm2(smollm2, tmp_path):
     assert "8 in the morning" in answer["prompt"]
     off = ask_main(cfg, "clinic", "What is the best graphics card for gaming laptops?")
     assert not off["found"] and off["citations"] == []
+
+
+def test_llm_reranker_moves_the_answer_up_with_smollm2(smollm2, tmp_path):
+    """rag.reranker=llm on a constructed case: a news item full of the question's words ranks first by BM25 and
+    by fusion; the passage that answers, in other words, ranks last. SmolLM2, asked whether each passage answers the
+    question, puts the answer first."""
+    import functools
+
+    from camelid.config import EngineConfig, RagConfig
+    from camelid.data.templates import prompt_ids
+    from camelid.engine import Engine
+    from camelid.rag.rerank import LlmJudge
+    from camelid.rag.retrieve import search
+    from camelid.rag.store import KnowledgeBase
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    pages = {
+        "news.md": "## 新闻\n\n提前预约看病的患者越来越多，医院去年扩建了门诊楼，预约看病的人明年还会增加。",
+        "booking.md": "## 预约挂号\n\n患者用微信小程序挂号，最多可以订七天之内的门诊号。",
+        "history.md": "## 历史\n\n医院始建于1952年，来看病的人越来越多，提前规划了新楼。",
+    }
+    for name, text in pages.items():
+        (docs / name).write_text(f"# 医院\n\n{text}\n", encoding="utf-8")
+    rag = RagConfig(root=str(tmp_path / "kbs"), min_similarity=-1.0, min_term_share=0.0)
+    kb = KnowledgeBase.open(tmp_path / "kbs" / "h", create=rag)
+    kb.add([str(docs)], rag, progress=False)
+    q = "怎么提前预约看病？"
+    fused = [h.chunk["source"] for h in search(kb, q, rag)]
+    assert fused[0] == "docs/news.md" and fused[-1] == "docs/booking.md"
+    engine = Engine.load(smollm2, EngineConfig(kv_cache_tokens=8192))
+    judge = LlmJudge(engine, functools.partial(prompt_ids, engine.tokenizer))
+    reranked = search(kb, q, RagConfig(**{**rag.__dict__, "reranker": "llm"}), judge=judge)
+    assert [h.chunk["source"] for h in reranked][0] == "docs/booking.md"
+    assert reranked[0].rerank > reranked[1].rerank + 0.2  # log-odds of "yes", by a margin

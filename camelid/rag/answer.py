@@ -14,6 +14,7 @@ they retrieve, prompt and sample alike:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from camelid.config import Config, RagConfig
 from camelid.data.templates import prompt_ids
 from camelid.engine import Engine, SamplingParams
 from camelid.rag.prompt import citations, grounded, not_found
+from camelid.rag.rerank import LlmJudge
 from camelid.rag.retrieve import Hit, search
 from camelid.rag.store import KnowledgeBase, kb_folder
 from camelid.utils import CamelidError
@@ -51,13 +53,18 @@ def prompt_budget(max_model_len: int, rag: RagConfig, max_tokens: int) -> int:
 
 
 def ground(
-    kb: KnowledgeBase, rag: RagConfig, conversation: list[dict], count: Callable[[list[dict]], int], budgets: list[int]
+    kb: KnowledgeBase,
+    rag: RagConfig,
+    conversation: list[dict],
+    count: Callable[[list[dict]], int],
+    budgets: list[int],
+    judge: LlmJudge | None = None,
 ) -> tuple[list[dict] | None, list[Hit]]:
     """The conversation with its last user turn grounded in retrieved chunks, and the chunks used; (None, [])
     when nothing relevant was found. The question is the last user turn. The first budget (prompt tokens) that
-    holds at least one source is used."""
+    holds at least one source is used. `judge`: the answering model, for rag.reranker=llm."""
     question = conversation[-1]["content"]
-    hits = search(kb, question, rag)
+    hits = search(kb, question, rag, judge=judge)
     if not hits:
         return None, []
     for budget in budgets:
@@ -104,6 +111,7 @@ def prepare(
     render: Callable[[list[dict]], list[int]],
     max_model_len: int,
     max_tokens: int,
+    judge: LlmJudge | None = None,
 ) -> Grounding:
     """Retrieve for `question` and build its prompt, as many sources as fit beside `max_tokens` of answer.
     `render` turns messages into prompt ids (the model's chat template)."""
@@ -113,6 +121,7 @@ def prepare(
         [{"role": "user", "content": question}],
         lambda m: len(render(m)),
         [prompt_budget(max_model_len, rag, max_tokens)],
+        judge,
     )
     return Grounding(question, messages, used, render(messages) if messages is not None else [])
 
@@ -120,7 +129,9 @@ def prepare(
 def ask(engine: Engine, kb: KnowledgeBase, question: str, rag: RagConfig, params: SamplingParams) -> dict:
     """{"answer", "found", "citations", "prompt"}: one grounded answer (or the "not found" one, with no
     generation at all)."""
-    g = prepare(kb, rag, question, lambda m: prompt_ids(engine.tokenizer, m), engine.max_model_len, params.max_tokens)
+    render = functools.partial(prompt_ids, engine.tokenizer)
+    judge = LlmJudge(engine, render) if rag.reranker == "llm" else None
+    g = prepare(kb, rag, question, render, engine.max_model_len, params.max_tokens, judge)
     return g.reply(engine.generate([g.ids], params)[0].text if g.found else None)
 
 

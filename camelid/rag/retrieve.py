@@ -1,5 +1,5 @@
 """Hybrid retrieval: BM25 over jieba terms (SQLite FTS5) and dense inner product (faiss), fused by reciprocal
-rank (Cormack, Clarke & Buettcher 2009), optionally reordered by a cross-encoder.
+rank (Cormack, Clarke & Buettcher 2009), optionally reordered by a reranker (camelid/rag/rerank.py).
 
 A fused score says nothing about whether a chunk is relevant, so relevance is each retriever's own word: a
 chunk is kept when its cosine similarity reaches `rag.min_similarity`, or when it matches at least
@@ -25,9 +25,11 @@ import math
 from dataclasses import dataclass, field
 
 from camelid.config import RagConfig
-from camelid.rag.embed import reranker
+from camelid.rag.embed import Encoder
+from camelid.rag.rerank import LlmJudge, cross_encoder
 from camelid.rag.store import KnowledgeBase, passage
-from camelid.rag.terms import query_terms
+from camelid.rag.terms import has_cjk, query_terms
+from camelid.utils import CamelidError
 
 
 @dataclass
@@ -72,20 +74,22 @@ def term_shares(kb: KnowledgeBase, words: list[str], ids: list[int]) -> dict[int
     return {i: sum(w for w, p in zip(idf, postings) if i in p) / mass for i in wanted}
 
 
-def dense_search(kb: KnowledgeBase, question: str, n: int) -> list[tuple[int, float]]:
+def dense_search(kb: KnowledgeBase, enc: Encoder, question: str, n: int) -> list[tuple[int, float]]:
     index = kb.index()
     if index.ntotal == 0:
         return []
-    q = kb.encoder().encode([question])
+    q = enc.encode([question], role="query")
     sims, ids = index.search(q, min(n, index.ntotal))
     return [(int(i), float(s)) for i, s in zip(ids[0], sims[0]) if i >= 0]
 
 
-def readable(kb: KnowledgeBase, ranked: list[tuple[int, float]], max_unknown: float) -> list[tuple[int, float]]:
+def readable(
+    kb: KnowledgeBase, enc: Encoder, ranked: list[tuple[int, float]], max_unknown: float
+) -> list[tuple[int, float]]:
     """The dense hits whose passage (as embedded) is at most `max_unknown` [UNK] to the encoder, in order."""
     chunks = kb.chunks([cid for cid, _ in ranked])
     ranked = [(cid, sim) for cid, sim in ranked if cid in chunks]  # a chunk removed since the index was read
-    shares = kb.encoder().unknown_shares([passage(chunks[cid]["heading"], chunks[cid]["text"]) for cid, _ in ranked])
+    shares = enc.unknown_shares([passage(chunks[cid]["heading"], chunks[cid]["text"]) for cid, _ in ranked])
     return [hit for hit, share in zip(ranked, shares) if share <= max_unknown]
 
 
@@ -99,16 +103,23 @@ def rrf(rankings: dict[str, list[int]], k: int) -> dict[int, float]:
 
 
 def search(
-    kb: KnowledgeBase, question: str, cfg: RagConfig, retriever: str | None = None, top_k: int | None = None
+    kb: KnowledgeBase,
+    question: str,
+    cfg: RagConfig,
+    retriever: str | None = None,
+    top_k: int | None = None,
+    judge: LlmJudge | None = None,
 ) -> list[Hit]:
-    """The relevant chunks for `question`, best first, at most top_k; [] when nothing passes the thresholds."""
+    """The relevant chunks for `question`, best first, at most top_k; [] when nothing passes the thresholds.
+    `judge`: the answering model, for rag.reranker=llm."""
     mode = retriever or cfg.retriever
     words = query_terms(question)
     found: dict[str, list[tuple[int, float]]] = {}
     if mode in ("hybrid", "bm25"):
         found["bm25"] = bm25_search(kb, words, cfg.candidates)
-    if mode in ("hybrid", "dense") and kb.encoder().unknown_share(question) <= cfg.max_unknown_share:
-        found["dense"] = readable(kb, dense_search(kb, question, cfg.candidates), cfg.max_unknown_share)
+    enc = kb.encoder(dtype=cfg.embedding_dtype) if mode != "bm25" else None
+    if enc and enc.unknown_share(question) <= cfg.max_unknown_share:
+        found["dense"] = readable(kb, enc, dense_search(kb, enc, question, cfg.candidates), cfg.max_unknown_share)
     hits: dict[int, Hit] = {}
     for name, ranked in found.items():
         for rank, (cid, score) in enumerate(ranked, 1):
@@ -120,8 +131,13 @@ def search(
     for cid, score in rrf({name: [cid for cid, _ in ranked] for name, ranked in found.items()}, cfg.rrf_k).items():
         hits[cid].score = score
 
+    if cfg.min_similarity != "auto":
+        least = cfg.min_similarity
+    else:  # the encoder's measured value, for the question's script
+        least = (enc.min_similarity_cjk if has_cjk(question) else enc.min_similarity) if enc else 1.0
+
     def vouched(h: Hit) -> bool:
-        return h.term_share >= cfg.min_term_share or (h.similarity is not None and h.similarity >= cfg.min_similarity)
+        return h.term_share >= cfg.min_term_share or (h.similarity is not None and h.similarity >= least)
 
     kept = [h for h in hits.values() if vouched(h)]
     kept.sort(key=lambda h: -h.score)
@@ -129,7 +145,14 @@ def search(
     for h in kept:
         h.chunk = chunks[h.id]
     if cfg.reranker and kept:
-        scores = reranker(cfg.reranker).scores(question, [h.chunk["text"] for h in kept])
+        if cfg.reranker == "llm" and judge is None:
+            raise CamelidError(
+                "rag.reranker=llm reranks with the answering model: `kb ask` and the server have one, "
+                "`kb search` has none (give it rag.reranker= or a cross-encoder)"
+            )
+        rerank = judge if cfg.reranker == "llm" else cross_encoder(cfg.reranker)
+        kept = kept[: cfg.rerank_top]  # the reranker reads the fused best; its cost grows with each candidate
+        scores = rerank.scores(question, [passage(h.chunk["heading"], h.chunk["text"]) for h in kept])
         for h, s in zip(kept, scores):
             h.rerank = h.score = s
         kept = sorted((h for h in kept if h.rerank >= cfg.min_rerank_score), key=lambda h: -h.score)

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from camelid.config import RagConfig
+from camelid.hub import entry_of
 from camelid.rag.chunk import chunk_blocks
 from camelid.rag.embed import Encoder, encoder
 from camelid.rag.readers import SUFFIXES, read_blocks
@@ -76,6 +77,13 @@ def safe_name(name: str) -> str:
     if p.is_absolute() or any(part in ("..", "") for part in p.parts) or name.startswith("~"):
         raise CamelidError(f"document name '{name}' would point outside the knowledge base")
     return p.as_posix().removeprefix("./")
+
+
+# Exact search reads every vector: with 384-d vectors on 2 cores it took 4.3 ms at 19k chunks and 40 ms at 190k, as long
+# as encoding the question (multilingual-e5-small, ~45 ms); IVF reading 64 lists took 3.3 ms at 190k and kept 90% of
+# exact search's 10 nearest (benchmarks/RESULTS.md, "exact vs IVF"). Below this size exactness is worth its cost.
+ANN_ABOVE = 200_000
+ANN_PROBE = 64  # IVF lists a query reads (32: 83% of the 10 nearest; 64: 90%)
 
 
 def collect(paths: list[str]) -> tuple[list[tuple[Path, str]], dict[str, str]]:
@@ -168,8 +176,13 @@ class KnowledgeBase:
         write_json(meta_file, meta)
         return cls(folder, meta)
 
-    def encoder(self, batch: int = 64) -> Encoder:
-        return encoder(self.meta["embedding_model"], batch)
+    def encoder_line(self) -> str:
+        """ "encoder NAME (license: ...)": which vector space this knowledge base lives in, and on what terms."""
+        name = self.meta["embedding_model"]
+        return f"encoder {name}" + (f" (license: {lic})" if (lic := entry_of(name).get("license")) else "")
+
+    def encoder(self, batch: int = 64, dtype: str = "auto") -> Encoder:
+        return encoder(self.meta["embedding_model"], batch, dtype)
 
     def close(self) -> None:
         self.db.close()
@@ -238,16 +251,31 @@ class KnowledgeBase:
         faiss = require("faiss", "rag")
 
         path = self.folder / f"vectors-{gen}.faiss"
-        if path.is_file():
-            index = faiss.read_index(str(path))
-        else:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.meta["dim"]))
-            with self.lock:
-                rows = self.db.execute("SELECT id, vec FROM chunks").fetchall()
-            if rows:
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                index.add_with_ids(np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]), ids)
+        index = faiss.read_index(str(path)) if path.is_file() else self._build_index()
         self._index, self._generation = index, gen
+        return index
+
+    def _build_index(self):
+        """The vector index over every stored embedding: exact inner product, or, above `ann_above` chunks, an
+        inverted-file index (faiss IVF-Flat; benchmarks/RESULTS.md measures its recall against exact search): a
+        query then reads the `ann_probe` lists nearest to it instead of every vector. kb.json may set both
+        (defaults ANN_ABOVE, ANN_PROBE)."""
+        faiss = require("faiss", "rag")
+        dim, above = self.meta["dim"], self.meta.get("ann_above", ANN_ABOVE)
+        with self.lock:
+            rows = self.db.execute("SELECT id, vec FROM chunks").fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]) if rows else np.zeros((0, dim), "f4")
+        if len(rows) <= above:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        else:
+            lists = int(4 * np.sqrt(len(rows)))  # faiss's rule of thumb: 4·sqrt(n) to 16·sqrt(n) lists
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+            sample = np.random.default_rng(0).permutation(len(rows))[: 64 * lists]  # k-means needs ~40+ per list
+            index.train(vecs[sample])
+            index.nprobe = self.meta.get("ann_probe", ANN_PROBE)
+        if rows:
+            index.add_with_ids(vecs, ids)
         return index
 
     # ------------------------------------------------------------------ writing
@@ -260,16 +288,19 @@ class KnowledgeBase:
         for name, why in refused.items():
             report.fail(name, why)
         started = time.perf_counter()
-        enc = self.encoder(cfg.embedding_batch)
+        enc = self.encoder(cfg.embedding_batch, cfg.embedding_dtype)
         with self.writing():
             index = self.index()
-            bar = tqdm(files, desc=f"kb add {self.name}", unit="file", disable=not progress or len(files) < 2)
-            for src, name in bar:
+            # in bytes of the files, so the rate reads MB/s and the ETA holds for a mix of small and large files
+            sizes = [src.stat().st_size for src, _ in files]
+            bar = tqdm(total=sum(sizes), desc=f"kb add {self.name}", unit="B", unit_scale=True, disable=not progress)
+            for (src, name), size in zip(files, sizes):
                 digest = sha256_file(src)
                 with self.lock:
                     old = self.db.execute("SELECT id, sha256 FROM docs WHERE name = ?", (name,)).fetchone()
                 if old and old[1] == digest:
                     report.unchanged.append(name)
+                    bar.update(size)
                     continue
                 try:
                     blocks = read_blocks(src, name)
@@ -278,9 +309,10 @@ class KnowledgeBase:
                     )
                 except (CamelidError, ValueError) as e:
                     report.fail(name, str(e))
+                    bar.update(size)
                     continue
                 texts = [passage(c.heading, c.text) for c in chunks]
-                vecs = enc.encode(texts)
+                vecs = _encode_with_progress(enc, texts, bar, size)
                 self._copy_in(src, name)
                 with self.lock, self.db:
                     stale = self._delete_doc(old[0]) if old else []
@@ -316,6 +348,7 @@ class KnowledgeBase:
                 report.chunks += len(chunks)
                 report.pages += len({(b.kind, b.loc) for b in blocks})
             self._save_index(index)
+            bar.close()
         report.seconds = time.perf_counter() - started
         return report
 
@@ -358,6 +391,10 @@ class KnowledgeBase:
 
     def _save_index(self, index) -> None:
         faiss = require("faiss", "rag")
+        exact = not isinstance(index, faiss.IndexIVF)
+        above = self.meta.get("ann_above", ANN_ABOVE)
+        if (exact and index.ntotal > above) or (not exact and index.ntotal <= above // 2):
+            index = self._build_index()  # crossed the threshold (back to exact only well below it: no flapping)
 
         gen = self.generation()
         final = self.folder / f"vectors-{gen}.faiss"
@@ -381,6 +418,20 @@ class KnowledgeBase:
         shutil.copyfile(src, tmp)
         follow_umask(tmp)
         os.replace(tmp, dest)
+
+
+def _encode_with_progress(enc: Encoder, texts: list[str], bar, size: int) -> np.ndarray:
+    """`enc.encode(texts)` in slices, moving `bar` through the file's `size` bytes as they are done: encoding is
+    most of the time, and one large file should not sit at 0% until it is finished."""
+    step = max(1, enc.batch * 4)
+    parts, done = [], 0
+    for i in range(0, len(texts), step):
+        parts.append(enc.encode(texts[i : i + step]))
+        moved = size * min(len(texts), i + step) // len(texts) - done
+        bar.update(moved)
+        done += moved
+    bar.update(size - done)
+    return np.concatenate(parts) if parts else enc.encode([])
 
 
 def _check_settings(name: str, meta: dict, cfg: RagConfig) -> None:

@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from camelid.config import RagConfig, ServeConfig
 from camelid.data.templates import prompt_ids
 from camelid.engine import Completion, Engine, SamplingParams
+from camelid.rag.rerank import LlmJudge
 from camelid.rag.store import KnowledgeBase
 from camelid.serve.protocol import (
     ApiError,
@@ -86,6 +87,8 @@ class Api:
         self.engine, self.cfg, self.model_id, self.store, self.keys = engine, cfg, model_id, store, keys
         self.kbs, self.rag = kbs or {}, rag or RagConfig()
         self.tok = engine.tokenizer
+        # rag.reranker=llm: the served model judges the candidates (its requests count against no key)
+        self.judge = LlmJudge(engine, self.render) if self.rag.reranker == "llm" else None
         self.in_flight: dict[str, int] = {}  # unfinished engine requests per key (a call with 3 prompts, n=2: 6)
         self.errors: collections.Counter = collections.Counter()  # (status, kind, sent) -> count
         self.turns: dict[tuple[str, str], list[Turn]] = {}

@@ -63,7 +63,7 @@ def open_kbs(cfg: Config) -> dict:
         if kb.name in kbs:
             raise CamelidError(f"serve.kb names two knowledge bases called '{kb.name}'")
         if cfg.rag.retriever != "bm25":
-            kb.encoder(cfg.rag.embedding_batch)
+            kb.encoder(cfg.rag.embedding_batch, cfg.rag.embedding_dtype)
         kb.index()
         kbs[kb.name] = kb
     if kbs:

@@ -62,7 +62,7 @@ async def grounded_turn(api: Api, kb: KnowledgeBase, r: ChatRequest, max_tokens:
     try:
         # retrieval blocks (encoder forward, SQLite, faiss): off the event loop
         grounded, used = await asyncio.to_thread(
-            ground, kb, api.rag, history + messages[-1:], lambda m: len(api.render(m)), budgets
+            ground, kb, api.rag, history + messages[-1:], lambda m: len(api.render(m)), budgets, api.judge
         )
     except CamelidError as e:
         raise ApiError(400, str(e), param="messages", code="context_length_exceeded") from None

@@ -96,7 +96,7 @@ async def remove(api: Api, name: str, kb: KnowledgeBase, doc: str) -> dict:
 
 
 async def find(api: Api, name: str, kb: KnowledgeBase, r: KbSearch) -> dict:
-    hits = await asyncio.to_thread(search, kb, r.query, api.rag, r.retriever, r.top_k)
+    hits = await asyncio.to_thread(search, kb, r.query, api.rag, r.retriever, r.top_k, api.judge)
     return {"object": "list", "kb": name, "query": r.query, "data": citations(hits)}
 
 
@@ -113,7 +113,7 @@ async def ask(api: Api, request: Request, owner: str, name: str, kb: KnowledgeBa
     try:
         # retrieval blocks (encoder forward, SQLite, faiss): off the event loop
         g = await asyncio.to_thread(
-            prepare, kb, api.rag, r.question, api.render, api.engine.max_model_len, sp.max_tokens
+            prepare, kb, api.rag, r.question, api.render, api.engine.max_model_len, sp.max_tokens, api.judge
         )
     except CamelidError as e:
         raise ApiError(400, str(e), param="question", code="context_length_exceeded") from None
