@@ -622,9 +622,8 @@ def main(argv=None) -> None:
     from camelid.config import RagConfig
     from camelid.rag.embed import encoder
     from camelid.rag.readers import read_blocks
-    from camelid.rag.retrieve import search
+    from camelid.rag.retrieve import min_similarity, search
     from camelid.rag.store import KnowledgeBase
-    from camelid.rag.terms import has_cjk
     from camelid.utils import setup_logging
 
     setup_logging()
@@ -651,10 +650,7 @@ def main(argv=None) -> None:
     load_s = time.perf_counter() - t0
 
     def s_of(q: dict) -> float:
-        """The min_similarity `search` applies to this question."""
-        if cfg.min_similarity != "auto":
-            return cfg.min_similarity
-        return enc.min_similarity_cjk if has_cjk(q["question"]) else enc.min_similarity
+        return min_similarity(cfg, enc, q["question"])  # what `search` applies to this question
 
     off = replace(cfg, min_similarity=-1.0, min_term_share=0.0, max_unknown_share=1.0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -93,6 +93,14 @@ def readable(
     return [hit for hit, share in zip(ranked, shares) if share <= max_unknown]
 
 
+def min_similarity(cfg: RagConfig, enc: Encoder, question: str) -> float:
+    """The least cosine that makes a chunk relevant to `question`: rag.min_similarity, or with `auto` the encoder's
+    measured value for the question's script."""
+    if cfg.min_similarity != "auto":
+        return cfg.min_similarity
+    return enc.min_similarity_cjk if has_cjk(question) else enc.min_similarity
+
+
 def rrf(rankings: dict[str, list[int]], k: int) -> dict[int, float]:
     """Reciprocal rank fusion: Σ over retrievers of 1 / (k + rank)."""
     fused: dict[int, float] = {}
@@ -117,7 +125,8 @@ def search(
     found: dict[str, list[tuple[int, float]]] = {}
     if mode in ("hybrid", "bm25"):
         found["bm25"] = bm25_search(kb, words, cfg.candidates)
-    enc = kb.encoder(dtype=cfg.embedding_dtype) if mode != "bm25" else None
+    # the same (batch, dtype) as `kb add` and the server's warm-up, so one loaded copy serves all three
+    enc = kb.encoder(cfg.embedding_batch, cfg.embedding_dtype) if mode != "bm25" else None
     if enc and enc.unknown_share(question) <= cfg.max_unknown_share:
         found["dense"] = readable(kb, enc, dense_search(kb, enc, question, cfg.candidates), cfg.max_unknown_share)
     hits: dict[int, Hit] = {}
@@ -131,10 +140,7 @@ def search(
     for cid, score in rrf({name: [cid for cid, _ in ranked] for name, ranked in found.items()}, cfg.rrf_k).items():
         hits[cid].score = score
 
-    if cfg.min_similarity != "auto":
-        least = cfg.min_similarity
-    else:  # the encoder's measured value, for the question's script
-        least = (enc.min_similarity_cjk if has_cjk(question) else enc.min_similarity) if enc else 1.0
+    least = min_similarity(cfg, enc, question) if enc else 1.0
 
     def vouched(h: Hit) -> bool:
         return h.term_share >= cfg.min_term_share or (h.similarity is not None and h.similarity >= least)
