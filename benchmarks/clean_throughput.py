@@ -157,16 +157,21 @@ def table(name: str, s: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def corpora() -> tuple[Path, Path, dict[str, str]]:
+    """People's Daily's jsonl, the Shakespeare folder (modern and Folio jsonl) and MMLU's test questions, pulled
+    from the offline catalog when missing."""
     from camelid import hub
     from camelid.eval.contamination import benchmark_items
     from camelid.utils import setup_logging
 
     setup_logging()
     pd = hub.pull("peoples-daily-1998") / "peoples_daily_1998.jsonl"
-    sk = hub.pull("shakespeare")
-    bench = benchmark_items(["mmlu"])
+    return pd, hub.pull("shakespeare"), benchmark_items(["mmlu"])
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    pd, sk, bench = corpora()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)

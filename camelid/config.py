@@ -442,6 +442,11 @@ class CleanConfig:
     shingle: int = 5  # characters per shingle (works without word segmentation, so for zh too)
     # PII: masked in the documents kept
     pii: list[PiiKind] = field(default_factory=lambda: list(typing.get_args(PiiKind)))  # masked in kept docs; [] = none
+    # scale: shards are cleaned in parallel, then merged for dedup; the output is the same for any number of workers
+    workers: int = 0  # worker processes (Ray CPUs when it starts a local cluster); 0 = every core this process may use
+    shard_mb: float = 0.0  # MB per shard (big .txt/.jsonl files are cut at line ends); 0 = corpus / 64, in [0.25, 64]
+    executor: Literal["local", "ray"] = "local"  # local processes, or Ray tasks (the `ray` extra; shared storage)
+    ray_address: str = ""  # executor=ray: "" starts a local cluster; "auto" or HOST:PORT joins a running one
 
     def check(self) -> list[str]:
         shares = (
@@ -464,6 +469,8 @@ class CleanConfig:
             (0 < self.near_dedup_threshold <= 1, "clean.near_dedup_threshold must be in (0, 1]"),
             (self.minhash_perm >= 16, "clean.minhash_perm must be >= 16"),
             (self.shingle >= 1, "clean.shingle must be >= 1"),
+            (self.workers >= 0, "clean.workers must be >= 0 (0 = every core)"),
+            (self.shard_mb >= 0, "clean.shard_mb must be >= 0 (0 = automatic)"),
             (2 <= self.ppl_order <= 8, "clean.ppl_order must be in [2, 8]"),
             (self.ppl_max >= 0, "clean.ppl_max must be >= 0 (0 = from the reference)"),
             (0 < self.ppl_quantile < 1, "clean.ppl_quantile must be in (0, 1)"),

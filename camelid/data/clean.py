@@ -1,12 +1,15 @@
-"""`camelid clean`: a streaming cleaning pipeline for text corpora of any size (.txt, .jsonl, .json, .csv, .parquet).
+"""`camelid clean`: a cleaning pipeline for text corpora of any size (.txt, .jsonl, .json, .csv, .parquet), on
+every core or on a Ray cluster.
 
     camelid clean corpus.jsonl notes.txt --out runs/clean [clean.languages=[zh] clean.pii=[email,phone] ...]
     camelid clean peoples_daily_1998 shakespeare --out runs/pd clean.ppl_reference=[ref.txt] clean.decontaminate=[mmlu]
+    camelid clean big/*.jsonl --out runs/big clean.workers=16               # processes on this machine
+    camelid clean big/*.jsonl --out /shared/big clean.executor=ray clean.ray_address=auto   # a running Ray cluster
     camelid clean clean.yaml                       # a config file whose `clean:` section lists the inputs
 
 A document is a line of a .txt file, or the `clean.text_field` of a record. Each is normalized (NFKC, so full-width
 ASCII becomes half-width; optionally Traditional → Simplified; invisible characters and extra blank lines go), then
-meets the rules of `rules()` in order; the first that fires removes it:
+meets the rules in order; the first that fires removes it:
 
     empty             nothing left after normalization
     exact_dup         the same normalized text seen before (8-byte BLAKE2b digests)
@@ -19,18 +22,29 @@ meets the rules of `rules()` in order; the first that fires removes it:
     near_dup          MinHash-LSH: Jaccard similarity of character shingles >= clean.near_dedup_threshold
                       with a document kept earlier (it is last because it is the costliest)
 
-What survives has e-mails, phone numbers, ID and bank-card numbers masked (clean.pii) and is written to the output
-folder, which is built beside its final name and renamed into place at the end (a crash leaves no half-written
-corpus under that name):
+How it runs, in three stages, so the result is the same for any number of workers and any shard size:
+
+1. shards (`shards.py`): each input file, large .txt/.jsonl files cut into clean.shard_mb byte ranges at line
+   ends. Workers (`workers.py`: processes, or Ray tasks) clean shards independently (`clean_shard.py`): normalize,
+   the rules that need no other document, PII masking, digests and MinHash signatures, written to
+   `<out>.shards/shard-NNNNN/`. A shard's folder appears complete or not at all, so a killed run started again
+   with the same inputs and settings redoes only the shards it had not finished.
+2. dedup (`dedup.py`), over all shards in input order: exact duplicates by one sort of the digests; near duplicates
+   by LSH band buckets (one sort per band, run as tasks too), then a pass in document order that keeps a document
+   unless it nearly repeats one kept before it.
+3. write: the kept documents of each input, in order, to the output folder, which is built beside its final name
+   and renamed into place at the end (a crash leaves no half-written corpus under that name):
 
     <input name>      the kept documents, in the input's format: .txt lines, or .jsonl records with their other
                       fields kept (.json/.csv/.parquet inputs are written as .jsonl)
-    removed.jsonl     one line per removed document: source, line, rule, detail, the text's first 200 characters
+    removed.jsonl     one line per removed document, in input order: source, line, rule, detail, the text's
+                      first 200 characters
     summary.md/.json  documents and MB removed per rule, PII masked per kind, MB/s; the table is printed too
 
-Memory stays bounded on any corpus size: documents stream through in chunks (<= 1000 documents or 8 MB); what
-grows is the dedup state (~150 bytes per distinct document, ~2-3 KB per kept document for near-dup; dedup.py),
-plus the reference LM and the benchmark n-grams, fixed at the start.
+Memory: a worker holds one chunk (<= 1000 documents or 8 MB) plus the shard's signatures (~0.6 KB per document);
+the merge ~20 bytes per document for exact dedup and one band's keys at a time (dedup.py); the reference LM and
+the benchmark n-grams are fixed at the start and shared by every worker. On Ray, clean.out must be on storage every
+node sees (the shards are written beside it), and camelid installed on every node.
 
 The benchmark questions come from camelid.eval (`camelid clean` loads them and passes them to `main`), since
 camelid.data may not import the layer above it.
@@ -38,215 +52,31 @@ camelid.data may not import the layer above it.
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
+import hashlib
 import json
+import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from camelid import hub
 from camelid.config import CleanConfig, Config, validate
-from camelid.data import quality as Q
-from camelid.data.dedup import BenchmarkIndex, ExactDedup, NearDedup
-from camelid.data.ngram_lm import CharNgramLM
-from camelid.data.pii import mask_pii
-from camelid.data.readers import DataError, raw_records, type_name
-from camelid.utils import CamelidError, atomic_dir, log, require, write_json
+from camelid.data.clean_shard import (
+    BAD_RECORD,
+    PASSES,
+    PerplexityFilter,
+    ShardContext,
+    clean_shard,
+    normalizer,
+)
+from camelid.data.dedup import BenchmarkIndex, MinHasher, first_of_equal, near_duplicates, shared_buckets
+from camelid.data.shards import Shard, output_name, plan, resolve_input
+from camelid.data.workers import cores, run_tasks
+from camelid.utils import atomic_dir, log, write_json
 
-CHUNK_DOCS, CHUNK_BYTES = 1000, 8 << 20
-SNIPPET = 200
-
-
-@dataclass
-class Doc:
-    source: str  # the input as the user named it
-    line: int
-    text: str  # normalized
-    record: dict | None  # the whole record (jsonl etc.), None for .txt
-    size: int  # UTF-8 bytes of the original text
-
-    @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
-
-
-# --------------------------------------------------------------------------------------------- inputs
-
-
-def resolve_input(spec: str, text_field: str) -> tuple[Path, str]:
-    """(file, text field) for a file, or for a catalog text corpus (e.g. peoples_daily_1998) pulled if needed."""
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return p, text_field
-    hit = None if p.suffix else hub.resolve_dataset(spec)
-    if hit is None:
-        raise CamelidError(f"clean: input '{spec}' is not a file" + ("" if p.suffix else " nor a catalog dataset"))
-    folder, name = hit
-    entry = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))[name]
-    columns = entry.get("columns") or {}
-    if set(columns) != {"prompt"}:
-        raise CamelidError(f"clean: catalog dataset '{name}' is not a plain text corpus; give its file instead")
-    return folder / entry["file_name"], columns["prompt"]
-
-
-def _stream_lines(path: Path) -> Iterator[tuple[int, str, int]]:
-    """(line number, text, bytes) of a .txt/.jsonl file, read as bytes so progress counts real MB."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(path, n, None, f"not UTF-8 (byte {e.start} of the line)") from None
-            yield n, text.rstrip("\r\n"), len(raw)
-
-
-def read_docs(path: Path, source: str, text_field: str) -> Iterator[tuple[int, int, dict | None, str | DataError]]:
-    """(line, bytes, record or None, text or the DataError of a bad record) for each document of one input."""
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        for n, text, size in _stream_lines(path):
-            if text.strip():
-                yield n, size, None, text
-            # blank lines separate nothing in a line-per-document file: skipped, as readers.py does
-        return
-    if suffix == ".jsonl":
-        for n, line, size in _stream_lines(path):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, size, None, DataError(source, n, None, f"bad JSON: {e.msg} (column {e.colno})")
-                continue
-            yield n, size, rec, _text_of(rec, source, n, text_field)
-        return
-    for n, rec in raw_records(path):  # .json/.csv/.parquet: no byte offsets; progress jumps per file
-        yield (
-            n,
-            0,
-            rec if isinstance(rec, dict) else None,
-            rec if isinstance(rec, DataError) else _text_of(rec, source, n, text_field),
-        )
-
-
-def _text_of(rec, source: str, line: int, field: str) -> str | DataError:
-    if not isinstance(rec, dict):
-        return DataError(source, line, None, f"expected a JSON object (one record), got {type_name(rec)}")
-    value = rec.get(field)
-    if value is None:
-        return DataError(
-            source,
-            line,
-            field,
-            f"missing (set clean.text_field to the field holding the text; "
-            f"this record has {', '.join(sorted(rec)) or 'no fields'})",
-        )
-    if not isinstance(value, str):
-        return DataError(source, line, field, f"expected a string, got {type_name(value)}")
-    return value
-
-
-def output_name(path: Path, taken: set[str]) -> str:
-    name = path.name if path.suffix.lower() in (".txt", ".jsonl") else path.stem + ".jsonl"
-    if name in taken or name in ("removed.jsonl", "summary.json", "summary.md"):
-        raise CamelidError(
-            f"clean: two inputs (or an input and an output file) would both be written as {name}; rename one"
-        )
-    taken.add(name)
-    return name
-
-
-# -------------------------------------------------------------------------------------------- rules
-
-
-class PerplexityFilter:
-    """Per-character perplexity under a char n-gram LM of the reference. The threshold is clean.ppl_max, or else
-    the clean.ppl_quantile of the perplexities of held-out reference documents (every 10th; their paragraphs when
-    fewer than 20), taken separately for Chinese (Han share >= 0.5) and other text, since a Chinese character
-    carries far more surprise than a letter (held-out per-char perplexity ~65 on People's Daily, ~5 on
-    Shakespeare). A script the held-out reference has no text of gets no threshold: its documents are kept."""
-
-    def __init__(self, c: CleanConfig, normalizer: Callable[[str], str]):
-        train, held, n = [], [], 0
-        for spec in c.ppl_reference:
-            path, field = resolve_input(spec, c.text_field)
-            for _, _, _, text in read_docs(path, spec, field):
-                if isinstance(text, DataError):
-                    raise text
-                n += 1
-                (held if n % 10 == 0 else train).append(normalizer(text))
-        if len(train) + len(held) < 10:
-            raise CamelidError(f"clean.ppl_reference has {len(train) + len(held)} documents; give at least 10")
-        t0 = time.time()
-        self.lm = CharNgramLM.train(train, order=c.ppl_order)
-        self.min_units = c.ppl_min_units
-        self.thresholds = {}
-        for g in ("zh", "other"):
-            mine = [t for t in held if self._group(t) == g]
-            if len(mine) < 20:  # a few long documents (books): their paragraphs make a distribution
-                mine = [p for t in mine for p in t.split("\n\n")]
-            mine = [t for t in mine if len(Q.units(t)) >= self.min_units]
-            if c.ppl_max or not mine:
-                # no held-out text of this script: the reference says nothing about it, so it is not judged
-                self.thresholds[g] = c.ppl_max or float("inf")
-                continue
-            self.thresholds[g] = float(np.quantile(self.lm.perplexities(mine), c.ppl_quantile))
-        log.info(
-            f"perplexity LM: {sum(map(len, train)) / 1e6:.1f}M reference characters, order {c.ppl_order}, "
-            f"trained in {time.time() - t0:.1f} s; thresholds "
-            + ", ".join(f"{g} {v:.1f}" for g, v in self.thresholds.items())
-        )
-
-    @staticmethod
-    def _group(text: str) -> str:
-        counts = Q.script_counts(text)
-        return "zh" if counts["zh"] >= 0.5 * max(1, sum(counts.values())) else "other"
-
-    def __call__(self, texts: list[str]) -> list[str | None]:
-        judged = [i for i, t in enumerate(texts) if len(Q.units(t)) >= self.min_units]
-        reasons: list[str | None] = [None] * len(texts)
-        for i, ppl in zip(judged, self.lm.perplexities([texts[i] for i in judged])):
-            limit = self.thresholds[self._group(texts[i])]
-            if ppl > limit:
-                reasons[i] = f"perplexity {ppl:.1f} > {limit:.1f}"
-        return reasons
-
-
-Rule = Callable[[Doc], "str | None"]
-
-
-def rules(
-    c: CleanConfig, benchmarks: BenchmarkIndex | None, ppl: PerplexityFilter | None
-) -> list[tuple[str, Rule | Callable[[list[str]], list[str | None]], bool]]:
-    """(name, rule, batched) in the order documents meet them. A batched rule takes the chunk's texts at once."""
-    table: list[tuple[str, Callable, bool]] = [("empty", lambda d: None if d.text else "nothing left", False)]
-    if c.exact_dedup:
-        exact = ExactDedup()
-        table.append(("exact_dup", lambda d: exact(d.text, d.where), False))
-    table += [
-        ("length", lambda d: Q.length(d.text, c.min_units, c.max_units), False),
-        ("symbols", lambda d: Q.symbol_heavy(d.text, c.max_symbol_share), False),
-        ("digits", lambda d: Q.digit_heavy(d.text, c.max_digit_share), False),
-        ("repeated_lines", lambda d: Q.repeated_lines(d.text, c.max_repeated_line_share), False),
-        ("repeated_ngrams", lambda d: Q.repeated_ngrams(d.text, c.repeat_ngram, c.max_repeated_ngram_share), False),
-    ]
-    if c.languages:
-        table.append(("language", lambda d: Q.language(d.text, c.languages, c.min_language_share), False))
-    if benchmarks is not None:
-        table.append(("benchmark", lambda d: benchmarks(d.text), False))
-    if ppl is not None:
-        table.append(("perplexity", ppl, True))
-    if c.near_dedup:
-        near = NearDedup(c.near_dedup_threshold, c.minhash_perm, c.shingle)
-        table.append(("near_dup", lambda d: near(d.text, d.where), False))
-    return table
-
-
-# --------------------------------------------------------------------------------------------- the run
+FORMAT = 1  # of the shard folders: a resumed run only reuses folders written by this format
 
 
 def main(cfg: Config, benchmarks: dict[str, str] | None = None) -> dict:
@@ -256,155 +86,252 @@ def main(cfg: Config, benchmarks: dict[str, str] | None = None) -> dict:
 
     c = validate(cfg, "clean").clean
     t_start = time.time()
-    t2s = require("opencc", "clean").OpenCC("t2s").convert if c.t2s else None
-    normalizer = lambda text: Q.normalize(text, nfkc=c.nfkc, t2s=t2s)  # noqa: E731
     inputs = [(spec, *resolve_input(spec, c.text_field)) for spec in c.inputs]
+    taken: set[str] = set()
+    names = {spec: output_name(path, taken) for spec, path, _ in inputs}
     index = BenchmarkIndex(benchmarks, c.decontam_ngram, c.decontam_ngram_zh) if benchmarks else None
     if index is not None and index.too_short:
         log.warning(
             f"{len(index.too_short)} of {len(index.names)} benchmark items are shorter than their n-gram "
             f"(clean.decontam_ngram/_zh) and cannot be checked, e.g. {index.too_short[0]}"
         )
-    ppl = PerplexityFilter(c, normalizer) if c.ppl_reference else None
-    table = rules(c, index, ppl)
+    ppl = PerplexityFilter(c, normalizer(c)) if c.ppl_reference else None
+    ctx = ShardContext(c, index, ppl)
+    workers = c.workers or cores()
+    total = sum(path.stat().st_size for _, path, _ in inputs)
+    # 64 shards or more keep 2-16 workers evenly busy to the end (a shard's cost depends on its text, not only its
+    # size: 1 MB shards gave 1.55x on 2 workers, 0.25 MB ones 1.9x); 64 MB bounds the files one shard writes
+    shard_bytes = int(c.shard_mb * 1e6) if c.shard_mb else int(min(max(total / 64, 0.25e6), 64e6))
+    shards = plan(inputs, shard_bytes)
+    work = Path(c.out).with_name(Path(c.out).name + ".shards")
+    finished = _resume(work, _fingerprint(c, inputs, shards, benchmarks))
     setup_s = time.time() - t_start
 
-    removed: Counter = Counter()
-    removed_bytes: Counter = Counter()
-    pii: Counter = Counter()
-    seconds: Counter = Counter()  # per rule: where the time goes
-    stats = {"docs": 0, "kept": 0, "bytes_in": 0, "bytes_kept": 0}
-    total = sum(path.stat().st_size for _, path, _ in inputs)
     t0 = time.time()
-    with (
-        atomic_dir(c.out) as tmp,
-        open(tmp / "removed.jsonl", "w", encoding="utf-8") as rm_file,
-        tqdm(total=total, unit="B", unit_scale=True, desc="clean", mininterval=1.0) as bar,
-    ):
-
-        def drop(doc: Doc, rule: str, detail: str) -> None:
-            removed[rule] += 1
-            removed_bytes[rule] += doc.size
-            rm_file.write(
-                json.dumps(
-                    {
-                        "source": doc.source,
-                        "line": doc.line,
-                        "rule": rule,
-                        "detail": detail,
-                        "text": doc.text[:SNIPPET],
-                    },
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
-
-        def flush(chunk: list[Doc], out, fmt: str, field: str) -> None:
-            # Runs of per-document rules go document by document (a document's units stay cached from rule to
-            # rule); a batched rule sees the chunk's survivors at once. Each document meets the rules in order.
-            for batched, run in itertools.groupby(table, key=lambda entry: entry[2]):
-                run = list(run)
-                if not batched:
-                    chunk = [d for d in chunk if _passes(d, run, drop, seconds)]
-                    continue
-                for name, rule, _ in run:
-                    t = time.perf_counter()
-                    reasons = rule([d.text for d in chunk])
-                    seconds[name] += time.perf_counter() - t
-                    for d, r in zip(chunk, reasons):
-                        if r is not None:
-                            drop(d, name, r)
-                    chunk = [d for d, r in zip(chunk, reasons) if r is None]
-            t = time.perf_counter()
-            for d in chunk:
-                text, found = mask_pii(d.text, c.pii) if c.pii else (d.text, None)
-                if found:
-                    pii.update(found)
-                stats["kept"] += 1
-                stats["bytes_kept"] += len(text.encode("utf-8"))
-                if fmt == "txt":
-                    out.write(text.replace("\n", " ") + "\n")  # a .txt document is one line
-                else:
-                    out.write(json.dumps({**d.record, field: text}, ensure_ascii=False) + "\n")
-            seconds["pii + write"] += time.perf_counter() - t
-
-        taken: set[str] = set()
-        for spec, path, field in inputs:
-            name = output_name(path, taken)
-            fmt = "txt" if name.endswith(".txt") else "jsonl"
-            chunk, chunk_bytes, read_bytes = [], 0, 0
-            with open(tmp / name, "w", encoding="utf-8") as out:
-                for line, size, record, text in read_docs(path, spec, field):
-                    stats["docs"] += 1
-                    read_bytes += size
-                    bar.update(size)
-                    if isinstance(text, DataError):
-                        if c.on_error == "fail":
-                            raise text
-                        drop(
-                            Doc(spec, line, "", record, size),
-                            "bad_record",
-                            text.reason if not text.field else f"field '{text.field}': {text.reason}",
-                        )
-                        continue
-                    t = time.perf_counter()
-                    chunk.append(Doc(spec, line, normalizer(text), record, len(text.encode("utf-8"))))
-                    seconds["normalize"] += time.perf_counter() - t
-                    chunk_bytes += size
-                    if len(chunk) >= CHUNK_DOCS or chunk_bytes >= CHUNK_BYTES:
-                        flush(chunk, out, fmt, field)
-                        chunk, chunk_bytes = [], 0
-                if chunk:
-                    flush(chunk, out, fmt, field)
-            bar.update(path.stat().st_size - read_bytes)  # .json/.csv/.parquet report no per-record bytes
-            stats["bytes_in"] += path.stat().st_size
-        summary = _summary(c, stats, removed, removed_bytes, pii, time.time() - t0, setup_s, ppl, index, seconds)
+    todo = [s for s in shards if s.index not in finished]
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"clean ×{workers}", mininterval=1.0) as bar:
+        bar.update(sum(s.size for s in shards if s.index in finished))
+        run_tasks(
+            clean_shard,
+            ctx,
+            [(s, str(work)) for s in todo],
+            workers=workers,
+            executor=c.executor,
+            ray_address=c.ray_address,
+            bar=bar,
+            sizes=[s.size for s in todo],
+        )
+    stats = [json.loads((_folder(work, s) / "stats.json").read_text()) for s in shards]
+    stages = {"shards": time.time() - t0}
+    offsets = _line_offsets(shards, stats)
+    dups = _dedup(c, shards, work, offsets, workers)
+    stages["dedup"] = time.time() - t0 - stages["shards"]
+    with atomic_dir(c.out) as tmp:
+        tally = _write(tmp, shards, work, offsets, dups, names)
+        stages["write"] = time.time() - t0 - stages["shards"] - stages["dedup"]
+        seconds = Counter()
+        for st in stats:
+            seconds.update(st["seconds"])
+        seconds["dedup merge"] = stages["dedup"]
+        tally.update(workers=workers, shards=len(shards), resumed=len(finished), stages=stages)
+        summary = _summary(c, tally, time.time() - t0, setup_s, ppl, index, seconds)
         write_json(tmp / "summary.json", summary)
         (tmp / "summary.md").write_text(summary_table(summary) + "\n", encoding="utf-8")
+    shutil.rmtree(work, ignore_errors=True)
     print(summary_table(summary))
     print(f"kept corpus, removed.jsonl and summary in {c.out}")
     return summary
 
 
-def _passes(doc: Doc, table: list, drop: Callable[[Doc, str, str], None], seconds: Counter) -> bool:
-    for name, rule, _ in table:
-        t = time.perf_counter()
-        reason = rule(doc)
-        seconds[name] += time.perf_counter() - t
-        if reason is not None:
-            drop(doc, name, reason)
-            return False
-    return True
+# ------------------------------------------------------------------------------------------ resuming
+
+
+def _fingerprint(c: CleanConfig, inputs: list, shards: list[Shard], benchmarks: dict | None) -> dict:
+    """What the shard folders depend on: the inputs as they are on disk, the settings the rules read, the shard
+    plan, the benchmark items. The executor, the worker count and the output folder are not in it."""
+    settings = {
+        k: v for k, v in dataclasses.asdict(c).items() if k not in ("out", "workers", "executor", "ray_address")
+    }
+    files = [(spec, str(p), p.stat().st_size, p.stat().st_mtime_ns) for spec, p, _ in inputs]
+    for spec in c.ppl_reference:
+        p = resolve_input(spec, c.text_field)[0]
+        files.append((spec, str(p), p.stat().st_size, p.stat().st_mtime_ns))
+    items = hashlib.blake2b(json.dumps(benchmarks or {}, sort_keys=True).encode(), digest_size=16).hexdigest()
+    plan_ = [dataclasses.astuple(s) for s in shards]
+    return json.loads(
+        json.dumps({"format": FORMAT, "settings": settings, "files": files, "benchmarks": items, "shards": plan_})
+    )
+
+
+def _resume(work: Path, fingerprint: dict) -> set[int]:
+    """The shards a killed run with the same fingerprint finished; a different run's folder is cleared."""
+    mark = work / "plan.json"
+    if mark.exists() and json.loads(mark.read_text()) == fingerprint:
+        done = {int(p.name.split("-")[1]) for p in work.glob("shard-?????") if (p / "stats.json").exists()}
+        if done:
+            log.info(f"clean: resuming, {len(done)} of {len(fingerprint['shards'])} shards already done in {work}")
+        return done
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    write_json(mark, fingerprint)
+    return set()
+
+
+def _folder(work: Path, shard: Shard) -> Path:
+    return work / f"shard-{shard.index:05d}"
+
+
+def _line_offsets(shards: list[Shard], stats: list[dict]) -> list[int]:
+    """Per shard: the lines of its file in the shards before it (shard-local line + offset = the file's line)."""
+    offsets, before = [], {}
+    for s, st in zip(shards, stats):
+        offsets.append(before.get(s.path, 0))
+        before[s.path] = offsets[-1] + st["lines"]
+    return offsets
+
+
+# -------------------------------------------------------------------------------------------- dedup
+
+
+def _dedup(c: CleanConfig, shards: list[Shard], work: Path, offsets: list[int], workers: int) -> list[dict]:
+    """Per shard, {row: (rule, detail)} for the documents exact or near dedup removes. Documents are numbered
+    globally, in input order (g); their shard and row within it are shard_of[g], row_of[g]."""
+    metas = [np.load(_folder(work, s) / "meta.npy", mmap_mode="r") for s in shards]
+    shard_of = np.concatenate([np.full(len(m), i, dtype=np.int32) for i, m in enumerate(metas)])
+    row_of = np.concatenate([np.arange(len(m)) for m in metas])
+    state = np.concatenate([np.asarray(m["state"]) for m in metas])
+    found: list[dict] = [{} for _ in shards]
+
+    def where(g: int) -> str:
+        s, row = shard_of[g], row_of[g]
+        return f"{shards[s].source}:{int(metas[s]['line'][row]) + offsets[s]}"
+
+    duplicate = np.zeros(len(state), dtype=bool)
+    if c.exact_dedup:
+        judged = np.flatnonzero((state != BAD_RECORD) & (state != 1))  # state 1 is `empty`, the one rule before
+        first = judged[first_of_equal(np.concatenate([np.asarray(m["digest"]) for m in metas])[judged])]
+        for g, f in zip(judged[first != judged], first[first != judged]):
+            found[shard_of[g]][int(row_of[g])] = ("exact_dup", f"same as {where(f)}")
+            duplicate[g] = True
+    if not c.near_dedup:
+        return found
+    # Near dedup among the documents every other rule let through. Signatures are stored for a shard's passing
+    # documents in order, so a document's signature row is its rank among them.
+    sig_row = np.concatenate([np.cumsum(np.asarray(m["state"]) == PASSES) - 1 for m in metas])
+    candidates = np.flatnonzero((state == PASSES) & ~duplicate)
+    cand_shard, cand_row = shard_of[candidates], sig_row[candidates]
+    picks = [cand_row[cand_shard == i] for i in range(len(shards))]
+    bands = MinHasher(c.near_dedup_threshold, c.minhash_perm, c.shingle).bands
+    context = (str(work), [s.index for s in shards], picks)
+    # a process pool costs more than sorting under a few million keys; Ray runs the bands as tasks at any size
+    pool = workers if len(candidates) > 2_000_000 else 1
+    buckets = run_tasks(
+        _band_buckets, context, range(bands), workers=pool, executor=c.executor, ray_address=c.ray_address
+    )
+    sigs = [np.load(_folder(work, s) / "signatures.npy", mmap_mode="r") for s in shards]
+    signature = lambda p: sigs[cand_shard[p]][cand_row[p]]  # noqa: E731
+    for p, (best, score) in near_duplicates(buckets, signature, c.near_dedup_threshold).items():
+        g = candidates[p]
+        found[shard_of[g]][int(row_of[g])] = ("near_dup", f"~ {where(candidates[best])} (Jaccard ~{score:.2f})")
+    return found
+
+
+def _band_buckets(context: tuple, band: int, report) -> tuple[np.ndarray, np.ndarray]:
+    """One LSH band over every shard's near-dedup candidates: its buckets shared by two or more (a task)."""
+    work, indexes, picks = context
+    keys = [
+        np.load(Path(work) / f"shard-{i:05d}" / "bands.npy", mmap_mode="r")[:, band][rows]
+        for i, rows in zip(indexes, picks)
+    ]
+    return shared_buckets(np.concatenate(keys))
+
+
+# -------------------------------------------------------------------------------------------- write
+
+
+def _write(out: Path, shards: list[Shard], work: Path, offsets: list[int], dups: list[dict], names: dict) -> dict:
+    """The kept documents per input and removed.jsonl, shard by shard in order; returns the counts."""
+    tally = {"documents": 0, "kept": 0, "bytes_in": 0, "bytes_kept": 0}
+    removed, removed_bytes, pii = Counter(), Counter(), Counter()
+    kept_file, kept_path = None, None
+    with open(out / "removed.jsonl", "w", encoding="utf-8") as rm_file:
+        for s, offset, dup in zip(shards, offsets, dups):
+            folder = _folder(work, s)
+            if kept_path != out / names[s.source]:
+                if kept_file is not None:
+                    kept_file.close()
+                kept_path = out / names[s.source]
+                kept_file = open(kept_path, "w", encoding="utf-8")
+            tally["bytes_in"] += s.size
+            meta = np.load(folder / "meta.npy")
+            with (
+                open(folder / "removed.jsonl", encoding="utf-8") as gone,
+                open(folder / "kept.txt", encoding="utf-8") as kept,
+                open(folder / "passing.jsonl", encoding="utf-8") as passing,
+            ):
+                for row, (line, size, _, state, out_bytes) in enumerate(meta.tolist()):
+                    tally["documents"] += 1
+                    if state == PASSES:
+                        text, (snippet, found) = next(kept), json.loads(next(passing))
+                    else:
+                        rule, detail, snippet = json.loads(next(gone))
+                    if row in dup:
+                        rule, detail = dup[row]
+                    elif state == PASSES:
+                        kept_file.write(text)
+                        tally["kept"] += 1
+                        tally["bytes_kept"] += out_bytes
+                        pii.update(found)
+                        continue
+                    removed[rule] += 1
+                    removed_bytes[rule] += size
+                    record = {
+                        "source": s.source,
+                        "line": line + offset,
+                        "rule": rule,
+                        "detail": detail,
+                        "text": snippet,
+                    }
+                    rm_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if kept_file is not None:
+        kept_file.close()
+    return {**tally, "removed": removed, "removed_bytes": removed_bytes, "pii": pii}
+
+
+# ------------------------------------------------------------------------------------------ summary
 
 
 def _summary(
     c: CleanConfig,
-    stats: dict,
-    removed: Counter,
-    removed_bytes: Counter,
-    pii: Counter,
+    tally: dict,
     seconds: float,
     setup_s: float,
     ppl: PerplexityFilter | None,
     index: BenchmarkIndex | None,
     rule_s: Counter,
 ) -> dict:
-    docs, mb = max(stats["docs"], 1), stats["bytes_in"] / 1e6
+    docs, mb = max(tally["documents"], 1), tally["bytes_in"] / 1e6
+    removed, removed_bytes = tally["removed"], tally["removed_bytes"]
     return {
         "inputs": c.inputs,
         "out": c.out,
-        "documents": stats["docs"],
-        "kept": stats["kept"],
+        "documents": tally["documents"],
+        "kept": tally["kept"],
         "mb_in": round(mb, 3),
-        "mb_kept": round(stats["bytes_kept"] / 1e6, 3),
+        "mb_kept": round(tally["bytes_kept"] / 1e6, 3),
         "seconds": round(seconds, 2),
         "setup_seconds": round(setup_s, 2),
         "mb_per_s": round(mb / seconds, 3) if seconds else None,
+        "executor": c.executor,
+        "workers": tally["workers"],
+        "shards": tally["shards"],
+        "shards_resumed": tally["resumed"],
+        "stage_seconds": {k: round(v, 2) for k, v in tally["stages"].items()},
         "removed": {
             rule: {"documents": n, "share": round(n / docs, 4), "mb": round(removed_bytes[rule] / 1e6, 3)}
             for rule, n in removed.most_common()
         },
-        "pii_masked": dict(pii.most_common()),
+        "pii_masked": dict(tally["pii"].most_common()),
         "rule_seconds": {k: round(v, 2) for k, v in rule_s.most_common()},
         "perplexity_thresholds": ppl.thresholds if ppl else None,
         "benchmark_items": len(index.names) if index else 0,
@@ -415,7 +342,8 @@ def _summary(
 def summary_table(s: dict) -> str:
     lines = [
         f"{s['documents']} documents ({s['mb_in']:.2f} MB) -> {s['kept']} kept ({s['mb_kept']:.2f} MB) in "
-        f"{s['seconds']:.1f} s, {s['mb_per_s'] or 0:.2f} MB/s (+{s['setup_seconds']:.1f} s setup)",
+        f"{s['seconds']:.1f} s, {s['mb_per_s'] or 0:.2f} MB/s (+{s['setup_seconds']:.1f} s setup); "
+        f"{s['shards']} shards ({s['shards_resumed']} resumed), {s['workers']} workers ({s['executor']})",
         "",
         "| rule | documents removed | share of documents | MB removed |",
         "|---|---|---|---|",
@@ -424,7 +352,10 @@ def summary_table(s: dict) -> str:
         lines.append(f"| {rule} | {r['documents']} | {r['share']:.2%} | {r['mb']:.3f} |")
     kept_share = s["kept"] / max(s["documents"], 1)
     lines.append(f"| **kept** | {s['kept']} | {kept_share:.2%} | {s['mb_kept']:.3f} |")
-    lines += ["", "seconds per step: " + ", ".join(f"{k} {v:.1f}" for k, v in s["rule_seconds"].items())]
+    lines += [
+        "",
+        "seconds per step, summed over workers: " + ", ".join(f"{k} {v:.1f}" for k, v in s["rule_seconds"].items()),
+    ]
     if s["pii_masked"]:
         lines += ["", "PII masked: " + ", ".join(f"{k} {v}" for k, v in s["pii_masked"].items())]
     if s["perplexity_thresholds"]:
