@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -144,15 +145,43 @@ def test_tensorboard_and_run_folder_contents(tiny_model, chat_file, tmp_path):
 def test_pt_text_is_tokenized_once_and_cached(tiny_model, text_file, tmp_path, monkeypatch):
     monkeypatch.setenv("CAMELID_HOME", str(tmp_path / "home"))
     pt.main(tiny_config(tiny_model, text_file, tmp_path / "a", **{"train.max_steps": 1}))
-    cached = list((tmp_path / "home" / "tokenized").glob("pt-*.npy"))
+    cached = list((tmp_path / "home" / "tokenized").glob("pt-*.json"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     pt.main(tiny_config(tiny_model, text_file, tmp_path / "b", **{"train.max_steps": 1}))
-    assert list((tmp_path / "home" / "tokenized").glob("pt-*.npy")) == cached
+    assert list((tmp_path / "home" / "tokenized").glob("pt-*.json")) == cached
     assert cached[0].stat().st_mtime_ns == stamp
     # A different block length reuses the same token stream (the cache holds tokens, not blocks).
     pt.main(tiny_config(tiny_model, text_file, tmp_path / "c", **{"train.max_steps": 1, "data.max_length": 32}))
-    assert len(list((tmp_path / "home" / "tokenized").glob("pt-*.npy"))) == 1
+    assert len(list((tmp_path / "home" / "tokenized").glob("pt-*"))) == 3  # .json, .tokens, .docs
+    assert json.loads((tmp_path / "b" / "run" / "data.json").read_text())["sources"][0]["kept"] > 0  # from cache
+
+
+def test_pt_token_file_holds_each_document_then_eos_and_blocks_read_it_lazily(tiny_model, text_file, tmp_path):
+    from camelid.data.loader import prepare_pt
+    from camelid.data.token_file import Blocks
+    from camelid.model import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    cfg = tiny_config(tiny_model, text_file, tmp_path, **{"data.max_length": 16, "data.eval_split": 0.25})
+    data = prepare_pt(tok, cfg.data, 0, tmp_path / "cache")
+    expected = [
+        t
+        for line in text_file.read_text().splitlines()
+        for t in (*tok(line.strip(), add_special_tokens=False)["input_ids"], tok.eos_token_id)
+    ]
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("pt-*.json")]
+    tokens = np.fromfile(next((tmp_path / "cache").glob("pt-*.tokens")), dtype=meta["dtype"])
+    assert meta["dtype"] == "uint16" and tokens.tolist() == expected
+    starts = np.fromfile(next((tmp_path / "cache").glob("pt-*.docs")), dtype=np.uint64)
+    assert len(starts) == meta["documents"] and tokens[starts[1:] - 1].tolist() == [tok.eos_token_id] * (
+        len(starts) - 1
+    )
+    assert isinstance(data.train, Blocks) and isinstance(data.train.tokens, np.memmap)
+    n = len(expected) // 16
+    assert len(data.train) + len(data.eval) == n
+    seen = sorted(b.tolist() for b in [*data.train, *data.eval])
+    assert seen == sorted(expected[i * 16 : (i + 1) * 16] for i in range(n))
 
 
 def test_progress_eta_counts_training_steps_only(tiny_model, chat_file, tmp_path, monkeypatch):

@@ -482,6 +482,15 @@ def load_source(
     stats["trimmed"] counts the turns dropped from the ends of chats cut from longer ones.
     max_samples caps the records kept (reading stops there).
     """
+    records, stats = stream_source(spec, kind, on_error, max_samples, fmt)
+    return list(records), stats
+
+
+def stream_source(
+    spec: str, kind: str, on_error: str = "fail", max_samples: int | None = None, fmt: str = "auto"
+) -> tuple[Iterator[dict], dict]:
+    """`load_source` one record at a time, for corpora larger than memory: (the records as they are read, stats).
+    The stats name the files and their hashes at once; the counts are filled in when the records run out."""
     convert = KINDS.get(kind)
     if convert is None:
         raise CamelidError(f"unknown data kind '{kind}'; choose one of {', '.join(KINDS)}")
@@ -498,30 +507,36 @@ def load_source(
         "skipped": 0,
         "reasons": {},
     }
-    out, reasons, trimmed = [], Counter(), Counter({k: 0 for k in TRIMMED})
-    for path, line, rec in records:
-        if max_samples is not None and len(out) >= max_samples:
-            break
-        stats["read"] += 1
-        notes = Counter()
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            out.append(convert(rec, fmt, path=path, line=line, notes=notes))
+
+    def convert_all() -> Iterator[dict]:
+        kept, reasons, trimmed = 0, Counter(), Counter({k: 0 for k in TRIMMED})
+        for path, line, rec in records:
+            if max_samples is not None and kept >= max_samples:
+                break
+            stats["read"] += 1
+            notes = Counter()
+            try:
+                if isinstance(rec, DataError):
+                    raise rec
+                out = convert(rec, fmt, path=path, line=line, notes=notes)
+            except DataError as e:
+                if on_error == "fail":
+                    raise
+                reasons[f"field '{e.field}': {e.reason}" if e.field else e.reason] += 1
+                continue
             trimmed.update(notes)  # kept records only: a skipped record is counted once, by its reason
-        except DataError as e:
-            if on_error == "fail":
-                raise
-            reasons[f"field '{e.field}': {e.reason}" if e.field else e.reason] += 1
-    stats.update(
-        kept=len(out), skipped=sum(reasons.values()), reasons=dict(reasons.most_common()), trimmed=dict(trimmed)
-    )
-    if any(trimmed.values()):
-        log.info(
-            f"{spec}: dropped {trimmed['leading_assistant_turns']} opening assistant turns and "
-            f"{trimmed['trailing_user_turns']} closing user turns of chats cut from longer ones"
+            kept += 1
+            yield out
+        stats.update(
+            kept=kept, skipped=sum(reasons.values()), reasons=dict(reasons.most_common()), trimmed=dict(trimmed)
         )
-    if reasons:
-        top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
-        log.warning(f"{spec}: skipped {stats['skipped']} of {stats['read']} records as {kind}: {top}")
-    return out, stats
+        if any(trimmed.values()):
+            log.info(
+                f"{spec}: dropped {trimmed['leading_assistant_turns']} opening assistant turns and "
+                f"{trimmed['trailing_user_turns']} closing user turns of chats cut from longer ones"
+            )
+        if reasons:
+            top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
+            log.warning(f"{spec}: skipped {stats['skipped']} of {stats['read']} records as {kind}: {top}")
+
+    return convert_all(), stats

@@ -1,7 +1,8 @@
 """From canonical records to training batches: tokenize, cache, pack, collate, and a resumable batch order.
 
-- pretraining text is tokenized once (cached on disk as .npy keyed by data + tokenizer hashes),
-  joined with EOS and cut into blocks of `max_length` (standard continued-pretraining packing);
+- pretraining text is tokenized once, streaming, into a token file keyed by data + tokenizer hashes and read
+  through a memory map (token_file.py), joined with EOS and cut into blocks of `max_length` (standard
+  continued-pretraining packing), so a corpus larger than memory trains;
 - chats are rendered with their loss mask, then optionally packed padding-free: whole examples are
   placed into rows of `max_length` tokens (first-fit decreasing), and each example's position ids
   restart at 0. transformers turns restarting position ids into a block-diagonal causal mask, so
@@ -11,8 +12,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import torch
 
 from camelid.data.formats import load_source
 from camelid.data.templates import IGNORE, Rendered, render, render_examples
+from camelid.data.token_file import Blocks, token_blocks
 from camelid.utils import CamelidError, log
 
 
@@ -28,19 +29,11 @@ from camelid.utils import CamelidError, log
 class Prepared:
     """What a stage trains on, plus the provenance saved with the run."""
 
-    train: list  # units: Rendered examples, packed rows (list[Rendered]), or 1-D int arrays (pt blocks)
-    eval: list
+    train: Sequence  # units: Rendered examples, packed rows (list[Rendered]), or pt Blocks (1-D token arrays)
+    eval: Sequence
     sources: list[dict] = field(default_factory=list)  # load_source stats: files, sha256, counts
     dropped: dict = field(default_factory=dict)  # reason → count, for examples removed after tokenizing
     kind: str = "sft"
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
-    h.update(str(tokenizer.chat_template or "").encode())
-    h.update(str(tokenizer.eos_token_id).encode())
-    return h.hexdigest()[:16]
 
 
 def load_records(specs: list[str], kind: str, data_cfg) -> tuple[list[dict], list[dict]]:
@@ -60,6 +53,8 @@ def _split(units: list, fraction: float, seed: int) -> tuple[list, list]:
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(units), generator=g).tolist()
     n_eval = max(1, int(len(units) * fraction))
+    if isinstance(units, Blocks):  # the same split, without reading the blocks
+        return units.subset(order[n_eval:]), units.subset(order[:n_eval])
     return [units[i] for i in order[n_eval:]], [units[i] for i in order[:n_eval]]
 
 
@@ -233,47 +228,15 @@ def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def prepare_pt(tokenizer, data_cfg, seed: int, cache_dir: Path) -> Prepared:
-    records, stats = load_records(data_cfg.train, "text", data_cfg)
+    """Blocks of data.max_length tokens from a token file read through a memory map (token_file.py)."""
+    blocks, stats = token_blocks(tokenizer, data_cfg.train, data_cfg, cache_dir, data_cfg.max_length)
     if data_cfg.eval:
-        eval_records, eval_stats = load_records(data_cfg.eval, "text", data_cfg)
+        eval_blocks, eval_stats = token_blocks(tokenizer, data_cfg.eval, data_cfg, cache_dir, data_cfg.max_length)
         stats += eval_stats
-        eval_blocks = _blocks(tokenizer, eval_records, data_cfg.max_length, cache_dir, eval_stats)
     else:
-        eval_blocks = None
-    blocks = _blocks(tokenizer, records, data_cfg.max_length, cache_dir, stats)
-    if eval_blocks is None:
         blocks, eval_blocks = _split(blocks, data_cfg.eval_split, seed)
     log.info(f"{len(blocks)} training blocks of {data_cfg.max_length} tokens")
     return Prepared(blocks, eval_blocks, stats, {}, "pt")
-
-
-def _blocks(tokenizer, records: list[dict], length: int, cache_dir: Path, stats: list[dict]) -> list[np.ndarray]:
-    key = hashlib.sha256(
-        json.dumps([[f["sha256"] for f in s["files"]] + [s["kept"]] for s in stats]).encode()
-        + tokenizer_fingerprint(tokenizer).encode()
-        + str(len(records)).encode()
-    ).hexdigest()[:20]
-    path = Path(cache_dir) / f"pt-{key}.npy"
-    if path.exists():
-        ids = np.load(path, allow_pickle=False)
-        log.info(f"tokenized text from cache {path}")
-    else:
-        eos = tokenizer.eos_token_id
-        if eos is None:
-            raise CamelidError("the tokenizer has no EOS token to separate documents")
-        chunks = []
-        for rec in records:
-            chunks.append(tokenizer(rec["text"], add_special_tokens=False)["input_ids"])
-            chunks.append([eos])
-        ids = np.fromiter((t for c in chunks for t in c), dtype=np.int32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, ids, allow_pickle=False)
-        tmp.replace(path)
-    n = len(ids) // length
-    if n == 0:
-        raise CamelidError(f"the text has {len(ids)} tokens, fewer than one block of data.max_length={length}")
-    return [ids[i * length : (i + 1) * length] for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
