@@ -168,8 +168,12 @@ def test_a_bad_record_in_a_later_shard_names_the_files_line(tmp_path):
         clean.main(cfg)
     cfg.clean.on_error = "skip"
     s = clean.main(cfg)
-    gone = [json.loads(x) for x in (tmp_path / "o" / "removed.jsonl").read_text().splitlines()]
+    text = (tmp_path / "o" / "removed.jsonl").read_text()
+    gone = [json.loads(x) for x in text.splitlines()]
     assert s["shards"] > 4 and [r["line"] for r in gone if r["rule"] == "bad_record"] == [88]
+    assert [r["line"] for r in gone] == sorted(r["line"] for r in gone)  # in input order, bad records too
+    cfg.clean.shard_mb = 100
+    assert clean.main(cfg)["shards"] == 1 and (tmp_path / "o" / "removed.jsonl").read_text() == text
 
 
 def test_dedup_stages():

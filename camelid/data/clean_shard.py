@@ -173,11 +173,19 @@ def _clean_into(ctx: ShardContext, shard: Shard, out: Path, report: Callable[[in
         open(out / "passing.jsonl", "w", encoding="utf-8") as passing,
     ):
 
-        def flush(chunk: list[tuple[int, int, dict | None, str]]) -> None:
-            texts = [text for _, _, _, text in chunk]
-            states, details = _judge(table, texts, seconds)
+        def flush(chunk: list[tuple[int, int, dict | None, str | DataError]]) -> None:
+            # bad records keep their place in the chunk, so meta.npy and removed.jsonl stay in line order
+            good = [i for i, doc in enumerate(chunk) if not isinstance(doc[3], DataError)]
+            states, details = [BAD_RECORD] * len(chunk), [None] * len(chunk)
+            for i, state, detail in zip(good, *_judge(table, [chunk[i][3] for i in good], seconds)):
+                states[i], details[i] = state, detail
             t = time.perf_counter()
             for (line, size, record, text), state, detail in zip(chunk, states, details):
+                if state == BAD_RECORD:
+                    reason = text.reason if not text.field else f"field '{text.field}': {text.reason}"
+                    removed.write(json.dumps(["bad_record", reason, ""]) + "\n")
+                    meta.append((line, size, 0, BAD_RECORD, 0))
+                    continue
                 key = digest(text) if text else 0
                 if state != PASSES:
                     removed.write(json.dumps([table[state - 1][0], detail, text[:SNIPPET]], ensure_ascii=False) + "\n")
@@ -203,14 +211,12 @@ def _clean_into(ctx: ShardContext, shard: Shard, out: Path, report: Callable[[in
             if isinstance(text, DataError):
                 if c.on_error == "fail":
                     raise text
-                reason = text.reason if not text.field else f"field '{text.field}': {text.reason}"
-                removed.write(json.dumps(["bad_record", reason, ""]) + "\n")
-                meta.append((line, size, 0, BAD_RECORD, 0))
-                continue
-            t = time.perf_counter()
-            # .jsonl output keeps the record's other fields; the masked text goes back into its field
-            chunk.append((line, len(text.encode("utf-8")), record if jsonl else None, norm(text)))
-            seconds["normalize"] += time.perf_counter() - t
+                chunk.append((line, size, None, text))
+            else:
+                t = time.perf_counter()
+                # .jsonl output keeps the record's other fields; the masked text goes back into its field
+                chunk.append((line, len(text.encode("utf-8")), record if jsonl else None, norm(text)))
+                seconds["normalize"] += time.perf_counter() - t
             chunk_bytes += size
             if len(chunk) >= CHUNK_DOCS or chunk_bytes >= CHUNK_BYTES:
                 flush(chunk)
