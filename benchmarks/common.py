@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: a one-line description of the machine, RESULTS.md section writing, and a
-`camelid serve` subprocess on a free port."""
+"""What the benchmark scripts share: a one-line description of the machine, RESULTS.md section writing, random
+models of public shapes, and a `camelid serve` subprocess on a free port."""
 
 from __future__ import annotations
 
@@ -44,6 +44,52 @@ def machine() -> str:
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
+
+
+# Public model shapes built with random weights where only cost matters (throughput, memory), so no weights need
+# fetching; the token ids fed to them come from the SmolLM2 tokenizer (all < 49,152, valid ids of any table here).
+RANDOM_MODELS = {
+    "qwen2-0.5b": dict(
+        model_type="qwen2",
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=True,
+    ),
+    # a few-MB model of the same family, to smoke-test the scripts' random-model paths in seconds
+    "qwen2-tiny": dict(
+        model_type="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=49152,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def build_random_model(name: str, dtype: str, out_dir: Path, seed: int, tokenizer=None) -> None:
+    """A randomly initialised model of a `RANDOM_MODELS` shape saved to `out_dir` (with `tokenizer` when given)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = dict(RANDOM_MODELS[name])
+    config = AutoConfig.for_model(shape.pop("model_type"), **shape)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(str(out_dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
 
 
 def busy_cpu_s() -> float | None:

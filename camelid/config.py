@@ -320,6 +320,7 @@ class EvalConfig:
     seed: int = 1234  # picks the k-shot examples
     limit: int = 0  # items per task; 0 = all
     batch_tokens: int = 4096  # tokens per scoring forward (rows x padded width)
+    bf16_margin: float = 0.0  # > 0: score in bf16, then in float32 the items whose best two choices are this close
     perplexity: list[str] = field(default_factory=list)  # text files
     ppl_window: int = 1024  # tokens per perplexity window
     ppl_stride: int = 512  # tokens between window starts; each token is scored once, with the most context
@@ -332,6 +333,7 @@ class EvalConfig:
     def check(self) -> list[str]:
         return _failing(
             (self.k_shot >= 0, "eval.k_shot must be >= 0"),
+            (self.bf16_margin >= 0, "eval.bf16_margin must be >= 0 (0 = float32 throughout)"),
             (0 < self.ppl_stride <= self.ppl_window, "eval.ppl_stride must be in [1, eval.ppl_window]"),
             (self.ppl_max_chars >= 0, "eval.ppl_max_chars must be >= 0 (0 = the whole file)"),
         )

@@ -268,13 +268,17 @@ def test_seeds_top_k_and_greedy(model_dirs, prompts):
 # ---------------------------------------------------------------- stop strings and limits
 
 
-def test_stop_string_truncates_and_never_leaks_in_stream(model_dirs, prompts):
+@pytest.mark.parametrize("length", [1, 3, 9])
+def test_stop_string_truncates_and_never_leaks_in_stream(model_dirs, prompts, length):
+    """Stop strings of one character up to several tokens long (the engine searches only the new text's tail)."""
     engine = make_engine(model_dirs, "llama", max_batch_tokens=64)
     p = prompts[0]
     [full] = engine.generate([p], greedy(40, ignore_eos=True))
     text = full.text
-    start = next(i for i in range(3, len(text) - 3) if "\ufffd" not in text[i : i + 3] and text[i : i + 3].strip())
-    stop = text[start : start + 3]
+    start = next(
+        i for i in range(3, len(text) - length) if "\ufffd" not in text[i : i + length] and text[i : i + length].strip()
+    )
+    stop = text[start : start + length]
     cut = text.find(stop)
 
     [out] = engine.generate([p], greedy(40, ignore_eos=True, stop=[stop]))

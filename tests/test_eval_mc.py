@@ -99,3 +99,46 @@ def test_a_ptuning_model_is_scored_row_by_row_through_its_prefix(model_tok):
         assert s.loglik == pytest.approx(want, abs=1e-4), item.id
     plain = mc.score_items(base, tok, items(), progress=False)
     assert [s.loglik for s in got] != [s.loglik for s in plain]  # the prefix changed the scores
+
+
+def test_bf16_pass_rescores_exactly_the_near_ties_in_float32(model_tok, monkeypatch):
+    """eval.bf16_margin: everything scored by a bf16 copy of the model (forced here, whatever the CPU), then the items whose
+    best two choices are within the margin scored again in float32: those equal a float32 run, the rest keep bf16's
+    scores."""
+    model, tok = model_tok
+    monkeypatch.setattr(mc, "_fast_bf16", lambda device: True)
+    exact = mc.score_items(model, tok, items(), batch_tokens=64, progress=False)
+    bf16 = mc.score_items(model, tok, items(), batch_tokens=64, progress=False, bf16_margin=1e-12)
+    assert [s.loglik for s in bf16] != [s.loglik for s in exact]  # the first pass really ran in bf16
+    for a, b in zip(bf16, exact):
+        assert a.loglik == pytest.approx(b.loglik, abs=0.5)
+    margins = sorted(s.margin() for s in bf16)
+    cut = (margins[1] + margins[2]) / 2  # two items below, two above
+    got = mc.score_items(model, tok, items(), batch_tokens=64, progress=False, bf16_margin=cut)
+    for a, b, e in zip(got, bf16, exact):
+        assert a.rechecked == (b.margin() < cut)
+        assert a.loglik == (e.loglik if a.rechecked else b.loglik)
+    assert sum(s.rechecked for s in got) == 2
+    every = mc.score_items(model, tok, items(), batch_tokens=64, progress=False, bf16_margin=1e9)
+    assert [s.loglik for s in every] == [s.loglik for s in exact] and all(s.rechecked for s in every)
+
+
+def test_margin_is_the_closest_gap_over_the_three_scorings():
+    s = mc.ItemScore("x", "", 0, loglik=[-6.0, -8.0], n_tokens=[2, 8], n_chars=[3, 16])
+    # raw: -6 vs -8 (gap 2); per token: -3 vs -1 (gap 2); per character: -2 vs -0.5 (gap 1.5)
+    assert s.margin() == pytest.approx(1.5)
+    assert mc.ItemScore("y", "", 0, loglik=[-1.0], n_tokens=[1], n_chars=[1]).margin() == float("inf")
+
+
+def test_bf16_margin_is_checked_and_reported():
+    from camelid.config import EvalConfig
+    from camelid.eval.run import summarize, table
+
+    assert EvalConfig(bf16_margin=-0.1).check() == ["eval.bf16_margin must be >= 0 (0 = float32 throughout)"]
+    assert EvalConfig(bf16_margin=0.5).check() == []
+    rows = [mc.ItemScore(f"x{i}", "", 0, [-1.0, -1.2], [1, 1], [1, 1], rechecked=i < 2) for i in range(3)]
+    got = summarize(rows, k_shot=0)
+    assert got["rechecked_float32"] == 2
+    result = {"label": "run", "model": "m", "tasks": {"t": {**got}}, "perplexity": {}, "samples": []}
+    assert "2 near-ties rescored in float32" in table(result)
+    assert "rechecked_float32" not in summarize(rows[2:], k_shot=0)

@@ -93,7 +93,8 @@ class Engine:
         num_blocks = max(1, tokens // bs)
         self.pool = BlockPool(num_blocks, bs)
         self.cache = KVCache(layers, num_blocks, bs, kv_heads, head_dim, dtype, self.device)
-        self.prefix_slots = self._write_prefix(model) if kind == "PREFIX_TUNING" else []
+        no_prefix = torch.empty(0, dtype=torch.long)
+        self.prefix_slots = self._write_prefix(model) if kind == "PREFIX_TUNING" else no_prefix
         n_prefix = len(self.prefix_slots)
         limits = [
             (num_blocks - self.pool.used) * bs,
@@ -126,13 +127,13 @@ class Engine:
         )
 
     @torch.inference_mode()
-    def _write_prefix(self, model) -> list[int]:
+    def _write_prefix(self, model) -> torch.Tensor:
         prompt = model.get_prompt(batch_size=1)
         layers = [(layer.keys, layer.values) for layer in prompt.layers] if hasattr(prompt, "layers") else list(prompt)
         n = layers[0][0].shape[2]
         blocks = [self.pool.allocate() for _ in range(math.ceil(n / self.pool.block_size))]  # never released
         slots = self._slots(blocks, n)
-        index = torch.tensor(slots, device=self.device)
+        index = slots.to(self.device)
         for i, (k, v) in enumerate(layers):
             self.cache.k[i].index_copy_(0, index, k[0].transpose(0, 1).to(self.cache.k[i].dtype))
             self.cache.v[i].index_copy_(0, index, v[0].transpose(0, 1).to(self.cache.v[i].dtype))
@@ -319,7 +320,7 @@ class Engine:
             start = req.computed
             ids.extend(req.tokens[start : start + n])
             pos.extend(range(offset + start, offset + start + n))
-            rows.append((n, self.prefix_slots + self._slots(req.blocks, start + n)))
+            rows.append((n, torch.cat([self.prefix_slots, self._slots(req.blocks, start + n)])))
             if start + n == len(req.tokens):
                 keep.append(len(ids) - 1)
                 sampling.append(req)
@@ -422,10 +423,12 @@ class Engine:
         self.waiting.push_front(req)
         self.counters["preemptions"] += 1
 
-    def _slots(self, blocks: list[int], upto: int) -> list[int]:
-        """Cache slots of positions 0..upto-1 of a block table."""
+    def _slots(self, blocks: list[int], upto: int) -> torch.Tensor:
+        """Cache slots of positions 0..upto-1 of a block table, as a CPU tensor: built from the table by tensor ops,
+        since a per-position Python loop made every decode step's host work grow with the context."""
         bs = self.pool.block_size
-        return [blocks[p // bs] * bs + p % bs for p in range(upto)]
+        table = torch.tensor(blocks[: -(-upto // bs)], dtype=torch.long)
+        return (table[:, None] * bs + torch.arange(bs)).view(-1)[:upto]
 
     def _register_full_blocks(self, req: Request) -> None:
         if not self.cfg.prefix_cache:
@@ -441,7 +444,11 @@ class Engine:
         p = req.params
         if p.ignore_eos and self.eos:
             logits[list(self.eos)] = float("-inf")
-        seen = torch.tensor(req.tokens, device=logits.device) if p.repetition_penalty != 1.0 else torch.empty(0)
+        seen = torch.empty(0)
+        if p.repetition_penalty != 1.0:  # over the distinct ids seen, kept as a set: not a tensor of all tokens a step
+            if req.seen is None:
+                req.seen = set(req.tokens)
+            seen = torch.tensor(list(req.seen), dtype=torch.long, device=logits.device)
         logits = penalize(logits, p, seen, req.counts)
         token = choose(logits, p, req.generator)
         if req.first_token_at is None:
@@ -453,14 +460,20 @@ class Engine:
             return
         req.tokens.append(token)
         req.generated.append(token)
+        if req.seen is not None:
+            req.seen.add(token)
         req.counts[token] += 1
         entries = []
         if p.logprobs:
             lp, top = token_logprobs(logits, token, p.top_logprobs)
             entries = [{"token": token, "logprob": lp, "top": top}]
             req.logprobs.extend(entries)
+        before = len(req.text)
         req.text += req.detok.add(token)
-        stop_at = min((i for i in (req.text.find(s) for s in p.stop) if i >= 0), default=-1)
+        # a stop string not found before this token can only end in its new text: search the tail, not the whole
+        stop_at = min(
+            (i for i in (req.text.find(s, max(0, before - len(s) + 1)) for s in p.stop) if i >= 0), default=-1
+        )
         if stop_at >= 0:
             req.text = req.text[:stop_at]
             self._finish(req, "stop", tokens=[token], logprobs=entries)

@@ -39,34 +39,32 @@ class PagedBatch:
     segments: list[Segment]
 
 
-def build_batch(cache, rows: list[tuple[int, list[int]]], device) -> PagedBatch:
-    """`rows`: per request, (number of new tokens, slots of its whole context). New tokens come last in context."""
+def build_batch(cache, rows: list[tuple[int, torch.Tensor]], device) -> PagedBatch:
+    """`rows`: per request, (number of new tokens, CPU tensor of the slots of its whole context). New tokens come
+    last in context."""
     write, decode_rows, decode_ctx, segments, pos = [], [], [], [], 0
     for n, slots in rows:
-        write.extend(slots[-n:])
+        write.append(slots[-n:])
         if n == 1:
             decode_rows.append(pos)
             decode_ctx.append(slots)
         else:
             ctx = len(slots)
-            slot_t = torch.tensor(slots, dtype=torch.long, device=device)
             mask = None
             if ctx > n:  # earlier context is visible to every new token, new tokens see each other causally
                 q = torch.arange(ctx - n, ctx, device=device)[:, None]
                 mask = torch.arange(ctx, device=device)[None, :] <= q
-            segments.append(Segment(pos, n, slot_t, mask))
+            segments.append(Segment(pos, n, slots.to(device), mask))
         pos += n
-    batch = PagedBatch(cache, torch.tensor(write, dtype=torch.long, device=device), None, None, None, segments)
+    batch = PagedBatch(cache, torch.cat(write).to(device), None, None, None, segments)
     if decode_rows:
-        width = max(len(c) for c in decode_ctx)
-        padded = torch.zeros(len(decode_ctx), width, dtype=torch.long)
-        real = torch.zeros(len(decode_ctx), width, dtype=torch.bool)
-        for i, c in enumerate(decode_ctx):
-            padded[i, : len(c)] = torch.tensor(c)
-            real[i, : len(c)] = True
+        lengths = torch.tensor([len(c) for c in decode_ctx])
+        padded = torch.nn.utils.rnn.pad_sequence(decode_ctx, batch_first=True)  # padding slot 0, masked below
         batch.decode_rows = torch.tensor(decode_rows, dtype=torch.long, device=device)
         batch.decode_slots = padded.to(device)
-        batch.decode_mask = None if bool(real.all()) else real[:, None, None, :].to(device)
+        if bool((lengths < padded.shape[1]).any()):
+            real = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+            batch.decode_mask = real[:, None, None, :].to(device)
     return batch
 
 

@@ -69,6 +69,7 @@ class Request:
         self.hashed, self.last_hash = 0, b""  # blocks registered in the prefix cache, and the chain's head
         self.cached_tokens = 0
         self.counts: collections.Counter = collections.Counter()
+        self.seen: set[int] | None = None  # distinct ids of prompt + output, kept once a repetition penalty needs it
         self.logprobs: list[dict] = []
         self.text, self.sent, self.detok = "", 0, detok  # text only grows (whole characters); sent: chars delivered
         self.finish_reason: str | None = None

@@ -43,6 +43,8 @@ def summarize(scores: list[ItemScore], k_shot: int) -> dict:
         }
 
     out = {**metrics(scores), "k_shot": k_shot}
+    if any(s.rechecked for s in scores):  # eval.bf16_margin: how many near-ties were scored again in float32
+        out["rechecked_float32"] = sum(s.rechecked for s in scores)
     subjects = sorted({s.subject for s in scores if s.subject})
     if subjects:
         out["subjects"] = {sub: metrics([s for s in scores if s.subject == sub]) for sub in subjects}
@@ -112,7 +114,7 @@ def evaluate(
             # first_n where lm-eval uses it (MMLU, C-Eval, CMMLU), else a seeded draw per item
             sampler = TASKS[items[0].task]["fewshot_sampler"] if items else "random"
             items = [with_fewshot(it, pool, cfg.k_shot, cfg.seed, sampler=sampler) for it in items]
-        scores = score_items(model, tok, items, cfg.batch_tokens, desc=f"{label}: {name}")
+        scores = score_items(model, tok, items, cfg.batch_tokens, desc=f"{label}: {name}", bf16_margin=cfg.bf16_margin)
         result["tasks"][name] = {**summarize(scores, cfg.k_shot), "task": spec.task, "source": source(spec)}
         if out_dir is not None:
             with open(out_dir / f"{label}.{name}.jsonl", "w", encoding="utf-8") as f:
@@ -142,6 +144,7 @@ def table(result: dict) -> str:
     lines = [f"{result['label']} ({result['model']})"]
     for name, t in result["tasks"].items():
         macro = f"  macro {t['acc_macro']:.4f}" if "acc_macro" in t else ""
+        macro += f"  ({t['rechecked_float32']} near-ties rescored in float32)" if "rechecked_float32" in t else ""
         # an entry merged from an older results file has acc_norm_char, not acc_norm
         norm = f"acc_norm {t['acc_norm']:.4f}" if "acc_norm" in t else f"acc_norm_char (old) {t['acc_norm_char']:.4f}"
         lines.append(
