@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from common import RANDOM_MODELS, build_random_model, machine, write_results
@@ -58,15 +59,15 @@ class Phases:
     def __init__(self):
         self.peak = self.rss()
         self.marks: list[tuple[str, int, int]] = []  # (phase, peak during it, resident at its end)
-        self._stop = threading.Event()
-        threading.Thread(target=self._sample, daemon=True).start()
+        threading.Thread(target=self._sample, daemon=True).start()  # ends with the process
 
     def rss(self) -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * self.PAGE
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.01):
+        while True:
+            time.sleep(0.01)
             self.peak = max(self.peak, self.rss())
 
     def mark(self, name: str) -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from common import machine, write_results
-from serve_throughput import prompts
+from serve_throughput import generate_exactly, prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Serving: long generations (engine host work per step, 2,048 tokens vs HF generate)"
@@ -90,21 +90,6 @@ def by_position(steps, tokens: int) -> list[tuple[str, float, float, int]]:
     return rows
 
 
-def hf_generate(model, prompt: list[int], tokens: int, pad: int) -> tuple[list[int], float]:
-    import torch
-
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=tokens,
-            min_new_tokens=tokens,
-            do_sample=False,
-            pad_token_id=pad,
-        )
-    return out[0, len(prompt) :].tolist(), time.perf_counter() - t0
-
-
 def teacher_forced_agreement(model, prompt: list[int], generated: list[int]) -> int:
     """Positions where the reference model's argmax, given the engine's own prefix, is the engine's next token: unlike
     comparing two free runs, one near-tie does not make every later position differ."""
@@ -144,8 +129,8 @@ def main(argv=None) -> None:
     steps, (req,) = run_timed(engine, pool[:1], greedy)
     ours_s = sum(s for _, s, _ in steps)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-    hf_generate(ref, pool[0], 8, engine.tokenizer.pad_token_id or 0)  # warm up
-    theirs, theirs_s = hf_generate(ref, pool[0], args.tokens, engine.tokenizer.pad_token_id or 0)
+    generate_exactly(ref, pool[0], 8, engine.tokenizer.pad_token_id or 0)  # warm up
+    theirs, theirs_s = generate_exactly(ref, pool[0], args.tokens, engine.tokenizer.pad_token_id or 0)
     forced = teacher_forced_agreement(ref, pool[0], req.generated)
     del ref
     same = next((i for i, (a, b) in enumerate(zip(req.generated, theirs)) if a != b), min(len(theirs), args.tokens))

@@ -124,23 +124,22 @@ def engine_closed_loop(engine, pool: list[list[int]], clients: int, per_client: 
     return {"tok_s": tokens[0] / wall, "p50": pct(lat, 50), "p99": pct(lat, 99), "requests": len(lat), "wall": wall}
 
 
-def measure_sequential(model, pool: list[list[int]], n: int, max_tokens: int) -> list[float]:
+def generate_exactly(model, prompt: list[int], tokens: int, pad: int = 0) -> tuple[list[int], float]:
+    """HF `generate`, greedy, exactly `tokens` new tokens (end-of-sequence masked): the new ids and the seconds."""
     import torch
 
-    times = []
-    for ids in pool[:n]:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                torch.tensor([ids]),
-                max_new_tokens=max_tokens,
-                min_new_tokens=max_tokens,
-                do_sample=False,
-                pad_token_id=0,
-            )
-        times.append(time.perf_counter() - t0)
-        assert out.shape[1] - len(ids) == max_tokens
-    return times
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=pad
+        )
+    seconds = time.perf_counter() - t0
+    assert out.shape[1] - len(prompt) == tokens
+    return out[0, len(prompt) :].tolist(), seconds
+
+
+def measure_sequential(model, pool: list[list[int]], n: int, max_tokens: int) -> list[float]:
+    return [generate_exactly(model, ids, max_tokens)[1] for ids in pool[:n]]
 
 
 def replay_sequential(service: list[float], clients: int, per_client: int, max_tokens: int) -> dict:
