@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from clean_throughput import corpora, reference
-from common import machine, write_results
+from common import machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,10 +220,7 @@ def main(argv=None) -> None:
             f"{q['near_lo'][0]}/{q['near_lo'][1]} | {q['false']} | "
             f"{'identical' if q['hash'] == q1['hash'] else 'DIFFERENT'} |"
         )
-    text = "\n".join(body)
-    print(text)
-    if args.out:
-        write_results(Path(args.out), SECTION, INTRO, "cpu, People's Daily 1998 + Shakespeare", text)
+    publish(args.out, SECTION, INTRO, "cpu, People's Daily 1998 + Shakespeare", body)
 
 
 if __name__ == "__main__":

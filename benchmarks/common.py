@@ -160,6 +160,14 @@ def write_results(out: Path, section: str, intro: str, key: str, body: str) -> N
     out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
+def publish(out: str, section: str, intro: str, key: str, body: list[str]) -> None:
+    """Print a benchmark's lines, and write them as the `### key` subsection of RESULTS.md unless out is ''."""
+    text = "\n".join(body)
+    print(text)
+    if out:
+        write_results(Path(out), section, intro, key, text)
+
+
 @contextlib.contextmanager
 def camelid_serve(model: str, *overrides: str, quiet: bool = True):
     """`camelid serve MODEL` on a free localhost port, yielding its URL once /health answers; stopped with SIGTERM."""

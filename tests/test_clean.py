@@ -3,6 +3,7 @@ the outputs and their counts, bad input errors, and the Kneser-Ney LM's normaliz
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -352,7 +353,8 @@ def test_config_checks():
 
 
 def test_kneser_ney_lm_is_a_distribution():
-    texts = ["the cat sat on the mat", "the dog sat on the log", "北京是中国的首都"] * 3
+    # 𠀀 (U+20000, beyond the BMP) takes the binary-search path to its id; 😀 below is unknown (UNK)
+    texts = ["the cat sat on the mat", "the dog sat on the log", "北京是中国的首都𠀀"] * 3
     lm = CharNgramLM.train(texts, order=3)
     chars = [chr(c) for c in lm.codepoints]
     for context in ["the c", "xq", "", "北京"]:
@@ -362,3 +364,54 @@ def test_kneser_ney_lm_is_a_distribution():
     # a batch scores each text as scoring it alone does
     batch = lm.perplexities(["the cat", "北京的猫", "zzz"])
     assert np.allclose(batch, [lm.perplexity(t) for t in ["the cat", "北京的猫", "zzz"]])
+
+
+def test_lm_hash_table_finds_every_key_and_misses_the_rest():
+    from camelid.data.ngram_lm import _Table
+
+    rng = np.random.default_rng(0)
+    # keys crowded into few low bits make long probe runs; 0 is stored as 1 (documented collision)
+    keys = np.unique(np.concatenate([rng.integers(1, 2**63, 20_000, dtype=np.int64), np.arange(1, 3000) << 20]))
+    keys = keys.astype(np.uint64)
+    a, b = rng.random(len(keys)), rng.random(len(keys))
+    table = _Table(keys, a, b)
+    order = rng.permutation(len(keys))
+    values, found = table.get(keys[order])
+    assert found.all() and np.array_equal(values, np.stack([a, b], axis=1)[order])
+    absent = np.setdiff1d(rng.integers(2, 2**63, 5000, dtype=np.int64).astype(np.uint64), keys)
+    values, found = table.get(absent)
+    assert not found.any() and not values.any()
+
+
+def test_lm_scores_the_same_looking_up_only_where_the_order_below_found_its_key(monkeypatch):
+    reference = ["羊驼原产于南美洲安第斯山区，性情温顺。", "the cat sat on the mat and the dog sat on the log"] * 5
+    lm = CharNgramLM.train(reference, order=5)
+    texts = ["羊驼性情温顺，原产南美。", "the dog sat on the cat", "全新的句子没有见过", "zzz qqq"]
+    monkeypatch.setattr(CharNgramLM, "SUBSET", 0.0)  # every order looks up every position
+    full = lm.perplexities(texts)
+    monkeypatch.setattr(CharNgramLM, "SUBSET", 1.0)  # from order 2 on, only where the order below found its key
+    assert np.array_equal(full, lm.perplexities(texts))
+
+
+def test_window_hashes_equal_the_rolling_hash():
+    rng = np.random.default_rng(1)
+    for length in (0, 1, 12, 13, 400):
+        values = rng.integers(0, 2**63, length, dtype=np.int64).view(np.uint64)
+        for n in (1, 2, 13, 25):
+            expected = np.zeros(max(length - n + 1, 0), dtype=np.uint64)
+            for j in range(n):
+                expected = expected * quality._MIX + values[j : j + len(expected)]
+            assert np.array_equal(quality.window_hashes(values, n, quality._MIX), expected)
+
+
+def test_ascii_shortcuts_count_what_the_general_patterns_count():
+    rng = random.Random(0)
+    alphabet = "abcXYZ019_ -.,'\n\t" + "0123456789"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))
+        assert quality.units(text) == quality.UNIT.findall(text.lower())
+        han, latin = len(quality._HAN.findall(text)), len(quality._LATIN_WORD.findall(text))
+        numbers = len(quality._DIGITS_ONLY.findall(text))
+        other = max(len(quality.UNIT.findall(text)) - han - latin - numbers, 0)
+        assert quality.script_counts(text) == {"zh": han, "en": latin, "other": other}, text
+        assert quality._non_space(text) == len(re.findall(r"\S", text))

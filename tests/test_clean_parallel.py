@@ -187,3 +187,34 @@ def test_dedup_stages():
     sig = {0: np.array([1, 1, 1, 1]), 1: np.array([1, 1, 1, 2]), 2: np.array([3, 1, 1, 2])}
     one_bucket = [(np.array([0, 1, 2]), np.array([0, 0, 0]))]
     assert near_duplicates(one_bucket, sig.__getitem__, 0.7) == {1: (0, 0.75)}
+
+
+def test_batched_minhash_equals_datasketch_text_by_text():
+    import datasketch
+
+    from camelid.data.dedup import shingle_hashes
+
+    rng = random.Random(0)
+    texts = ["", "a", "abcd", "abcde", "中文", "羊驼" * 40]
+    texts += ["".join(rng.choice("ab的一是 \n") for _ in range(rng.randrange(0, 300))) for _ in range(200)]
+    texts.append("长" * 300_000)  # over a batch's characters: a batch of its own
+
+    def shingles(text: str, k: int = 5) -> set[int]:  # the documented hash, one window at a time
+        cps = [ord(c) for c in text] or [0]
+        out = set()
+        for i in range(len(cps) - min(k, len(cps)) + 1):
+            h = 0
+            for c in cps[i : i + k]:
+                h = (h * 0x100000001B3 + c) % 2**64
+            out.add((h ^ (h >> 32)) & 0xFFFFFFFF)
+        return out
+
+    mh = MinHasher(0.8, 128, 5)
+    got = mh.signatures(texts)
+    permutations = datasketch.MinHash(num_perm=128, seed=1, scheme="affine32").permutations
+    for text, sig in zip(texts, got):
+        assert set(shingle_hashes(text, 5).tolist()) == shingles(text)
+        m = datasketch.MinHash(num_perm=128, hashfunc=int, permutations=permutations, scheme="affine32")
+        m.update_batch(sorted(shingles(text)))
+        assert np.array_equal(sig, np.asarray(m.hashvalues, dtype=np.uint32)), text[:20]
+    assert np.array_equal(mh(texts[10]), got[10])

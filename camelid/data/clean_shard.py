@@ -75,7 +75,7 @@ class PerplexityFilter:
             mine = [t for t in held if self._group(t) == g]
             if len(mine) < 20:  # a few long documents (books): their paragraphs make a distribution
                 mine = [p for t in mine for p in t.split("\n\n")]
-            mine = [t for t in mine if len(Q.units(t)) >= self.min_units]
+            mine = [t for t in mine if Q.unit_count(t) >= self.min_units]
             if c.ppl_max or not mine:
                 # no held-out text of this script: the reference says nothing about it, so it is not judged
                 self.thresholds[g] = c.ppl_max or float("inf")
@@ -93,7 +93,7 @@ class PerplexityFilter:
         return "zh" if counts["zh"] >= 0.5 * max(1, sum(counts.values())) else "other"
 
     def __call__(self, texts: list[str]) -> list[str | None]:
-        judged = [i for i, t in enumerate(texts) if len(Q.units(t)) >= self.min_units]
+        judged = [i for i, t in enumerate(texts) if Q.unit_count(t) >= self.min_units]
         reasons: list[str | None] = [None] * len(texts)
         for i, ppl in zip(judged, self.lm.perplexities([texts[i] for i in judged])):
             limit = self.thresholds[self._group(texts[i])]
@@ -164,7 +164,7 @@ def _clean_into(ctx: ShardContext, shard: Shard, out: Path, report: Callable[[in
     jsonl = not shard.path.lower().endswith(".txt")
     seconds: Counter = Counter()
     meta: list[tuple] = []
-    signatures: list[np.ndarray] = []
+    signatures: list[np.ndarray] = []  # (passing documents of a chunk, minhash_perm) each
     stats = {"documents": 0, "bytes": 0, "lines": 0}
 
     with (
@@ -201,7 +201,7 @@ def _clean_into(ctx: ShardContext, shard: Shard, out: Path, report: Callable[[in
             seconds["pii + write"] += time.perf_counter() - t
             if hasher is not None:
                 t = time.perf_counter()
-                signatures.extend(hasher(doc[3]) for doc, state in zip(chunk, states) if state == PASSES)
+                signatures.append(hasher.signatures([doc[3] for doc, state in zip(chunk, states) if state == PASSES]))
                 seconds["near_dup"] += time.perf_counter() - t
 
         chunk, chunk_bytes, read, reported = [], 0, 0, 0
@@ -229,7 +229,7 @@ def _clean_into(ctx: ShardContext, shard: Shard, out: Path, report: Callable[[in
     stats["lines"] = line_count(shard)
     np.save(out / "meta.npy", np.array(meta, dtype=META))
     if hasher is not None:
-        sig = np.array(signatures, dtype=np.uint32).reshape(len(signatures), c.minhash_perm)
+        sig = np.concatenate(signatures) if signatures else np.zeros((0, c.minhash_perm), np.uint32)
         np.save(out / "signatures.npy", sig)
         np.save(out / "bands.npy", hasher.band_keys(sig))
     stats["seconds"] = dict(seconds)
@@ -239,13 +239,26 @@ def _clean_into(ctx: ShardContext, shard: Shard, out: Path, report: Callable[[in
 
 def _judge(table: list, texts: list[str], seconds: Counter) -> tuple[list[int], list[str | None]]:
     """Each text's state (0, or the number of the first rule removing it) and that rule's detail. Per-document
-    rules run text by text; a batched rule sees the texts still in at once."""
+    rules (the table's first) run text by text, every rule on one text before the next text, so the units and
+    script counts they share are computed once per text (the units' cache holds the last few texts); then
+    each batched rule sees the texts still in at once."""
     states, details = [PASSES] * len(texts), [None] * len(texts)
-    for k, (name, rule, batched) in enumerate(table, 1):
+    single = [(k, name, rule) for k, (name, rule, batched) in enumerate(table, 1) if not batched]
+    assert all(batched for _, _, batched in table[len(single) :]), "per-document rules come before batched ones"
+    clock = time.perf_counter
+    for i, text in enumerate(texts):
+        for k, name, rule in single:
+            t = clock()
+            reason = rule(text)
+            seconds[name] += clock() - t
+            if reason is not None:
+                states[i], details[i] = k, reason
+                break
+    for k, (name, rule, _) in enumerate(table[len(single) :], len(single) + 1):
         live = [i for i, s in enumerate(states) if s == PASSES]
-        t = time.perf_counter()
-        reasons = rule([texts[i] for i in live]) if batched else [rule(texts[i]) for i in live]
-        seconds[name] += time.perf_counter() - t
+        t = clock()
+        reasons = rule([texts[i] for i in live])
+        seconds[name] += clock() - t
         for i, reason in zip(live, reasons):
             if reason is not None:
                 states[i], details[i] = k, reason
