@@ -43,7 +43,8 @@ inputs, out, ref = sys.argv[1:4]
 cfg = load_config(None, [f"clean.inputs=[{inputs}]", f"clean.out={out}", f"clean.ppl_reference=[{ref}]",
                          "clean.workers=1"])
 s = clean.main(cfg, benchmark_items(["mmlu"]))
-print("SUMMARY " + json.dumps({k: s[k] for k in ("seconds", "mb_in", "mb_per_s", "rule_seconds", "documents")}))
+keep = ("seconds", "mb_in", "mb_per_s", "rule_seconds", "documents")
+print("SUMMARY " + json.dumps({**{k: s[k] for k in keep}, "camelid": clean.__file__}))
 """
 
 
@@ -83,7 +84,10 @@ def run_side(tree: Path, inputs: list[str], out: Path, ref: Path) -> dict:
     lines = [x for x in proc.stdout.splitlines() if x.startswith("SUMMARY ")]
     if proc.returncode or not lines:
         raise SystemExit(f"clean in {tree} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("SUMMARY ") :])
+    summary = json.loads(lines[-1][len("SUMMARY ") :])
+    if not Path(summary["camelid"]).resolve().is_relative_to(tree.resolve()):  # an installed camelid won instead
+        raise SystemExit(f"the run for {tree} imported {summary['camelid']}")
+    return summary
 
 
 def main(argv=None) -> None:
@@ -100,7 +104,7 @@ def main(argv=None) -> None:
         hashes = {}
         for _ in range(args.rounds):
             for name, tree in sides.items():
-                out = work / name.replace(" ", "-")
+                out = work / f"out-{name.replace(' ', '-')}"
                 runs[name].append(run_side(tree, inputs, out, ref))
                 hashes[name] = fingerprint(out)
 

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from camelid import e5s1
-from camelid.utils import CamelidError, atomic_dir, log, require, sha256_file
+from camelid.utils import CamelidError, atomic_dir, camelid_home, log, require, sha256_file
 
 PIP_TIMEOUT_S = 300
 
@@ -163,10 +163,6 @@ CATALOG: dict[str, dict] = {
         "datasets": ["shakespeare", "shakespeare_folio"],
     },
 }
-
-
-def camelid_home() -> Path:
-    return Path(os.environ.get("CAMELID_HOME") or Path.home() / ".cache" / "camelid").expanduser()
 
 
 def dataset_names() -> list[str]:

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,48 @@ def require(module: str, extra: str) -> Any:
         raise CamelidError(f"this feature needs the optional package '{module}': pip install 'camelid[{extra}]'") from e
 
 
+def camelid_home() -> Path:
+    return Path(os.environ.get("CAMELID_HOME") or Path.home() / ".cache" / "camelid").expanduser()
+
+
+REMEMBER_DIGESTS_FROM = 64 << 20  # bytes: files this large have their sha256 remembered
+RACY_NS = 2_000_000_000  # a file changed this recently is not remembered (git's "racy" files, the same cure)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The file's sha256. A file of REMEMBER_DIGESTS_FROM bytes or more has its digest remembered in
+    $CAMELID_HOME/sha256.json under what stat says of it (size, mtime, ctime, inode, device), so a 100 GB corpus is
+    read once, not at every run that names it (at ~0.5 GB/s, minutes each time). Writing to a file changes its
+    ctime, which no tool sets back, so a changed file is hashed again."""
+    st = os.stat(path)
+    if st.st_size < REMEMBER_DIGESTS_FROM:
+        return _sha256(path, chunk)
+    key = os.path.realpath(path)
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    store = camelid_home() / "sha256.json"
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), list) and known[key][0] == stamp:
+        return known[key][1]
+    digest = _sha256(path, chunk)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
+        # file times tick in milliseconds: a write landing in the same tick as the last one would keep its stamp
+        return digest
+    known = {k: v for k, v in known.items() if os.path.exists(k)}  # files gone since: forgotten
+    known[key] = [stamp, digest]
+    try:  # a unique temporary name: two runs may hash at once; the last rename wins, both digests are right
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f"sha256.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(known), encoding="utf-8")
+        os.replace(tmp, store)
+    except OSError as e:  # a read-only home: hash again next time
+        log.debug(f"could not remember the sha256 of {key}: {e}")
+    return digest
+
+
+def _sha256(path: str | os.PathLike, chunk: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

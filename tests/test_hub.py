@@ -414,3 +414,33 @@ def test_a_pack_built_by_an_older_camelid_is_rebuilt(tiny_pack, home, monkeypatc
     assert hub.pull("tiny-pack") == folder and fetched == [1]
     assert json.loads((folder / "camelid_source.json").read_text())["build"] == 2
     assert hub.pull("tiny-pack") == folder and fetched == [1]
+
+
+def test_large_files_sha256_is_remembered_until_the_file_changes(monkeypatch, tmp_path):
+    import hashlib
+    import time
+
+    from camelid import utils
+
+    monkeypatch.setenv("CAMELID_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(utils, "REMEMBER_DIGESTS_FROM", 10)
+    monkeypatch.setattr(utils, "RACY_NS", 0)
+    big, small = tmp_path / "corpus.jsonl", tmp_path / "small.txt"
+    big.write_bytes(b"x" * 100)
+    small.write_bytes(b"tiny")
+    reads = []
+    real = utils._sha256
+    monkeypatch.setattr(utils, "_sha256", lambda p, c: reads.append(p) or real(p, c))
+    assert utils.sha256_file(big) == hashlib.sha256(b"x" * 100).hexdigest()
+    assert utils.sha256_file(big) == hashlib.sha256(b"x" * 100).hexdigest() and len(reads) == 1  # remembered
+    utils.sha256_file(small), utils.sha256_file(small)
+    assert len(reads) == 3  # small files are always read
+    time.sleep(0.05)  # file times tick in milliseconds
+    big.write_bytes(b"y" * 100)  # same size, new content: its ctime moved
+    assert utils.sha256_file(big) == hashlib.sha256(b"y" * 100).hexdigest() and len(reads) == 4
+    # a file changed within the racy window is hashed but not remembered
+    monkeypatch.setattr(utils, "RACY_NS", 10**12)
+    time.sleep(0.05)
+    big.write_bytes(b"z" * 100)
+    utils.sha256_file(big), utils.sha256_file(big)
+    assert len(reads) == 6

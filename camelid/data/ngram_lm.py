@@ -219,15 +219,18 @@ class CharNgramLM:
                 at = at[found]
             looked_up.append(values.T)
             at = None if len(at) > self.SUBSET * len(ids) else at
+        # Every position from 1 on (position 0 is a BOS pad, never predicted), so that a position's context, the
+        # n-gram ending one before it, is the same arrays shifted by one: slices, where gathers at pos - 1 cost more.
         d1 = self.discounts[0]
         vocab = len(self.codepoints) + 2  # the reference's characters, EOS, and UNK for any other character
-        p = (np.maximum(looked_up[0][0][pos] - d1, 0) + d1 * self.types / vocab) / self.unigram_denominator
+        p = (np.maximum(looked_up[0][0][1:] - d1, 0) + d1 * self.types / vocab) / self.unigram_denominator
         for k in range(2, self.order + 1):
-            count = looked_up[k - 1][0][pos]
-            denominator, followers = looked_up[k - 2][1][pos - 1], looked_up[k - 2][2][pos - 1]
+            count = looked_up[k - 1][0][1:]
+            denominator, followers = looked_up[k - 2][1][:-1], looked_up[k - 2][2][:-1]
             found = denominator > 0  # a context seen in the reference
             d = self.discounts[k - 1]
             p = np.where(found, (np.maximum(count - d, 0) + d * followers * p) / np.where(found, denominator, 1.0), p)
+        p = p[pos - 1]
         doc = np.cumsum(~predicted)[pos]  # BOS pads seen so far: order-1 per text
         return np.log(p), doc // (self.order - 1) - 1
 
