@@ -20,7 +20,7 @@ pytest.importorskip("faiss")
 
 from camelid.config import RagConfig, load_config  # noqa: E402
 from camelid.rag.retrieve import search  # noqa: E402
-from camelid.rag.store import KnowledgeBase, kb_folder, safe_name  # noqa: E402
+from camelid.rag.store import KnowledgeBase, kb_folder, passage, safe_name  # noqa: E402
 from camelid.utils import CamelidError  # noqa: E402
 
 WORDS = (
@@ -330,6 +330,32 @@ def test_chunks_the_encoder_cannot_read_get_no_dense_vote(rag, tmp_path):
     # BM25 still finds the chunk for a question in its own language
     zh = search(kb, "鲸鱼为什么唱歌？", rag)
     assert [(h.chunk["source"], h.ranks) for h in zh] == [("docs/whales.txt", {"bm25": 1})]
+
+
+def test_unknown_shares_are_recorded_at_add_and_filled_in_for_an_older_base(rag, tmp_path):
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "whales.txt").write_text(UNREADABLE_ZH + "\n", encoding="utf-8")
+    (d / "court.txt").write_text("The court sets the price of bread at the market.\n", encoding="utf-8")
+    kb = make_kb(rag)
+    kb.add([str(d)], rag, progress=False)
+    enc = kb.encoder()
+    ids = [r[0] for r in kb.db.execute("SELECT id FROM chunks ORDER BY id")]
+    chunks = kb.chunks(ids)
+    measured = dict(zip(ids, enc.unknown_shares([passage(chunks[i]["heading"], chunks[i]["text"]) for i in ids])))
+    stored = dict(kb.db.execute("SELECT id, unknown FROM chunks"))
+    assert stored == measured and min(measured.values()) == 0.0 < rag.max_unknown_share < max(measured.values())
+    question = "Which school teaches music?"
+    before = [(h.id, h.ranks) for h in search(kb, question, rag)]
+    # a base made before the column existed: queries measure the shares, the next add records them
+    with kb.db:
+        kb.db.execute("ALTER TABLE chunks DROP COLUMN unknown")
+    kb.close()
+    old = KnowledgeBase.open(kb.folder)
+    assert not old._recorded_unknown and old.unknown_shares(ids, enc) == measured
+    assert [(h.id, h.ranks) for h in search(old, question, rag)] == before
+    report = old.add([str(d)], rag, progress=False)
+    assert len(report.unchanged) == 2 and dict(old.db.execute("SELECT id, unknown FROM chunks")) == measured
 
 
 def test_bm25s_first_hit_matching_every_question_term_stays_in_the_fused_top_k(rag, tmp_path, monkeypatch):

@@ -12,8 +12,8 @@ cannot read): its ranking is noise and its similarity vouches for nothing. So it
 reads: when more than `rag.max_unknown_share` of the question's tokens are [UNK] to the encoder, the dense side
 sits out and hybrid retrieval is BM25 alone (benchmarks/RESULTS.md measures both); a dense candidate whose chunk
 is over that share is dropped from the dense list, so it neither ranks there nor passes on its similarity. The
-chunks' shares are measured at query time (one tokenizer batch over the dense candidates), so a knowledge base
-built before this rule needs nothing new.
+chunks' shares are recorded when they are added (a base built before is measured at query time until its next
+`kb add` records them).
 
 Reciprocal rank fusion ranks a chunk both retrievers list above one that only BM25 lists, however good a match:
 BM25's first hit, when it matches every question term, keeps a place in the top k whatever the dense side prefers.
@@ -87,10 +87,9 @@ def readable(
     kb: KnowledgeBase, enc: Encoder, ranked: list[tuple[int, float]], max_unknown: float
 ) -> list[tuple[int, float]]:
     """The dense hits whose passage (as embedded) is at most `max_unknown` [UNK] to the encoder, in order."""
-    chunks = kb.chunks([cid for cid, _ in ranked])
-    ranked = [(cid, sim) for cid, sim in ranked if cid in chunks]  # a chunk removed since the index was read
-    shares = enc.unknown_shares([passage(chunks[cid]["heading"], chunks[cid]["text"]) for cid, _ in ranked])
-    return [hit for hit, share in zip(ranked, shares) if share <= max_unknown]
+    shares = kb.unknown_shares([cid for cid, _ in ranked], enc)
+    # a chunk removed since the index was read has no share, and goes
+    return [(cid, sim) for cid, sim in ranked if cid in shares and shares[cid] <= max_unknown]
 
 
 def min_similarity(cfg: RagConfig, enc: Encoder, question: str) -> float:
