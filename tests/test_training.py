@@ -159,7 +159,7 @@ def test_pt_text_is_tokenized_once_and_cached(tiny_model, text_file, tmp_path, m
 
 def test_pt_token_file_holds_each_document_then_eos_and_blocks_read_it_lazily(tiny_model, text_file, tmp_path):
     from camelid.data.loader import prepare_pt
-    from camelid.data.token_file import Blocks
+    from camelid.data.token_file import Blocks, _batch_encoder
     from camelid.model import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
@@ -178,6 +178,9 @@ def test_pt_token_file_holds_each_document_then_eos_and_blocks_read_it_lazily(ti
         len(starts) - 1
     )
     assert isinstance(data.train, Blocks) and isinstance(data.train.tokens, np.memmap)
+    # the Rust backend called directly gives what tokenizer(texts) gives, special-token text included
+    texts = ["plain words", "a <|im_end|> inside", "", "中文 and English"]
+    assert _batch_encoder(tok)(texts) == tok(texts, add_special_tokens=False)["input_ids"]
     n = len(expected) // 16
     assert len(data.train) + len(data.eval) == n
     seen = sorted(b.tolist() for b in [*data.train, *data.eval])
