@@ -354,8 +354,11 @@ def test_unknown_shares_are_recorded_at_add_and_filled_in_for_an_older_base(rag,
     old = KnowledgeBase.open(kb.folder)
     assert not old._recorded_unknown and old.unknown_shares(ids, enc) == measured
     assert [(h.id, h.ranks) for h in search(old, question, rag)] == before
+    stale = KnowledgeBase.open(kb.folder)  # opened before the column came back, as a server would be
     report = old.add([str(d)], rag, progress=False)
     assert len(report.unchanged) == 2 and dict(old.db.execute("SELECT id, unknown FROM chunks")) == measured
+    assert not stale._recorded_unknown and len(stale.add([str(d)], rag, progress=False).unchanged) == 2
+    assert stale.unknown_shares(ids, enc) == measured
 
 
 def test_bm25s_first_hit_matching_every_question_term_stays_in_the_fused_top_k(rag, tmp_path, monkeypatch):

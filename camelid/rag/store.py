@@ -262,9 +262,10 @@ class KnowledgeBase:
     def _record_unknown(self, enc: Encoder) -> None:
         """Give a base made before chunks.unknown existed the column and every chunk its share (in the writer)."""
         with self.lock, self.db:
-            if not self._recorded_unknown:
+            # asked of the file, not of this object: another process (a `kb add` beside a server) may have added it
+            if "unknown" not in {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}:
                 self.db.execute("ALTER TABLE chunks ADD COLUMN unknown REAL")
-                self._recorded_unknown = True
+            self._recorded_unknown = True
             rows = self.db.execute("SELECT id, heading, text FROM chunks WHERE unknown IS NULL").fetchall()
         for start in range(0, len(rows), 512):  # tokenized outside the lock: queries go on meanwhile
             part = rows[start : start + 512]
