@@ -262,4 +262,5 @@ def _judge(table: list, texts: list[str], seconds: Counter) -> tuple[list[int], 
         for i, reason in zip(live, reasons):
             if reason is not None:
                 states[i], details[i] = k, reason
+    Q.forget_texts()
     return states, details

@@ -82,6 +82,12 @@ def unit_count(text: str) -> int:
     return len(units(text))
 
 
+def forget_texts() -> None:
+    """Drop the per-text caches: they hold their texts, up to a chunk's worth, which a worker should not carry on."""
+    for cached in (units, unit_count, _non_space, script_counts):
+        cached.cache_clear()
+
+
 def spans_by_chars(texts: list[str], limit: int) -> list[tuple[int, int]]:
     """[start, end) runs of consecutive texts holding <= `limit` characters together (a longer text alone): the
     batches numpy work goes through, so its temporaries stay in cache instead of growing with a chunk."""
