@@ -402,6 +402,8 @@ def test_window_hashes_equal_the_rolling_hash():
             for j in range(n):
                 expected = expected * quality._MIX + values[j : j + len(expected)]
             assert np.array_equal(quality.window_hashes(values, n, quality._MIX), expected)
+    huge = quality._powers(12345, (1 << 22) + 1)  # made for one document, not kept
+    assert huge[3] == 12345**3 and len(quality._powers_of.get(12345, ())) <= 1 << 22
 
 
 def test_ascii_shortcuts_count_what_the_general_patterns_count():

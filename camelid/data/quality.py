@@ -106,12 +106,15 @@ _powers_of: dict[int, np.ndarray] = {}
 
 
 def _powers(base: int, size: int) -> np.ndarray:
-    """base^0 .. base^(size-1) mod 2^64 (at least), kept per base and grown by doubling."""
+    """base^0 .. base^(size-1) mod 2^64 (at least), kept per base and grown by doubling up to 4M values (32 MB);
+    a longer document's are made for it alone, so one huge document does not stay in a worker's memory."""
     have = _powers_of.get(base)
     if have is None or len(have) < size:
         grown = np.full(max(size, 2 * len(have) if have is not None else 1024), base, dtype=np.uint64)
         grown[0] = 1
-        _powers_of[base] = have = np.cumprod(grown)  # wraps mod 2^64, as the hashes do
+        have = np.cumprod(grown)  # wraps mod 2^64, as the hashes do
+        if len(have) <= 1 << 22:
+            _powers_of[base] = have
     return have
 
 
