@@ -160,9 +160,10 @@ def write_results(out: Path, section: str, intro: str, key: str, body: str) -> N
     out.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
-def publish(out: str, section: str, intro: str, key: str, body: list[str]) -> None:
-    """Print a benchmark's lines, and write them as the `### key` subsection of RESULTS.md unless out is ''."""
-    text = "\n".join(body)
+def publish(out: str, section: str, intro: str, key: str, body: list[str] | str) -> None:
+    """Print a benchmark's report (lines or text), and write it as the `### key` subsection of RESULTS.md unless out
+    is ''."""
+    text = body if isinstance(body, str) else "\n".join(body)
     print(text)
     if out:
         write_results(Path(out), section, intro, key, text)

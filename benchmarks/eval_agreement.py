@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, write_results
+from common import machine, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -203,10 +203,7 @@ def main(argv=None) -> None:
             f"max {errors[-1]:.3f} nats"
         )
     lines += [""] + notes if notes else []
-    body = "\n".join(lines)
-    print(body)
-    if args.out:
-        write_results(Path(args.out), SECTION, INTRO, f"cpu, {args.model}", body)
+    publish(args.out, SECTION, INTRO, f"cpu, {args.model}", lines)
 
 
 def _version() -> str:

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, write_results
+from common import machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Pretraining tokenization (`camelid pt`): token files on disk"
@@ -229,10 +229,7 @@ def main(argv=None) -> None:
         f"~{25e3 / (rows['token file, 2 threads']['mb'] / rows['token file, 2 threads']['seconds']) / 3600:.1f} "
         "hours on these 2 cores at the speed above.",
     ]
-    text = "\n".join(body)
-    print(text)
-    if args.out:
-        write_results(Path(args.out), SECTION, INTRO, "cpu, SmolLM2 tokenizer", text)
+    publish(args.out, SECTION, INTRO, "cpu, SmolLM2 tokenizer", body)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import machine, write_results
+from common import machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -751,12 +751,8 @@ def main(argv=None) -> None:
         rec["verified"] = evaluate(kb, questions, suggested, off, retrievers=("hybrid",))["hybrid"]
         kb.close()
     text = report(a, argv, setup, parts, sizes, stats, pdf, ev, cal, lat, rec, questions, cfg, s_of)
-    print(text)
-    if a.out:
-        key = (
-            f"cpu, {cfg.embedding_model}, {len(zh_names):,} People's Daily articles + {len(en_names)} Shakespeare works"
-        )
-        write_results(Path(a.out), SECTION, INTRO, key, text)
+    key = f"cpu, {cfg.embedding_model}, {len(zh_names):,} People's Daily articles + {len(en_names)} Shakespeare works"
+    publish(a.out, SECTION, INTRO, key, text)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import machine, write_results
+from common import machine, publish
 from serve_throughput import generate_exactly, prompts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,11 +180,8 @@ def main(argv=None) -> None:
         lines += ["", f"host work per step, last window / first window: **{rows[-1][1] / rows[0][1]:.2f}×**"]
     print("\n".join(lines[-len(rows) - 6 :]), flush=True)
 
-    body = "\n".join(lines)
-    print(body)
-    if args.out:
-        key = f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {dtype}, {args.model}"
-        write_results(Path(args.out), SECTION, INTRO, key, body)
+    key = f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {dtype}, {args.model}"
+    publish(args.out, SECTION, INTRO, key, lines)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import camelid_serve, machine, write_results
+from common import camelid_serve, machine, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -471,11 +471,8 @@ def main(argv=None) -> None:
         ]
         print("\n".join(lines[-5:]), flush=True)
 
-    body = "\n".join(lines)
-    print(body)
-    if args.out:
-        key = f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {dtype}, {args.model}"
-        write_results(Path(args.out), SECTION, INTRO, key, body)
+    key = f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {dtype}, {args.model}"
+    publish(args.out, SECTION, INTRO, key, lines)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Dedup and decontamination for `camelid clean`, in stages that run over shards cleaned in parallel.
 
     first = first_of_equal(digests)              exact dedup: each document's first equal, over the whole corpus
-    mh = MinHasher(0.8, 128, 5); sig = mh(text)  a document's MinHash signature (in the shard's worker)
+    mh = MinHasher(0.8, 128, 5); sig = mh.signatures(texts)   a chunk's MinHash signatures (in the shard's worker)
     keys = mh.band_keys(signatures)              its LSH band keys (in the worker)
     buckets = [shared_buckets(keys[:, b]) for b in range(mh.bands)]    per band: sort, group (one task each)
     near_duplicates(buckets, signature, 0.8)     the greedy pass in document order: {doc: (kept doc, Jaccard)}

@@ -260,12 +260,17 @@ class KnowledgeBase:
         return shares
 
     def _record_unknown(self, enc: Encoder) -> None:
-        """Give a base made before chunks.unknown existed the column and every chunk its share (in the writer)."""
+        """Give a base made before chunks.unknown existed the column and every chunk its share (in the writer), then
+        mark it done in `meta`, so later adds do not scan the chunks table (its vectors and texts) for NULLs."""
         with self.lock, self.db:
             # asked of the file, not of this object: another process (a `kb add` beside a server) may have added it
-            if "unknown" not in {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}:
-                self.db.execute("ALTER TABLE chunks ADD COLUMN unknown REAL")
+            has_column = "unknown" in {r[1] for r in self.db.execute("PRAGMA table_info(chunks)")}
+            done = self.db.execute("SELECT 1 FROM meta WHERE key = 'unknown_recorded'").fetchone()
             self._recorded_unknown = True
+            if has_column and done:
+                return
+            if not has_column:
+                self.db.execute("ALTER TABLE chunks ADD COLUMN unknown REAL")
             rows = self.db.execute("SELECT id, heading, text FROM chunks WHERE unknown IS NULL").fetchall()
         for start in range(0, len(rows), 512):  # tokenized outside the lock: queries go on meanwhile
             part = rows[start : start + 512]
@@ -274,6 +279,8 @@ class KnowledgeBase:
                 self.db.executemany(
                     "UPDATE chunks SET unknown = ? WHERE id = ?", [(u, r[0]) for u, r in zip(shares, part)]
                 )
+        with self.lock, self.db:  # only once every chunk has its share: an interrupted fill resumes next time
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('unknown_recorded', '1')")
 
     def size(self) -> int:
         with self.lock:
