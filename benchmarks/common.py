@@ -107,6 +107,17 @@ def children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+# glibc serves allocations below its mmap threshold (raised as large blocks are freed, up to 32 MB) from the heap,
+# which keeps freed activations resident: a CPU process's peak RSS then counts what its heap kept, not what was live.
+# A fixed 1 MB threshold maps and unmaps every sizeable tensor instead, so peak RSS is the live peak — what a GPU's
+# peak allocated memory reports. Steps run ~1.5× slower (fresh pages fault in), so times of this mode mean nothing.
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+LIVE_MEMORY_HELP = (
+    "CPU workers give freed tensors back to the OS at once (glibc mmap threshold 1 MB), so peak RSS is the live "
+    "peak, not what the heap keeps; steps run ~1.5x slower, so this mode's times are not comparable"
+)
+
+
 def run_worker(cmd: list[str], spec: dict, label: str, cpu_only: bool) -> dict:
     """Run a benchmark's worker subprocess with `spec["threads"]` threads, offline, and read back the JSON it
     writes to spec["result"], adding its wall time (process_s) and the CPU the rest of the machine used meanwhile

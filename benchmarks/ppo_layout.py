@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import RANDOM_MODELS, build_random_model, machine, write_results
+from common import LIVE_MEMORY_ENV, LIVE_MEMORY_HELP, RANDOM_MODELS, build_random_model, machine, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -214,6 +214,7 @@ def main() -> None:
     ap.add_argument(
         "--gradient-checkpointing", action="store_true", help="model.gradient_checkpointing=true in both layouts"
     )
+    ap.add_argument("--live-memory", action="store_true", help=LIVE_MEMORY_HELP)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="'' writes nothing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -244,6 +245,8 @@ def main() -> None:
                 + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
             )
             env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})}
+            if args.live_memory:
+                env.update(LIVE_MEMORY_ENV)
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -297,14 +300,23 @@ def main() -> None:
     if not args.out:
         return
     command = "python benchmarks/ppo_layout.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--out"))
-    key = f"{label if args.random_model else Path(args.model).name}, {args.dtype}, {args.device}" + (
-        ", gradient checkpointing" if args.gradient_checkpointing else ""
+    key = (
+        f"{label if args.random_model else Path(args.model).name}, {args.dtype}, {args.device}"
+        + (", gradient checkpointing" if args.gradient_checkpointing else "")
+        + (", live memory" if args.live_memory else "")
     )
     body = (
         f"{datetime.date.today()} · {machine()}\n\n`{command.strip()}`\n\n"
         f"LoRA r=16 all-linear; {args.rollout} prompts per update, mini-batch {args.mini}, {args.epochs} PPO "
         f"epoch(s), up to {args.max_new} answer tokens (top-k 50, temperature 1); median over updates 2..{args.steps}"
-        f"{', mean of 2 runs each (ABBA order)' if args.repeats > 1 else ''}.\n\n{table}\n"
+        f"{', mean of 2 runs each (ABBA order)' if args.repeats > 1 else ''}."
+        + (
+            " Live memory: glibc's mmap threshold fixed at 1 MB in both processes, so peak RSS is the live peak; "
+            "the times of this mode are not comparable."
+            if args.live_memory
+            else ""
+        )
+        + f"\n\n{table}\n"
     )
     intro = (
         "`benchmarks/ppo_layout.py`: the same PPO run with actor, critic and reference on one base (LoRA adapters "

@@ -108,7 +108,8 @@ def main(argv=None) -> None:
     from camelid import hub
     from camelid.config import EngineConfig
     from camelid.engine import SamplingParams
-    from camelid.engine.engine import Engine, native_bf16_cpu
+    from camelid.engine.engine import Engine
+    from camelid.utils import native_bf16_cpu
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -48,7 +48,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RANDOM_MODELS, build_random_model, machine, run_worker, write_results
+from common import (
+    LIVE_MEMORY_ENV,
+    LIVE_MEMORY_HELP,
+    RANDOM_MODELS,
+    build_random_model,
+    machine,
+    run_worker,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere without installing camelid
@@ -95,6 +103,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inputs", default="", help="folder from --save-inputs (tokenizer + rendered examples)")
     p.add_argument("--save-inputs", default="", help="render the data, write tokenizer + examples here, and exit")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (run dirs, logs)")
+    p.add_argument(
+        "--live-memory",
+        action="store_true",
+        help=LIVE_MEMORY_HELP,
+    )
     p.add_argument(
         "--lf-python",
         default=str(ROOT / "artifacts" / "venv-llamafactory" / "bin" / "python"),
@@ -634,8 +647,13 @@ def main(argv=None) -> None:
         if not torch.cuda.is_available():
             sys.exit("--device cuda, but torch sees no CUDA device")
     if args.dtype == "bfloat16" and args.device == "cpu":
-        print("note: bf16 autocast on this kind of CPU has been slower than fp32 (DESIGN.md)", flush=True)
+        from camelid.utils import native_bf16_cpu
 
+        if not native_bf16_cpu():
+            print("note: this CPU has no native bf16 (AVX512-BF16/AMX): bf16 is emulated here and slower", flush=True)
+
+    if args.live_memory:
+        os.environ.update(LIVE_MEMORY_ENV)
     work = Path(tempfile.mkdtemp(prefix="camelid-bench-sft-"))
     try:
         t0 = time.perf_counter()
@@ -738,8 +756,10 @@ def main(argv=None) -> None:
         cmd = "python " + " ".join(
             shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])
         )
-        key = f"{args.device}, {args.dtype}, {model_name}" + (
-            ", vs LLaMA-Factory" if any(side in LF_MODES for side in by) else ""
+        key = (
+            f"{args.device}, {args.dtype}, {model_name}"
+            + (", vs LLaMA-Factory" if any(side in LF_MODES for side in by) else "")
+            + (", live memory" if args.live_memory else "")
         )
         body = (
             f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}\n"

@@ -169,7 +169,7 @@ class TrainConfig:
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # learning-rate decay after warmup
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     max_grad_norm: float = 1.0  # clip the gradient's global norm to this; 0 = no clipping
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast compute dtype (weights stay as loaded)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"  # autocast dtype; auto: bf16 where it is native
     eval_every: int = 0  # steps; 0 = only at the end
     save_every: int = 0  # steps; 0 = only the final save
     keep_last: int = 2  # checkpoints kept; older ones are deleted
@@ -575,6 +575,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
+            # YAML 1.1 reads a bare no/off as False and yes/on as True: give the word back where it is an option
+            words = ("no", "off", "false") if not value else ("yes", "on", "true")
+            value = next((a for a in allowed if a in words), value)
         if value not in allowed:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
         return value

@@ -34,6 +34,25 @@ def camelid_home() -> Path:
     return Path(os.environ.get("CAMELID_HOME") or Path.home() / ".cache" / "camelid").expanduser()
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): there a batched bf16 matmul measured
+    ~4x faster than float32, while elsewhere bf16 is emulated and slower."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def fast_bf16(device_type: str) -> bool:
+    """Whether bfloat16 compute is native, and so faster than float32, on this kind of device."""
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return device_type == "cpu" and native_bf16_cpu()
+
+
 REMEMBER_DIGESTS_FROM = 64 << 20  # bytes: files this large have their sha256 remembered
 RACY_NS = 2_000_000_000  # a file changed this recently is not remembered (git's "racy" files, the same cure)
 

@@ -30,6 +30,17 @@ def test_overrides_are_typed():
     assert cfg.data.train == ["a.jsonl"] and cfg.lora.target == ["q_proj", "v_proj"]
 
 
+def test_a_bare_no_is_the_word_where_the_choices_are_words(tmp_path):
+    # YAML 1.1 reads `no` as False: `train.mixed_precision=no` must still mean "no", from a file or the command line
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(str(path), []).train.mixed_precision == "no"
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(None, ["train.resume=false"]).train.resume is False  # a choice that holds booleans keeps them
+    with pytest.raises(ConfigError, match=r"train.mixed_precision: True is not one of"):
+        load_config(None, ["train.mixed_precision=yes"])
+
+
 def test_unknown_key_names_the_closest_valid_one():
     with pytest.raises(ConfigError, match=r"unknown key 'train.learning_rat'.*did you mean"):
         load_config(None, ["train.learning_rat=1"])

@@ -106,7 +106,7 @@ def test_bf16_pass_rescores_exactly_the_near_ties_in_float32(model_tok, monkeypa
     best two choices are within the margin scored again in float32: those equal a float32 run, the rest keep bf16's
     scores."""
     model, tok = model_tok
-    monkeypatch.setattr(mc, "_fast_bf16", lambda device: True)
+    monkeypatch.setattr(mc, "fast_bf16", lambda device_type: True)
     exact = mc.score_items(model, tok, items(), batch_tokens=64, progress=False)
     bf16 = mc.score_items(model, tok, items(), batch_tokens=64, progress=False, bf16_margin=1e-12)
     assert [s.loglik for s in bf16] != [s.loglik for s in exact]  # the first pass really ran in bf16

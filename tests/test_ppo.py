@@ -104,11 +104,12 @@ def test_shared_layout_trains_adapters_and_value_head_but_not_the_base(tiny_mode
     # The reference is the untouched base: its logits equal a fresh copy's.
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     with torch.no_grad():
-        ref = ac.logits(batch, reference=True)
+        ref = ac.logps(batch, reference=True)
         ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
         want = fresh(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, batch["prompt_width"] - 1 : -1]
-        actor = ac.logits(batch)
-    torch.testing.assert_close(ref, want.float(), atol=1e-5, rtol=1e-5)
+        want = torch.log_softmax(want.float() / batch["temperature"], -1).gather(-1, batch["answer_ids"][..., None])
+        actor = ac.logps(batch)
+    torch.testing.assert_close(ref, want[..., 0], atol=1e-5, rtol=1e-5)
     assert (actor - ref).abs().max() > 1e-3  # ... while the actor has moved
 
 

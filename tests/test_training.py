@@ -107,6 +107,30 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_model, chat_file, tmp
     assert runs[True] == pytest.approx(runs[False], rel=1e-5)
 
 
+def test_mixed_precision_auto_autocasts_in_bf16_only_where_it_is_native(tiny_model, chat_file, tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    from camelid.train import loop
+
+    runs = {}
+    for name, precision, native in (("fp32", "no", True), ("auto-native", "auto", True), ("auto-not", "auto", False)):
+        AcceleratorState._reset_state()  # accelerate fixes one precision per process; each stage is its own process
+        monkeypatch.setattr(loop, "fast_bf16", lambda device_type, native=native: native)
+        cfg = tiny_config(
+            tiny_model,
+            chat_file,
+            tmp_path / name,
+            method="lora",
+            **{"train.mixed_precision": precision, "train.max_steps": 3},
+        )
+        sft.main(cfg)
+        runs[name] = losses(tmp_path / name / "run")
+    AcceleratorState._reset_state()
+    assert runs["auto-not"] == runs["fp32"]  # no bf16 in hardware: plain float32, bit for bit
+    assert runs["auto-native"] != runs["fp32"]  # autocast ran ...
+    assert runs["auto-native"] == pytest.approx(runs["fp32"], rel=5e-2)  # ... and trains the same
+
+
 def test_chats_emptied_by_truncation_are_dropped_and_counted(tiny_model, tmp_path):
     data = tmp_path / "long.jsonl"
     short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

@@ -39,21 +39,11 @@ from camelid.engine.kv import BlockPool, KVCache, chain_hash
 from camelid.engine.request import Completion, Output, Request
 from camelid.engine.sampling import SamplingParams, choose, penalize, token_logprobs
 from camelid.engine.waiting import WaitQueue
-from camelid.utils import CamelidError
+from camelid.utils import CamelidError, native_bf16_cpu
 
 log = logging.getLogger("camelid")
 
 CPU_KV_BYTES = 2 << 30
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): there a batched bf16 matmul measured
-    ~4x faster than float32, while elsewhere bf16 is emulated and slower."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 class Engine:

