@@ -103,11 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inputs", default="", help="folder from --save-inputs (tokenizer + rendered examples)")
     p.add_argument("--save-inputs", default="", help="render the data, write tokenizer + examples here, and exit")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (run dirs, logs)")
-    p.add_argument(
-        "--live-memory",
-        action="store_true",
-        help=LIVE_MEMORY_HELP,
-    )
+    p.add_argument("--live-memory", action="store_true", help=LIVE_MEMORY_HELP)
     p.add_argument(
         "--lf-python",
         default=str(ROOT / "artifacts" / "venv-llamafactory" / "bin" / "python"),
@@ -766,7 +762,13 @@ def main(argv=None) -> None:
             f"- machine: {device_name}; torch threads: {args.threads}\n"
             f"- command: `{cmd}`\n"
             f"- settings: {args.examples} examples (+{args.eval_examples} held out), micro-batch {args.batch_size}, "
-            f"max_length {args.max_length}, lr {args.lr}, {args.dtype} on {args.device}\n\n"
+            f"max_length {args.max_length}, lr {args.lr}, {args.dtype} on {args.device}"
+            + (
+                "; every worker with glibc's mmap threshold fixed at 1 MB (times not comparable)"
+                if args.live_memory
+                else ""
+            )
+            + "\n\n"
             f"{report}\n"
         )
         write_results(Path(args.out), SECTION, INTRO, key, body)

@@ -12,7 +12,8 @@ a time and keeps only what the backward pass needs:
   log-softmax are recomputed in the backward (activation checkpointing over the chunk), so the forward keeps
   only the chunk's hidden states.
 
-The values are bit for bit those of `-cross_entropy(head(hidden).float() / T, targets)` on the same chunk.
+On the same chunk the values are bit for bit those of `-cross_entropy(head(hidden).float() * (1 / T), targets)`.
+Under autocast the head's matmuls run in the autocast dtype, as they would without chunking.
 """
 
 from __future__ import annotations
