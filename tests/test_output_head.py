@@ -89,3 +89,15 @@ def test_chunked_logits_give_the_entropy_of_the_whole_distribution():
         want = entropy_from_logits(head(hidden).float() / 0.7)
     assert starts == (0, 8, 16, 24, 32) and all(c.shape[1] == V for c in chunks)
     torch.testing.assert_close(torch.cat([entropy_from_logits(c) for c in chunks]), want, atol=1e-6, rtol=1e-6)
+
+
+def test_rollout_scoring_and_the_update_see_the_same_log_probs():
+    # PPO scores a rollout without gradient (chunked_logits) and trains with head_logps: at the first PPO epoch the
+    # ratio new/old must be exactly 1, so both must give the same bits
+    head, hidden, targets, _ = case()
+    with torch.no_grad():
+        scored = [
+            -F.cross_entropy(lg, targets[s : s + len(lg)], reduction="none")
+            for s, lg in chunked_logits(hidden, head, 0.7)
+        ]
+    assert torch.equal(torch.cat(scored), head_logps(hidden, head, targets, 0.7).detach())

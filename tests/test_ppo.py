@@ -101,7 +101,7 @@ def test_shared_layout_trains_adapters_and_value_head_but_not_the_base(tiny_mode
     assert any(".default." in n for n in changed) and any(".critic." in n for n in changed)
     assert {"value_head.weight", "value_head.bias"} <= changed
 
-    # The reference is the untouched base: its logits equal a fresh copy's.
+    # The reference is the untouched base: its log-probs equal a fresh copy's.
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     with torch.no_grad():
         ref = ac.logps(batch, reference=True)
