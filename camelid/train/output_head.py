@@ -5,7 +5,7 @@ The vocabulary-sized logits are the largest tensors of a LoRA step: SmolLM2's 49
 Qwen2's 151,936 entries make that three times worse. `head_logps` runs the head over a few hundred positions at
 a time and keeps only what the backward pass needs:
 
-- a frozen `nn.Linear` head (LoRA, QLoRA, P-Tuning, freeze): d logp/d hidden = ((onehot − softmax) / T) · W is
+- a frozen `nn.Linear` head (LoRA, QLoRA, freeze): d logp/d hidden = ((onehot − softmax) / T) · W is
   computed in the forward chunk by chunk and kept ([N, d], the size of the hidden states); the backward scales it
   by the incoming gradient. No recomputation, and the same matmuls autograd would run.
 - any other head (trained weights, LoRA on the head itself, tied embeddings being trained): each chunk's head and
