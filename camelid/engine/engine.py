@@ -39,7 +39,7 @@ from camelid.engine.kv import BlockPool, KVCache, chain_hash
 from camelid.engine.request import Completion, Output, Request
 from camelid.engine.sampling import SamplingParams, choose, penalize, token_logprobs
 from camelid.engine.waiting import WaitQueue
-from camelid.utils import CamelidError, native_bf16_cpu
+from camelid.utils import CamelidError, fast_bf16
 
 log = logging.getLogger("camelid")
 
@@ -139,7 +139,7 @@ class Engine:
             cfg.dtype
             if cfg.dtype != "auto"
             else "bfloat16"
-            if torch.cuda.is_available() or native_bf16_cpu()
+            if fast_bf16("cuda" if torch.cuda.is_available() else "cpu")
             else "float32"
         )
         model, tok = load_for_inference(target, dtype=dtype, trust_remote_code=trust_remote_code)

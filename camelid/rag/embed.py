@@ -10,7 +10,7 @@ from functools import lru_cache
 import numpy as np
 
 from camelid.hub import entry_of, resolve_model
-from camelid.utils import CamelidError, native_bf16_cpu, require
+from camelid.utils import CamelidError, fast_bf16, require
 
 DEFAULT_MIN_SIMILARITY = 0.35  # for an encoder the catalog has not measured
 BF16_FROM = 8  # texts in one call from which bf16 is used (where it is at all)
@@ -41,8 +41,7 @@ class Encoder:
         self.min_similarity_cjk = float(entry.get("min_similarity_cjk", self.min_similarity))
         # e5-style encoders were trained with "query: " / "passage: " prefixes; their config names them
         self.prompts = {role: role for role in ("query", "passage") if role in (self.model.prompts or {})}
-        on_gpu = self.model.device.type == "cuda"
-        self.bf16 = dtype == "bfloat16" or (dtype == "auto" and (on_gpu or native_bf16_cpu()))
+        self.bf16 = dtype == "bfloat16" or (dtype == "auto" and fast_bf16(self.model.device.type))
         self.dim = int(
             self.model.get_embedding_dimension()
             if hasattr(self.model, "get_embedding_dimension")

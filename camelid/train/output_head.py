@@ -45,28 +45,25 @@ def _frozen_linear(head: torch.nn.Module) -> bool:
 
 class _FrozenHeadLogps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, scale: float, rows: int):
+    def forward(ctx, hidden, head, targets, scale: float, rows: int):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for s in range(0, hidden.shape[0], rows):
-            logits = F.linear(hidden[s : s + rows], weight, bias).float()
-            if scale != 1.0:
-                logits = logits * scale
             t = targets[s : s + rows]
-            logp = F.log_softmax(logits, -1)
+            logp = F.log_softmax(_chunk_logits(head, hidden[s : s + rows], scale), -1)
             out[s : s + rows] = logp.gather(1, t[:, None])[:, 0]
             if grad is not None:
                 # d logp_t / d logits = onehot(t) − softmax; through the 1/T scale and the head's matmul
                 probs = logp.exp_().mul_(-scale)
                 probs.scatter_add_(1, t[:, None], torch.full_like(t[:, None], scale, dtype=probs.dtype))
-                grad[s : s + rows] = probs.to(weight.dtype) @ weight
+                grad[s : s + rows] = probs.to(head.weight.dtype) @ head.weight
         ctx.save_for_backward(grad)
         return out
 
     @staticmethod
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
-        return grad * g[:, None].to(grad.dtype), None, None, None, None, None
+        return grad * g[:, None].to(grad.dtype), None, None, None, None
 
 
 def _checkpointed_logps(head, hidden, targets, scale):
@@ -81,12 +78,13 @@ def head_logps(
     hidden, targets = hidden.reshape(-1, d), targets.reshape(-1)
     scale = 1.0 / temperature
     rows = chunk_rows(head.out_features)
-    if _frozen_linear(head):
-        return _FrozenHeadLogps.apply(hidden, head.weight, head.bias, targets, scale, rows).view(shape)
+    if _frozen_linear(head):  # the head's weights need no gradient: not inputs of the autograd function
+        return _FrozenHeadLogps.apply(hidden, head, targets, scale, rows).view(shape)
+    trained = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     parts = []
     for s in range(0, hidden.shape[0], rows):
         h, t = hidden[s : s + rows], targets[s : s + rows]
-        if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters())):
+        if trained:
             parts.append(checkpoint(_checkpointed_logps, head, h, t, scale, use_reentrant=False))
         else:
             parts.append(_checkpointed_logps(head, h, t, scale))
