@@ -59,7 +59,7 @@ class ModelConfig:
 class LoraConfig:
     r: int = 8  # rank of the low-rank update
     alpha: int = 16  # scale: the update is multiplied by alpha / r (alpha / sqrt(r) with rslora)
-    dropout: float = 0.0  # LoRA dropout draws a mask over every adapted input: ~10% of a CPU step, +25% memory
+    dropout: float = 0.0  # draws a mask over every adapted input (hashed on CPU: camelid/lora_dropout.py); costs time
     target: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or all-linear
     rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)
     dora: bool = False  # DoRA: learn each weight column's magnitude apart from its direction
@@ -320,7 +320,7 @@ class EvalConfig:
     seed: int = 1234  # picks the k-shot examples
     limit: int = 0  # items per task; 0 = all
     batch_tokens: int = 4096  # tokens per scoring forward (rows x padded width)
-    bf16_margin: float = 0.0  # > 0: score in bf16, then in float32 the items whose best two choices are this close
+    bf16_margin: float = 0.0  # > 0: score in bf16, near-ties again in float32 (nats on a 1-token gap; ItemScore.margin)
     perplexity: list[str] = field(default_factory=list)  # text files
     ppl_window: int = 1024  # tokens per perplexity window
     ppl_stride: int = 512  # tokens between window starts; each token is scored once, with the most context

