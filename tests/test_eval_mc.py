@@ -123,10 +123,19 @@ def test_bf16_pass_rescores_exactly_the_near_ties_in_float32(model_tok, monkeypa
     assert [s.loglik for s in every] == [s.loglik for s in exact] and all(s.rechecked for s in every)
 
 
-def test_margin_is_the_closest_gap_over_the_three_scorings():
+def test_margin_is_the_closest_call_in_units_of_a_one_token_gap():
+    # One-token choices of one character: every scoring is the raw score, and the margin is the gap to the second.
+    s = mc.ItemScore("x", "", 0, loglik=[-1.0, -2.5, -1.75], n_tokens=[1, 1, 1], n_chars=[1, 1, 1])
+    assert s.margin() == pytest.approx(0.75)
+    # Longer choices get sqrt(tokens)/2 of room each; a normalized score divides that room by the length.
     s = mc.ItemScore("x", "", 0, loglik=[-6.0, -8.0], n_tokens=[2, 8], n_chars=[3, 16])
-    # raw: -6 vs -8 (gap 2); per token: -3 vs -1 (gap 2); per character: -2 vs -0.5 (gap 1.5)
-    assert s.margin() == pytest.approx(1.5)
+    raw = 2 / (2**0.5 / 2 + 8**0.5 / 2)  # -6 vs -8: 0.943
+    per_token = 2 / (8**0.5 / 2 / 8 + 2**0.5 / 2 / 2)  # -1 (choice 1) vs -3: 3.77
+    per_char = 1.5 / (8**0.5 / 2 / 16 + 2**0.5 / 2 / 3)  # -0.5 vs -2: 4.63
+    assert s.margin() == pytest.approx(min(raw, per_token, per_char)) and s.margin() == pytest.approx(raw)
+    # A tie on a long choice's per-character score is a tie whatever its raw gap.
+    s = mc.ItemScore("x", "", 0, loglik=[-10.0, -20.0], n_tokens=[10, 20], n_chars=[50, 100])
+    assert s.margin() == pytest.approx(0.0)
     assert mc.ItemScore("y", "", 0, loglik=[-1.0], n_tokens=[1], n_chars=[1]).margin() == float("inf")
 
 

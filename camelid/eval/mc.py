@@ -59,12 +59,23 @@ class ItemScore:
         return max(range(len(scores)), key=scores.__getitem__)
 
     def margin(self) -> float:
-        """How far the best choice leads the second, in the closest of the three scorings (inf with one choice)."""
-        gaps = [float("inf")]
-        for norm in ("", "char", "token"):
-            top = sorted(self._scores(norm), reverse=True)
-            gaps += [top[0] - top[1]] if len(top) > 1 else []
-        return min(gaps)
+        """How close the closest call is, in units of bf16's error on a one-token gap (`eval.bf16_margin`): the least,
+        over the three scorings and every choice j, of (best's score − j's score) / allowance(best, j); inf with one
+        choice. A choice of n tokens may carry √n/2 of that unit of error in its log-likelihood (its tokens' errors add
+        up like independent ones: benchmarks/RESULTS.md, the HellaSwag-format run), divided by what the scoring
+        divides by; allowance(a, b) is the sum of the two. One-token choices: allowance 1, margin = the raw gap."""
+        best = float("inf")
+        for norm, div in (("", [1] * len(self.loglik)), ("char", self.n_chars), ("token", self.n_tokens)):
+            scores = self._scores(norm)
+            top = max(range(len(scores)), key=scores.__getitem__)
+
+            def error(k: int) -> float:
+                return max(self.n_tokens[k], 1) ** 0.5 / 2 / max(div[k], 1)
+
+            for j in range(len(scores)):
+                if j != top:
+                    best = min(best, (scores[top] - scores[j]) / (error(top) + error(j)))
+        return best
 
 
 def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -194,9 +205,10 @@ def score_items(
 
     `bf16_margin` > 0, for a float32 model where bf16 is fast (CUDA, or a CPU with native bf16): score everything
     with a bf16 copy of the model (half the float32 weights' memory more, while scoring), then score again in
-    float32 every item whose two best choices are within `bf16_margin` nats (`ItemScore.margin`). Only a near-tie can
-    flip between the two precisions, so predictions equal float32's as long as bf16's error on the gap between two
-    choices stays under the margin (benchmarks/RESULTS.md measures that error). A bf16 copy, not autocast: autocast
+    float32 every item whose best choice leads another by less than `bf16_margin` nats, scaled up for longer choices
+    and down for length-normalized scores (`ItemScore.margin`). Only a near-tie can flip between the two precisions,
+    so predictions equal float32's as long as bf16's error on the gap between two choices stays under the margin so
+    scaled (benchmarks/RESULTS.md measures that error). A bf16 copy, not autocast: autocast
     casts the weights again in every forward and measured ~1.9x faster than float32 here, the copy ~2.4-3x.
     """
     device = next(model.parameters()).device
