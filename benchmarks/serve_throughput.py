@@ -38,7 +38,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import camelid_serve, machine, publish
+from common import RANDOM_MODELS, build_random_model, camelid_serve, machine, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -71,6 +71,14 @@ def parse_args(argv=None):
     p.add_argument("--turns", type=int, default=8)
     p.add_argument("--parts", default="1,2,3,4")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--random-model",
+        choices=sorted(RANDOM_MODELS),
+        default=None,
+        help="serve a randomly initialised model of this shape (--model's or --inputs' tokenizer): speed only",
+    )
+    p.add_argument("--save-inputs", default="", help="write the prompts and --model's tokenizer here, and exit")
+    p.add_argument("--inputs", default="", help="a folder from --save-inputs, instead of the offline catalog")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     return p.parse_args(argv)
 
@@ -80,15 +88,26 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
-def prompts(tokenizer, n: int) -> list[list[int]]:
+def prompt_sets(inputs: str) -> tuple[list[dict], list[str]]:
+    """(chat records for parts 1, 2 and 4, instruction texts for the load test): from the offline catalog, or from
+    an --inputs folder that --save-inputs wrote."""
+    if inputs:
+        saved = json.loads((Path(inputs) / "prompts.json").read_text(encoding="utf-8"))
+        return saved["records"], saved["load_texts"]
     from camelid.data.formats import load_source
-    from camelid.data.templates import prompt_ids
 
     recs = []
     for name in ("alpaca_en_demo", "alpaca_zh_demo"):
         got, _ = load_source(name, "prompt", "skip", None, "auto")
         recs.extend(got)
-    recs = [r for r in recs if 20 <= len(r["prompt"][-1]["content"]) <= 300]
+    recs = [{"prompt": r["prompt"]} for r in recs if 20 <= len(r["prompt"][-1]["content"]) <= 300]
+    load, _ = load_source("alpaca_en_demo", "prompt", "skip", 200, "auto")
+    return recs, [r["prompt"][-1]["content"] for r in load]
+
+
+def prompts(tokenizer, n: int, recs: list[dict]) -> list[list[int]]:
+    from camelid.data.templates import prompt_ids
+
     return [prompt_ids(tokenizer, recs[(i * 7919) % len(recs)]["prompt"]) for i in range(n)]
 
 
@@ -131,7 +150,11 @@ def generate_exactly(model, prompt: list[int], tokens: int, pad: int = 0) -> tup
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
-            torch.tensor([prompt]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=pad
+            torch.tensor([prompt], device=model.device),
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=pad,
         )
     seconds = time.perf_counter() - t0
     assert out.shape[1] - len(prompt) == tokens
@@ -194,8 +217,8 @@ def offline_batch(engine, model, tokenizer, pool, max_tokens: int) -> dict:
     model.set_attn_implementation("sdpa")
 
     width = max(len(p) for p in pool)
-    ids = torch.tensor([[tokenizer.pad_token_id or 0] * (width - len(p)) + p for p in pool])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in pool])
+    ids = torch.tensor([[tokenizer.pad_token_id or 0] * (width - len(p)) + p for p in pool], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in pool], device=model.device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
@@ -361,33 +384,51 @@ def session_latency(model: str, dtype: str, prefix_cache: bool, turns: int) -> d
 def main(argv=None) -> None:
     args = parse_args(argv)
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from camelid import hub
     from camelid.config import EngineConfig
     from camelid.engine.engine import Engine
-    from camelid.utils import native_bf16_cpu
+    from camelid.utils import fast_bf16
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = {int(x) for x in args.parts.split(",")}
-    dtype = args.dtype if args.dtype != "auto" else "bfloat16" if native_bf16_cpu() else "float32"
-    path = hub.resolve_model(args.model)
+    dtype = args.dtype if args.dtype != "auto" else "bfloat16" if fast_bf16(device) else "float32"
+    records, load_texts = prompt_sets(args.inputs)
+    if args.save_inputs:
+        out = Path(args.save_inputs)
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"records": records, "load_texts": load_texts}, ensure_ascii=False)
+        (out / "prompts.json").write_text(text, encoding="utf-8")
+        AutoTokenizer.from_pretrained(str(hub.resolve_model(args.model))).save_pretrained(str(out / "tokenizer"))
+        print(f"wrote {len(records)} prompts and the tokenizer of {args.model} to {out}")
+        return
+    work = tempfile.TemporaryDirectory(prefix="camelid-serve-bench-")
+    if args.random_model:  # weights that cost what a real model of this shape costs; the tokenizer is real
+        tok_from = Path(args.inputs) / "tokenizer" if args.inputs else hub.resolve_model(args.model)
+        path = Path(work.name) / "model"
+        build_random_model(args.random_model, dtype, path, 0, AutoTokenizer.from_pretrained(str(tok_from)))
+        name = f"random {args.random_model}"
+    else:
+        path, name = hub.resolve_model(args.model), args.model
     engine = Engine.load(path, EngineConfig(dtype=dtype))
     tok = engine.tokenizer
     clients = [int(x) for x in args.clients.split(",")]
-    pool = prompts(tok, max(clients) * args.requests)
+    pool = prompts(tok, max(clients) * args.requests, records)
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}; torch threads: {torch.get_num_threads()}",
         f"- command: `{shlex.join(['python', 'benchmarks/serve_throughput.py'] + (argv if argv is not None else sys.argv[1:]))}`",
-        f"- model: {args.model}, {dtype}; prompts {min(map(len, pool))}–{max(map(len, pool))} tokens; "
+        f"- model: {name}, {dtype}; prompts {min(map(len, pool))}–{max(map(len, pool))} tokens; "
         f"max_tokens {args.max_tokens}",
     ]
     engine.generate(pool[:2], None)  # warm up
 
     if 1 in parts:
-        ref = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval().to(device)
         measure_sequential(ref, pool, 1, 4)  # warm up
         service = measure_sequential(ref, pool, args.seq_requests, args.max_tokens)
         lines += [
@@ -409,7 +450,7 @@ def main(argv=None) -> None:
         del ref
 
     if 2 in parts:
-        fresh = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        fresh = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval().to(device)
         res = offline_batch(engine, fresh, tok, pool[:16], args.max_tokens)
         lines += [
             "",
@@ -424,10 +465,7 @@ def main(argv=None) -> None:
 
     del engine
     if 3 in parts:
-        from camelid.data.formats import load_source
-
-        recs, _ = load_source("alpaca_en_demo", "prompt", "skip", 200, "auto")
-        texts = [r["prompt"][-1]["content"] for r in recs]
+        texts = load_texts
         lines += [
             "",
             f"Load test over HTTP (`camelid serve`, {args.load_clients} client threads × {args.load_requests} "
@@ -472,8 +510,8 @@ def main(argv=None) -> None:
         ]
         print("\n".join(lines[-5:]), flush=True)
 
-    key = f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {dtype}, {args.model}"
-    publish(args.out, SECTION, INTRO, key, lines)
+    publish(args.out, SECTION, INTRO, f"{device}, {dtype}, {name}", lines)
+    work.cleanup()
 
 
 if __name__ == "__main__":
