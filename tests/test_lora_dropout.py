@@ -55,7 +55,9 @@ def test_lora_layers_get_hash_dropout_and_a_checkpointed_replay_draws_the_same_m
 
     grads = []
     for ckpt in (False, True):
-        cfg = tiny_config(tiny_model, chat_file, tmp_path, **{"lora.dropout": 0.3, "model.gradient_checkpointing": ckpt})
+        cfg = tiny_config(
+            tiny_model, chat_file, tmp_path, **{"lora.dropout": 0.3, "model.gradient_checkpointing": ckpt}
+        )
         torch.manual_seed(0)  # the LoRA A matrices' initialisation
         model = load_model(cfg)
         drops = [m for m in model.modules() if isinstance(m, HashDropout)]
