@@ -22,7 +22,9 @@ if str(ROOT) not in sys.path:  # the benchmarks import camelid from this checkou
     sys.path.insert(0, str(ROOT))
 
 
-def machine() -> str:
+def machine(load_before: float | None = None) -> str:
+    """CPU, cores, library versions and GPU; with `load_before` (`os.getloadavg()[0]` when the benchmark started),
+    the 1-minute load average then and now: what else the machine was running (now includes the benchmark)."""
     import torch
 
     cpu = "unknown CPU"
@@ -43,6 +45,8 @@ def machine() -> str:
         pass
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
+    if load_before is not None:
+        text += f"; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     return text
 
 

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import random
 import shlex
 import shutil
@@ -286,6 +287,7 @@ def run_lm_eval(
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    load_before = os.getloadavg()[0]
     import torch
 
     from camelid import hub
@@ -355,7 +357,7 @@ def main(argv=None) -> None:
         )
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}; torch threads: {torch.get_num_threads()}",
+        f"- machine: {machine(load_before)}; torch threads: {torch.get_num_threads()}",
         f"- command: `{shlex.join(['python', 'benchmarks/eval_agreement.py'] + argv_shown)}`",
         f"- model: {name}; {what}; lm-eval batch_size {args.batch_size}, camelid batch_tokens {args.batch_tokens}",
         "",

@@ -196,6 +196,7 @@ def child(args) -> None:
 
 
 def main() -> None:
+    load_before = os.getloadavg()[0]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument(
@@ -306,7 +307,7 @@ def main() -> None:
         + (", live memory" if args.live_memory else "")
     )
     body = (
-        f"{datetime.date.today()} · {machine()}\n\n`{command.strip()}`\n\n"
+        f"{datetime.date.today()} · {machine(load_before)}\n\n`{command.strip()}`\n\n"
         f"LoRA r=16 all-linear; {args.rollout} prompts per update, mini-batch {args.mini}, {args.epochs} PPO "
         f"epoch(s), up to {args.max_new} answer tokens (top-k 50, temperature 1); median over updates 2..{args.steps}"
         f"{', mean of 2 runs each (ABBA order)' if args.repeats > 1 else ''}."

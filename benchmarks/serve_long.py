@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import statistics
 import sys
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from common import machine, publish
-from serve_throughput import generate_exactly, prompts
+from serve_throughput import generate_exactly, prompt_sets, prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Serving: long generations (engine host work per step, 2,048 tokens vs HF generate)"
@@ -102,6 +103,7 @@ def teacher_forced_agreement(model, prompt: list[int], generated: list[int]) -> 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    load_before = os.getloadavg()[0]
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -116,11 +118,11 @@ def main(argv=None) -> None:
     dtype = args.dtype if args.dtype != "auto" else "bfloat16" if native_bf16_cpu() else "float32"
     path = hub.resolve_model(args.model)
     engine = Engine.load(path, EngineConfig(dtype=dtype))
-    pool = prompts(engine.tokenizer, args.batch + 1)
+    pool = prompts(engine.tokenizer, args.batch + 1, prompt_sets("")[0])
     engine.generate(pool[:2], SamplingParams(max_tokens=8, temperature=0))  # warm up
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}; torch threads: {torch.get_num_threads()}",
+        f"- machine: {machine(load_before)}; torch threads: {torch.get_num_threads()}",
         f"- command: `{shlex.join(['python', 'benchmarks/serve_long.py'] + (argv if argv is not None else sys.argv[1:]))}`",
         f"- model: {args.model}, {dtype}; {args.tokens} new tokens per request",
     ]
