@@ -129,6 +129,9 @@ def exact_parts(seen: dict) -> dict[str, int]:
 
 
 def child(args) -> None:
+    from camelid import allocator
+
+    allocator.use_fast_allocator()  # as the `camelid ppo` command starts (CAMELID_ALLOCATOR=system: glibc's malloc)
     import torch
 
     from camelid.config import load_config
@@ -183,6 +186,7 @@ def child(args) -> None:
         + json.dumps(
             {
                 "layout": args.child,
+                "allocator": "tcmalloc" if allocator.loaded() else "glibc",
                 "update_s": statistics.median(per_update),
                 "updates_s": per_update,
                 "peak_bytes": peak,
@@ -246,8 +250,8 @@ def main() -> None:
                 + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
             )
             env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else {})}
-            if args.live_memory:
-                env.update(LIVE_MEMORY_ENV)
+            if args.live_memory:  # glibc's malloc with its mmap threshold fixed
+                env.update(LIVE_MEMORY_ENV, CAMELID_ALLOCATOR="system")
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -301,15 +305,20 @@ def main() -> None:
     if not args.out:
         return
     command = "python benchmarks/ppo_layout.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--out"))
+    if os.environ.get("CAMELID_ALLOCATOR"):
+        command = f"CAMELID_ALLOCATOR={os.environ['CAMELID_ALLOCATOR']} {command}"
+    malloc = results["shared"][0]["allocator"]
     key = (
         f"{label if args.random_model else Path(args.model).name}, {args.dtype}, {args.device}"
         + (", gradient checkpointing" if args.gradient_checkpointing else "")
         + (", live memory" if args.live_memory else "")
+        + (", glibc malloc" if args.device == "cpu" and malloc == "glibc" and not args.live_memory else "")
     )
     body = (
         f"{datetime.date.today()} · {machine(load_before)}\n\n`{command.strip()}`\n\n"
         f"LoRA r=16 all-linear; {args.rollout} prompts per update, mini-batch {args.mini}, {args.epochs} PPO "
         f"epoch(s), up to {args.max_new} answer tokens (top-k 50, temperature 1); median over updates 2..{args.steps}"
+        f"; {malloc} malloc"
         f"{', mean of 2 runs each (ABBA order)' if args.repeats > 1 else ''}."
         + (
             " Live memory: glibc's mmap threshold fixed at 1 MB in both processes, so peak RSS is the live peak; "

@@ -69,6 +69,10 @@ IGNORE = -100
 
 
 # Qwen2-0.5B's shape (config.json of Qwen/Qwen2-0.5B); vocab stays 151,936 (see the module docstring).
+# camelid's side once more on glibc's malloc, where it would run on tcmalloc (camelid/allocator.py): what that buys
+CAMELID_GLIBC = "camelid-glibc"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=str(ROOT / "artifacts" / "venv-llamafactory" / "bin" / "python"),
         help="python of a venv with llamafactory installed, for the llamafactory sides (see benchmarks/README.md)",
     )
-    p.add_argument("--worker", choices=["camelid", "baseline", *LF_MODES], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["camelid", CAMELID_GLIBC, "baseline", *LF_MODES], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -214,6 +218,7 @@ def worker_camelid(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    from camelid import allocator
     from camelid.config import Config, LoraConfig
     from camelid.data.loader import collate, pack
     from camelid.data.templates import Rendered
@@ -264,7 +269,8 @@ def worker_camelid(spec: dict) -> None:
     model, metrics = fit(model, loss_fn, rows, [], collate_fn, t, Path(spec["run_dir"]), acc, on_step=on_step)
     useful, supervised = _useful(spec["train"])
     result = {
-        "side": "camelid",
+        "side": spec["side"],
+        "allocator": "tcmalloc" if allocator.loaded() else "glibc",
         "examples": len(train),
         "rows": len(rows),
         "steps": len(losses),
@@ -579,7 +585,8 @@ def table(results: list[dict], device: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         name = {
-            "camelid": "camelid (packing)",
+            "camelid": f"camelid (packing; {r.get('allocator', 'glibc')} malloc)",
+            CAMELID_GLIBC: "camelid (packing) on glibc malloc (`CAMELID_ALLOCATOR=system`)",
             "baseline": "HF Trainer + peft (padding)",
             "llamafactory": f"LLaMA-Factory {r.get('version', '')} (defaults: padding)",
             "llamafactory-neat": f"LLaMA-Factory {r.get('version', '')} (neat_packing)",
@@ -624,7 +631,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
-        workers = {"camelid": worker_camelid, "baseline": worker_baseline}
+        if args.worker == "camelid":
+            from camelid.allocator import use_fast_allocator
+
+            use_fast_allocator()  # as the `camelid` command starts: again on tcmalloc where installed
+        workers = {"camelid": worker_camelid, CAMELID_GLIBC: worker_camelid, "baseline": worker_baseline}
         workers.get(args.worker, worker_llamafactory)(spec)
         return
 
@@ -724,6 +735,12 @@ def main(argv=None) -> None:
             lines.append(
                 f"\nwarning: camelid's loop counted {c['camelid_tokens_counted']} tokens, the script {c['useful_tokens']}"
             )
+    if "camelid" in by and CAMELID_GLIBC in by:
+        c, g = by["camelid"], by[CAMELID_GLIBC]
+        lines.append(
+            f"\n**camelid on {c['allocator']} / on glibc malloc, useful tokens/s: "
+            f"{g['wall_s'] / c['wall_s']:.2f}×; peak RSS {c['peak_rss_mb'] / g['peak_rss_mb']:.2f}×**"
+        )
     for side in (s for s in LF_MODES if s in by and "camelid" in by):
         c, f = by["camelid"], by[side]
         lines.append(

@@ -32,6 +32,7 @@ from typing import Literal
 
 import yaml
 
+from camelid.allocator import use_fast_allocator
 from camelid.config import SECTIONS, Config, field_docs, load_config, type_name, validate
 from camelid.utils import CamelidError, log, setup_logging
 
@@ -573,7 +574,7 @@ VERBS: dict[str, Verb] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    command_line, argv = argv is None, sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
         print(
             "usage: camelid VERB [ARG ...] [--flag [VALUE] ...] [CONFIG.yaml] [section.key=value ...]\n\n"
@@ -590,6 +591,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     setup_logging()
     try:
+        if command_line:  # the `camelid` command (not main([...]) from Python): re-run on tcmalloc where installed
+            use_fast_allocator()
         VERBS[verb].run(parse(verb, args))
     except CamelidError as e:
         print(f"camelid {verb}: error: {e}", file=sys.stderr)

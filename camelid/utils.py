@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib
 import json
@@ -56,27 +55,6 @@ def fast_bf16(device_type: str) -> bool:
 
 REMEMBER_DIGESTS_FROM = 64 << 20  # bytes: files this large have their sha256 remembered
 RACY_NS = 2_000_000_000  # a file changed this recently is not remembered (git's "racy" files, the same cure)
-
-
-@functools.cache
-def _malloc_trim():
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to call
-        return None
-
-
-def trim_heap() -> None:
-    """Give the heap's free pages back to the OS (glibc's malloc_trim). A CPU process's resident memory otherwise
-    keeps every page freed tensors once used (glibc returns only the heap's top), so a phase that follows a bigger
-    one starts from the bigger one's peak. Touching the pages again costs a page fault each, so this belongs
-    between phases (PPO's rollout and its mini-batch updates), not inside a training step."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

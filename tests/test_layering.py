@@ -22,6 +22,7 @@ LAYER = {
     "rundir": 2,
     "e5s1": 1,
     "lora_dropout": 1,
+    "allocator": 1,
     "config": 1,
     "utils": 0,
     "__init__": 0,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from camelid.allocator import trim_heap
 from camelid.config import Config, PpoConfig, validate
 from camelid.data.loader import batch_order, collate, load_records, prepare_pt, with_system
 from camelid.data.templates import prompt_ids, render
@@ -57,7 +58,7 @@ from camelid.train.losses import (
     ppo_value_loss,
 )
 from camelid.train.output_head import chunked_logits, head_logps
-from camelid.utils import CamelidError, log, trim_heap
+from camelid.utils import CamelidError, log
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]
 
