@@ -132,6 +132,46 @@ def test_batched_chunked_greedy_equals_hf_generate(model_dirs, prompts, arch, pe
     assert_pool_empty(engine)
 
 
+def penalized_greedy(model, prompt, eos, max_new_tokens, repetition, presence, frequency) -> list[int]:
+    """Greedy decoding with the penalties written out (transformers' repetition penalty over prompt + output, then
+    OpenAI's presence and frequency penalties over output counts), re-running the whole sequence each step."""
+    ids, new = list(prompt), []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            for j in set(ids):
+                logits[j] = logits[j] / repetition if logits[j] > 0 else logits[j] * repetition
+            for j in set(new):
+                logits[j] -= presence + frequency * new.count(j)
+            t = int(logits.argmax())
+            if t in eos:
+                break
+            new.append(t)
+            ids.append(t)
+    return new
+
+
+# (repetition, presence, frequency): all three at once; and a negative frequency penalty alone, under which tokens
+# repeat, so the output depends on the counts themselves and not only on which ids were seen
+PENALTIES = [(1.2, 0.5, 0.7), (1.0, 0.0, -0.4)]
+
+
+@pytest.mark.parametrize("penalties", PENALTIES, ids=["all", "frequency"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_with_presence_frequency_and_repetition_penalties_equals_the_written_out_rule(
+    model_dirs, prompts, arch, penalties
+):
+    """The penalties read ids and counts the engine keeps as tensors and grows by one entry per new id."""
+    repetition, presence, frequency = penalties
+    engine = make_engine(model_dirs, arch, block_size=4, max_batch_tokens=16)
+    params = greedy(24, repetition_penalty=repetition, presence_penalty=presence, frequency_penalty=frequency)
+    outs = engine.generate(prompts, params)
+    ref = ref_model(model_dirs, arch)
+    for prompt, out in zip(prompts, outs):
+        assert out.token_ids == penalized_greedy(ref, prompt, engine.eos, 24, repetition, presence, frequency)
+    assert_pool_empty(engine)
+
+
 def test_prompt_longer_than_max_batch_tokens_alone(model_dirs, prompts):
     """A lone prompt longer than max_batch_tokens takes several prefill steps in which nothing is sampled."""
     engine = make_engine(model_dirs, "llama", max_batch_tokens=16)

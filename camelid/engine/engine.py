@@ -37,7 +37,7 @@ from camelid.engine import paged
 from camelid.engine.detok import Detokenizer, TokenBytes
 from camelid.engine.kv import BlockPool, KVCache, chain_hash
 from camelid.engine.request import Completion, Output, Request
-from camelid.engine.sampling import SamplingParams, choose, penalize, token_logprobs
+from camelid.engine.sampling import IdCounts, SamplingParams, choose, penalize, token_logprobs
 from camelid.engine.waiting import WaitQueue
 from camelid.utils import CamelidError, fast_bf16
 
@@ -434,12 +434,12 @@ class Engine:
         p = req.params
         if p.ignore_eos and self.eos:
             logits[list(self.eos)] = float("-inf")
-        seen = torch.empty(0)
-        if p.repetition_penalty != 1.0:  # over the distinct ids seen, kept as a set: not a tensor of all tokens a step
-            if req.seen is None:
-                req.seen = set(req.tokens)
-            seen = torch.tensor(list(req.seen), dtype=torch.long, device=logits.device)
-        logits = penalize(logits, p, seen, req.counts)
+        # the ids a penalty reads, counted once, then one entry more per new id (not rebuilt every step)
+        if p.repetition_penalty != 1.0 and req.seen is None:
+            req.seen = IdCounts(req.tokens, logits.device, counting=False)
+        if (p.presence_penalty or p.frequency_penalty) and req.counts is None:
+            req.counts = IdCounts(req.generated, logits.device)
+        logits = penalize(logits, p, req.seen, req.counts)
         token = choose(logits, p, req.generator)
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
@@ -450,9 +450,9 @@ class Engine:
             return
         req.tokens.append(token)
         req.generated.append(token)
-        if req.seen is not None:
-            req.seen.add(token)
-        req.counts[token] += 1
+        for counted in (req.seen, req.counts):
+            if counted is not None:
+                counted.add(token)
         entries = []
         if p.logprobs:
             lp, top = token_logprobs(logits, token, p.top_logprobs)

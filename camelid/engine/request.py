@@ -9,7 +9,6 @@ callback, or to a queue read by iterating it, and `result()` waits for the end.
 
 from __future__ import annotations
 
-import collections
 import queue
 import threading
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from camelid.engine.detok import Detokenizer
-from camelid.engine.sampling import SamplingParams
+from camelid.engine.sampling import IdCounts, SamplingParams
 
 
 @dataclass
@@ -68,8 +67,8 @@ class Request:
         self.blocks: list[int] = []
         self.hashed, self.last_hash = 0, b""  # blocks registered in the prefix cache, and the chain's head
         self.cached_tokens = 0
-        self.counts: collections.Counter = collections.Counter()
-        self.seen: set[int] | None = None  # distinct ids of prompt + output, kept once a repetition penalty needs it
+        self.seen: IdCounts | None = None  # prompt + output ids, kept once a repetition penalty needs them
+        self.counts: IdCounts | None = None  # output ids, kept once a presence or frequency penalty needs them
         self.logprobs: list[dict] = []
         self.text, self.sent, self.detok = "", 0, detok  # text only grows (whole characters); sent: chars delivered
         self.finish_reason: str | None = None

@@ -68,17 +68,51 @@ class SamplingParams:
         return self.temperature < MIN_TEMPERATURE
 
 
+class IdCounts:
+    """How often each token id occurred, as two tensors (`ids`, `counts`) that grow by one entry per new id, so a
+    step's penalty reads them as they are. Rebuilding them from a dict or set every step cost O(distinct ids), which
+    grows with the output (benchmarks/RESULTS.md, long generations). counting=False keeps the ids alone (a repetition
+    penalty needs no counts)."""
+
+    def __init__(self, tokens=(), device: torch.device | str = "cpu", counting: bool = True):
+        self.counting = counting
+        self.where: dict[int, int] = {}  # id -> its entry
+        ids, counts = [], []
+        for t in tokens:
+            if t in self.where:
+                counts[self.where[t]] += 1
+            else:
+                self.where[t] = len(ids)
+                ids.append(t)
+                counts.append(1)
+        self.ids = torch.tensor(ids, dtype=torch.long, device=device)
+        self.counts = torch.tensor(counts, dtype=torch.float32, device=device)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def add(self, token: int) -> None:
+        entry = self.where.get(token)
+        if entry is None:
+            self.where[token] = len(self.where)
+            self.ids = torch.cat([self.ids, self.ids.new_tensor([token])])
+            self.counts = torch.cat([self.counts, self.counts.new_tensor([1.0])])
+        elif self.counting:
+            self.counts[entry] += 1
+
+
 def penalize(
-    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, output_counts: dict[int, int]
+    logits: torch.Tensor, params: SamplingParams, seen: IdCounts | None, output: IdCounts | None
 ) -> torch.Tensor:
     """Apply repetition (over `seen`, prompt + output ids) and presence/frequency penalties (over output counts)."""
-    if params.repetition_penalty != 1.0 and seen.numel():
-        picked = logits[seen]
-        logits[seen] = torch.where(picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty)
-    if output_counts and (params.presence_penalty or params.frequency_penalty):
-        ids = torch.tensor(list(output_counts), dtype=torch.long, device=logits.device)
-        counts = torch.tensor(list(output_counts.values()), dtype=logits.dtype, device=logits.device)
-        logits[ids] -= params.presence_penalty + params.frequency_penalty * counts
+    if params.repetition_penalty != 1.0 and seen:
+        picked = logits[seen.ids]
+        logits[seen.ids] = torch.where(
+            picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
+        )
+    if output and (params.presence_penalty or params.frequency_penalty):
+        penalty = params.presence_penalty + params.frequency_penalty * output.counts
+        logits[output.ids] -= penalty.to(logits.dtype)
     return logits
 
 
