@@ -585,7 +585,7 @@ def table(results: list[dict], device: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         name = {
-            "camelid": f"camelid (packing; {r.get('allocator', 'glibc')} malloc)",
+            "camelid": f"camelid (packing; {r.get('allocator', 'glibc')})",
             CAMELID_GLIBC: "camelid (packing) on glibc malloc (`CAMELID_ALLOCATOR=system`)",
             "baseline": "HF Trainer + peft (padding)",
             "llamafactory": f"LLaMA-Factory {r.get('version', '')} (defaults: padding)",
