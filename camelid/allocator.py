@@ -4,7 +4,7 @@ On the CPU every activation and gradient of a training step is a malloc'd buffer
 its mmap threshold as such blocks are freed (up to 32 MB), so they come from its heap, which keeps them resident and
 fragments: a LoRA SFT step of SmolLM2-135M holds ~5 GB live but the process grows to ~10-11 GB. tcmalloc (gperftools,
 Debian's libtcmalloc-minimal4) reuses freed blocks by size class and returns spans to the OS as it goes: the same run
-peaked at 0.44x the RSS and ran 1.34x faster (benchmarks/RESULTS.md, SFT, "allocator").
+peaked at 0.44x the RSS and ran 1.34x faster (benchmarks/RESULTS.md, SFT, the live-memory subsection).
 
 An allocator has to be in place before the process's first malloc, so `use_fast_allocator` (called by the `camelid`
 command before anything heavy is imported) executes the same command again with tcmalloc in LD_PRELOAD, once. The

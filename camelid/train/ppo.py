@@ -423,8 +423,8 @@ def main(cfg: Config, reward_fn: RewardFn | None = None) -> dict:
         epoch, offset = divmod(state["step"], per_epoch)
         chosen = [prompts[i] for i in batch_order(len(prompts), p.rollout_batch, t.seed, epoch)[offset]]
         batch, roll = rollout(ac, engine, reward_fn, chosen, cfg, state["step"], state["kl_coef"], device)
-        # glibc keeps freed pages resident; handing them back between phases is cheap (ms), inside one is not
-        # (a fault per page touched again). Measured: -0.08 GiB of peak RSS at 0.5B (benchmarks/RESULTS.md, PPO)
+        # on glibc (CAMELID_ALLOCATOR=system, or no tcmalloc) freed pages stay resident; handing them back between
+        # phases is cheap (ms), inside one is not (a fault per page touched again): -0.08 GiB of peak RSS at 0.5B
         trim_heap()
         upd = ppo_update(ac, batch, cfg, optimizer, scheduler, ptx, state["step"])
         state["step"] += 1
