@@ -186,7 +186,7 @@ def child(args) -> None:
         + json.dumps(
             {
                 "layout": args.child,
-                "allocator": "tcmalloc" if allocator.loaded() else "glibc",
+                "allocator": allocator.malloc_name(),
                 "update_s": statistics.median(per_update),
                 "updates_s": per_update,
                 "peak_bytes": peak,

@@ -68,7 +68,6 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target": "all-linear"}
 IGNORE = -100
 
 
-# Qwen2-0.5B's shape (config.json of Qwen/Qwen2-0.5B); vocab stays 151,936 (see the module docstring).
 # camelid's side once more on glibc's malloc, where it would run on tcmalloc (camelid/allocator.py): what that buys
 CAMELID_GLIBC = "camelid-glibc"
 
@@ -270,7 +269,7 @@ def worker_camelid(spec: dict) -> None:
     useful, supervised = _useful(spec["train"])
     result = {
         "side": spec["side"],
-        "allocator": "tcmalloc" if allocator.loaded() else "glibc",
+        "allocator": allocator.malloc_name(),
         "examples": len(train),
         "rows": len(rows),
         "steps": len(losses),

@@ -59,9 +59,9 @@ def loaded() -> str | None:
     return None
 
 
-def use_fast_allocator(argv: list[str] | None = None) -> None:
-    """Re-execute this process (its original command line, or `argv`) with tcmalloc preloaded, where installed and
-    not turned off; returns at once when there is nothing to do, and in the re-executed process."""
+def use_fast_allocator() -> None:
+    """Re-execute this process (its original command line) with tcmalloc preloaded, where installed and not turned
+    off; returns at once when there is nothing to do, and in the re-executed process."""
     if _REEXEC in os.environ:  # the second run: the preload is in place; children get the environment as it was
         previous = os.environ.pop(_REEXEC).partition("=")[2]
         if previous:
@@ -82,19 +82,20 @@ def use_fast_allocator(argv: list[str] | None = None) -> None:
     env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
     sys.stdout.flush()
     sys.stderr.flush()
-    command = argv if argv is not None else sys.orig_argv
-    os.execve(sys.executable, [sys.executable, *command[1:]], env)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def malloc_name() -> str:
+    """What this process allocates with, as benchmarks name it: tcmalloc, or glibc (the system's malloc on Linux)."""
+    return "tcmalloc" if loaded() else "glibc"
 
 
 @functools.cache
-def _release_functions() -> tuple:
+def _release_calls() -> tuple:
     process = ctypes.CDLL(None)  # the symbols the process has loaded, a preloaded tcmalloc's among them
-    found = []
-    for name in ("malloc_trim", "MallocExtension_ReleaseFreeMemory"):
-        fn = getattr(process, name, None)
-        if fn is not None:
-            found.append((name, fn))
-    return tuple(found)
+    trim = getattr(process, "malloc_trim", None)
+    release = getattr(process, "MallocExtension_ReleaseFreeMemory", None)
+    return tuple(call for call in ((lambda: trim(0)) if trim else None, release) if call is not None)
 
 
 def trim_heap() -> None:
@@ -103,8 +104,5 @@ def trim_heap() -> None:
     the heap's top), so a phase that follows a bigger one starts from the bigger one's peak. Touching the pages again
     costs a page fault each, so this belongs between phases (PPO's rollout and its mini-batch updates), not inside a
     training step."""
-    for name, fn in _release_functions():
-        if name == "malloc_trim":
-            fn(0)
-        else:
-            fn()
+    for call in _release_calls():
+        call()

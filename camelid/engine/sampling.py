@@ -72,7 +72,7 @@ class IdCounts:
     """How often each token id occurred, as two tensors (`ids`, `counts`) that grow by one entry per new id, so a
     step's penalty reads them as they are. Rebuilding them from a dict or set every step cost O(distinct ids), which
     grows with the output (benchmarks/RESULTS.md, long generations). counting=False keeps the ids alone (a repetition
-    penalty needs no counts)."""
+    penalty needs no counts; `counts` then stays as built)."""
 
     def __init__(self, tokens=(), device: torch.device | str = "cpu", counting: bool = True):
         self.counting = counting
@@ -96,7 +96,8 @@ class IdCounts:
         if entry is None:
             self.where[token] = len(self.where)
             self.ids = torch.cat([self.ids, self.ids.new_tensor([token])])
-            self.counts = torch.cat([self.counts, self.counts.new_tensor([1.0])])
+            if self.counting:
+                self.counts = torch.cat([self.counts, self.counts.new_tensor([1.0])])
         elif self.counting:
             self.counts[entry] += 1
 
