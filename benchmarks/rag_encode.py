@@ -2,9 +2,10 @@
 
 Chunks: a sample of those benchmarks/rag_retrieval.py stored (`--work`), half Chinese and half English, embedded as
 `kb add` embeds them (heading path + text, the "passage" prompt where the encoder has one). Each encoder runs in
-float32 and in bfloat16 (autocast), alternating, `--rounds` times; texts/s and encoder tokens/s are the medians over
-rounds, and "cosine" is the least cosine between an encoder's float32 and bfloat16 vectors of the same text. Then one
-`kb add` of `--profile-docs` People's Daily articles into a fresh knowledge base, timed by stage.
+float32 and in bfloat16 (autocast), alternating, `--rounds` times (a static encoder, a table of token vectors, once
+per round); texts/s and encoder tokens/s are the medians over rounds, and "cosine" is the least cosine between an
+encoder's float32 and bfloat16 vectors of the same text. Then one `kb add` of `--profile-docs` People's Daily articles
+into a fresh knowledge base per `--profile-encoders` encoder, timed by stage.
 
     .venv/bin/python benchmarks/rag_encode.py --work artifacts/rag-bench
 """
@@ -33,10 +34,15 @@ INTRO = __doc__.split("\n\n    .venv")[0].split("\n\n", 1)[1].strip() + "\n"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="the folder benchmarks/rag_retrieval.py --work kept")
-    p.add_argument("--encoders", default="multilingual-e5-small,all-minilm-l6-v2")
+    p.add_argument("--encoders", default="multilingual-e5-small,multilingual-e5-small-static,all-minilm-l6-v2")
     p.add_argument("--texts", type=int, default=128, help="chunks per round (half zh, half en)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--profile-docs", type=int, default=150)
+    p.add_argument(
+        "--profile-encoders",
+        default="multilingual-e5-small,multilingual-e5-small-static",
+        help="the encoders whose `kb add` is timed by stage",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="results file; '' = print only")
     return p.parse_args(argv)
 
@@ -54,8 +60,9 @@ def sample_chunks(work: Path, n: int) -> list[str]:
     return out
 
 
-def profile(work: Path, docs: int) -> tuple[dict, float, float]:
-    """Seconds per stage of one `kb add` (default config) of `docs` articles; total seconds; MB."""
+def profile(work: Path, docs: int, encoder: str) -> tuple[dict, float, float]:
+    """Seconds per stage of one `kb add` of `docs` articles with `encoder` (otherwise the default config); total
+    seconds; MB."""
     from camelid.config import RagConfig
     from camelid.rag import embed, store
 
@@ -80,11 +87,11 @@ def profile(work: Path, docs: int) -> tuple[dict, float, float]:
         timed(store, "read_blocks", "read"),
         timed(store, "chunk_blocks", "chunk (sentence split, token counts)"),
         timed(store, "terms", "BM25 terms (jieba)"),
-        timed(embed.Encoder, "encode", "encode (bf16 where native)"),
+        timed(embed.Encoder, "encode_passages", "encode + [UNK] shares (bf16 where native)"),
     ]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = RagConfig(root=tmp)
+            cfg = RagConfig(root=tmp, embedding_model=encoder)
             kb = store.KnowledgeBase.open(Path(tmp) / "p", create=cfg)
             kb.encoder(cfg.embedding_batch).encode(["warm-up"])
             spent.clear()
@@ -109,7 +116,9 @@ def main(argv=None) -> None:
     texts = sample_chunks(work, a.texts)
     rows = []
     for name in a.encoders.split(","):
-        encs = {dt: Encoder(name, dtype=dt) for dt in ("float32", "bfloat16")}
+        # a static encoder (a table of token vectors) has no matmuls for bf16 to speed up: one row
+        static = Encoder(name).table is not None
+        encs = {dt: Encoder(name, dtype=dt) for dt in (("float32",) if static else ("float32", "bfloat16"))}
         tokens = sum(encs["float32"].count_tokens(texts))
         rates: dict[str, list[float]] = {dt: [] for dt in encs}
         vecs = {}
@@ -120,16 +129,33 @@ def main(argv=None) -> None:
                 t = time.perf_counter()
                 vecs[dt] = enc.encode(texts)
                 rates[dt].append(len(texts) / (time.perf_counter() - t))
-        cos = float((vecs["float32"] * vecs["bfloat16"]).sum(1).min())
-        f32, b16 = statistics.median(rates["float32"]), statistics.median(rates["bfloat16"])
-        for dt, r in (("float32", f32), ("bfloat16", b16)):
+        f32 = statistics.median(rates["float32"])
+        rows.append(
+            f"| {name} | {'static' if static else 'float32'} | {f32:,.1f} | {f32 * tokens / len(texts):,.0f} | "
+        )
+        rows[-1] += "– | – |" if static else "1.00× | – |"
+        if not static:
+            cos = float((vecs["float32"] * vecs["bfloat16"]).sum(1).min())
+            b16 = statistics.median(rates["bfloat16"])
             rows.append(
-                f"| {name} | {dt} | {r:.1f} | {r * tokens / len(texts):,.0f} | "
-                + (f"{b16 / f32:.2f}× | {cos:.5f} |" if dt == "bfloat16" else "1.00× | – |")
+                f"| {name} | bfloat16 | {b16:.1f} | {b16 * tokens / len(texts):,.0f} | {b16 / f32:.2f}× | {cos:.5f} |"
             )
-        print(rows[-2], rows[-1], sep="\n", flush=True)
-    spent, total, mb = profile(work, a.profile_docs)
-    stages = "\n".join(f"| {k} | {v:.1f} | {v / total:.0%} |" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]))
+        print(*rows[-1 if static else -2 :], sep="\n", flush=True)
+    profiles = []
+    for name in a.profile_encoders.split(","):
+        spent, total, mb = profile(work, a.profile_docs, name)
+        stages = "\n".join(
+            f"| {k} | {v:.1f} | {v / total:.0%} |" for k, v in sorted(spent.items(), key=lambda kv: -kv[1])
+        )
+        profiles += [
+            "",
+            f"`kb add` of {a.profile_docs} People's Daily articles ({mb:.2f} MB) with {name}: {total:.1f} s, "
+            f"{mb / total:.3f} MB/s",
+            "",
+            "| stage | seconds | share |",
+            "|---|---|---|",
+            stages,
+        ]
     text = "\n".join(
         [
             f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
@@ -140,13 +166,7 @@ def main(argv=None) -> None:
             "| encoder | dtype | texts/s | tokens/s | bf16 speed-up | least cosine fp32 vs bf16 |",
             "|---|---|---|---|---|---|",
             *rows,
-            "",
-            f"`kb add` of {a.profile_docs} People's Daily articles ({mb:.2f} MB), default config: {total:.1f} s, "
-            f"{mb / total:.3f} MB/s",
-            "",
-            "| stage | seconds | share |",
-            "|---|---|---|",
-            stages,
+            *profiles,
         ]
     )
     print(text)

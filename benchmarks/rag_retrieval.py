@@ -227,13 +227,17 @@ def chunk_stats(kb) -> dict:
             "p50": pct(counts, 50),
             "p90": pct(counts, 90),
             "max": counts[-1],
-            "over": sum(c > enc.max_tokens - 2 for c in counts),
+            "over": sum(c > enc.max_tokens - 2 for c in counts) if enc.max_tokens else 0,
             "tiny": sum(c < 20 for c in counts),
             "stored_max": max(stored),
             "limit": enc.max_tokens,
             "unk": sum(x.count(unk) for x in ids) / max(sum(counts), 1),
         }
     return out
+
+
+def _limit(stats: dict) -> int | None:
+    return next(iter(stats.values()))["limit"] if stats else None
 
 
 def needle_coverage(kb, questions: list[dict]) -> tuple[int, int, int]:
@@ -474,8 +478,8 @@ def report(
     ]
     out += [
         (
-            "**Chunks** in the encoder's tokens (recounted on the stored text; the encoder reads at most "
-            f"{next(iter(stats.values()))['limit'] if stats else '?'}, special tokens included)"
+            "**Chunks** in the encoder's tokens (recounted on the stored text; the encoder reads "
+            + (f"at most {limit}, special tokens included)" if (limit := _limit(stats)) else "texts of any length)")
         ),
         "",
         (

@@ -30,6 +30,20 @@ def require(module: str, extra: str) -> Any:
         raise CamelidError(f"this feature needs the optional package '{module}': pip install 'camelid[{extra}]'") from e
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off inside the block: loading an encoder checkpoint without BERT's pooler (which mean
+    pooling never reads) otherwise prints a load report of missing weights."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(was)
+
+
 def camelid_home() -> Path:
     return Path(os.environ.get("CAMELID_HOME") or Path.home() / ".cache" / "camelid").expanduser()
 

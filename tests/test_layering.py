@@ -21,6 +21,7 @@ LAYER = {
     "hub": 2,
     "rundir": 2,
     "e5s1": 1,
+    "static_encoder": 1,
     "lora_dropout": 1,
     "allocator": 1,
     "config": 1,

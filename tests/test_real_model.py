@@ -173,14 +173,14 @@ def test_reward_model_then_ppo_on_smollm2(smollm2, tmp_path):
     assert summary["step"] == 3 and (tmp_path / "ppo" / "final" / "adapter_config.json").exists()
 
 
-def test_knowledge_base_with_e5_and_smollm2(smollm2, tmp_path):
-    """Real encoder (the catalog's multilingual-e5-small, the default), real corpora, real model: planted passages
-    found for paraphrased zh and en questions by BM25, dense and fused retrieval among People's Daily and
-    Shakespeare distractors; `kb ask` answers with citations, and an off-topic question gets the "not found" answer."""
+CLINIC_EN, CLINIC_ZH = "When can I see a doctor at Riverside during the week?", "怎么提前预约看病？"
+CLINIC_WANTED = {CLINIC_EN: ["Riverside Clinic", "Opening hours"], CLINIC_ZH: ["Riverside Clinic", "预约挂号"]}
+
+
+def _clinic_kb(rag, tmp_path):
+    """A knowledge base: a small clinic handbook (the planted passages) among 300 People's Daily paragraphs and
+    Hamlet."""
     from camelid import hub
-    from camelid.config import RagConfig, load_config
-    from camelid.rag.answer import ask_main
-    from camelid.rag.retrieve import search
     from camelid.rag.store import KnowledgeBase
 
     docs = tmp_path / "docs"
@@ -194,12 +194,24 @@ def test_knowledge_base_with_e5_and_smollm2(smollm2, tmp_path):
         "患者可以通过微信小程序提前七天预约门诊。当天挂号需要带身份证到一楼服务台办理。\n",
         encoding="utf-8",
     )
-    rag = RagConfig(root=str(tmp_path / "kbs"))
     kb = KnowledgeBase.open(tmp_path / "kbs" / "clinic", create=rag)
     report = kb.add([str(docs)], rag, progress=False)
     assert not report.failed and report.chunks > 100
-    en, zh = "When can I see a doctor at Riverside during the week?", "怎么提前预约看病？"
-    wanted = {en: ["Riverside Clinic", "Opening hours"], zh: ["Riverside Clinic", "预约挂号"]}
+    return kb
+
+
+def test_knowledge_base_with_e5_and_smollm2(smollm2, tmp_path):
+    """Real encoder (the catalog's multilingual-e5-small, the default), real corpora, real model: planted passages
+    found for paraphrased zh and en questions by BM25, dense and fused retrieval among People's Daily and
+    Shakespeare distractors; `kb ask` answers with citations, and an off-topic question gets the "not found" answer."""
+    from camelid.config import RagConfig, load_config
+    from camelid.rag.answer import ask_main
+    from camelid.rag.retrieve import search
+
+    rag = RagConfig(root=str(tmp_path / "kbs"))
+    kb = _clinic_kb(rag, tmp_path)
+    en, zh = CLINIC_EN, CLINIC_ZH
+    wanted = CLINIC_WANTED
     assert kb.encoder_line().startswith("encoder multilingual-e5-small (license: MIT")
     # Ranking alone (thresholds off): each retriever puts the passage in its top 5, the dense one in Chinese too
     # (all-MiniLM-L6-v2, the English encoder before it, reads most Chinese characters as [UNK]).
@@ -222,6 +234,41 @@ def test_knowledge_base_with_e5_and_smollm2(smollm2, tmp_path):
     assert "8 in the morning" in answer["prompt"]
     off = ask_main(cfg, "clinic", "What is the best graphics card for gaming laptops?")
     assert not off["found"] and off["citations"] == []
+
+
+def test_knowledge_base_with_the_static_distillation_of_e5(tmp_path):
+    """The catalog's multilingual-e5-small-static, distilled from e5 at pull: its vectors are what
+    sentence-transformers computes from the table; on the clinic base a Chinese question finds its Chinese passage
+    through the dense retriever alone and the fused search keeps it first with the catalog thresholds, and off-topic
+    questions find nothing."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from camelid import hub
+    from camelid.config import RagConfig
+    from camelid.rag.retrieve import search
+
+    folder = hub.pull("multilingual-e5-small-static")
+    rag = RagConfig(root=str(tmp_path / "kbs"), embedding_model="multilingual-e5-small-static")
+    kb = _clinic_kb(rag, tmp_path)
+    enc = kb.encoder()
+    assert (
+        enc.table is not None
+        and enc.dim == 256
+        and kb.encoder_line().endswith(
+            "(license: MIT, as " + ("multilingual-e5-small it is derived from (see that entry))")
+        )
+    )
+    texts = [CLINIC_EN, CLINIC_ZH, "人民日报 1998"]
+    theirs = SentenceTransformer(str(folder), device="cpu").encode(texts, normalize_embeddings=True)
+    assert np.allclose(enc.encode(texts), theirs, atol=1e-6)
+    ranking = RagConfig(**{**rag.__dict__, "min_similarity": -1.0, "min_term_share": 0.0})
+    top = search(kb, CLINIC_ZH, ranking, retriever="dense", top_k=5)
+    assert CLINIC_WANTED[CLINIC_ZH] in [h.chunk["heading"] for h in top]
+    # English is where it is weaker than e5 (benchmarks/RESULTS.md): the English question is not asserted here
+    assert search(kb, CLINIC_ZH, rag)[0].chunk["heading"] == CLINIC_WANTED[CLINIC_ZH]
+    assert search(kb, "What is the best graphics card for gaming laptops?", rag) == []
+    assert search(kb, "最好的游戏笔记本电脑显卡是哪款？", rag) == []
 
 
 def test_llm_reranker_moves_the_answer_up_with_smollm2(smollm2, tmp_path):

@@ -358,8 +358,7 @@ class KnowledgeBase:
                     bar.update(size)
                     continue
                 texts = [passage(c.heading, c.text) for c in chunks]
-                vecs = _encode_with_progress(enc, texts, bar, size)
-                unknown = enc.unknown_shares(texts)
+                vecs, unknown = _encode_with_progress(enc, texts, bar, size)
                 self._copy_in(src, name)
                 with self.lock, self.db:
                     stale = self._delete_doc(old[0]) if old else []
@@ -389,7 +388,8 @@ class KnowledgeBase:
                         ids.append(cid)
                     self._bump()
                 # the index follows the committed rows (were the commit to fail, it stays as it was)
-                index.remove_ids(np.array(stale, dtype=np.int64))
+                if stale:  # faiss walks the whole index for a removal, even of nothing
+                    index.remove_ids(np.array(stale, dtype=np.int64))
                 if ids:
                     index.add_with_ids(vecs, np.array(ids, dtype=np.int64))
                 (report.replaced if old else report.added).append(name)
@@ -468,18 +468,20 @@ class KnowledgeBase:
         os.replace(tmp, dest)
 
 
-def _encode_with_progress(enc: Encoder, texts: list[str], bar, size: int) -> np.ndarray:
-    """`enc.encode(texts)` in slices, moving `bar` through the file's `size` bytes as they are done: encoding is
-    most of the time, and one large file should not sit at 0% until it is finished."""
+def _encode_with_progress(enc: Encoder, texts: list[str], bar, size: int) -> tuple[np.ndarray, list[float]]:
+    """`enc.encode_passages(texts)` (vectors, [UNK] shares) in slices, moving `bar` through the file's `size` bytes
+    as they are done: encoding is most of the time, and one large file should not sit at 0% until it is finished."""
     step = max(1, enc.batch * 4)
-    parts, done = [], 0
+    parts, unknown, done = [], [], 0
     for i in range(0, len(texts), step):
-        parts.append(enc.encode(texts[i : i + step]))
+        vecs, shares = enc.encode_passages(texts[i : i + step])
+        parts.append(vecs)
+        unknown += shares
         moved = size * min(len(texts), i + step) // len(texts) - done
         bar.update(moved)
         done += moved
     bar.update(size - done)
-    return np.concatenate(parts) if parts else enc.encode([])
+    return (np.concatenate(parts) if parts else enc.encode([])), unknown
 
 
 def _check_settings(name: str, meta: dict, cfg: RagConfig) -> None:
