@@ -349,9 +349,12 @@ def cmd_clean(a: Args) -> None:
 def cmd_kb(a: Args) -> None:
     from camelid.rag.store import KnowledgeBase, kb_folder, kb_root, list_kbs
 
-    if not a.plain or a.plain[0] not in ("add", "rm", "ls", "search", "ask"):
+    if not a.plain or a.plain[0] not in ("add", "rm", "ls", "search", "ask", "distill"):
         raise a.usage_error()
     sub, rest = a.plain[0], a.plain[1:]
+    if sub == "distill":
+        _distill(a, rest)
+        return
     cfg = validate(a.load(), "kb")
     if sub == "ls" and not rest:
         names = list_kbs(cfg.rag)
@@ -409,6 +412,23 @@ def cmd_kb(a: Args) -> None:
         print(result["answer"])
         for c in result["citations"]:
             print(f"  [{c['index']}]{' *' if c['cited'] else ''} {c['label']}")
+
+
+def _distill(a: Args, rest: list[str]) -> None:
+    from camelid.hub import resolve_model
+    from camelid.static_encoder import distill
+
+    if len(rest) != 2:
+        raise a.usage_error()
+    teacher, out = rest
+    record = distill(resolve_model(teacher, kind="encoder"), out)
+    print(
+        f"{record['vocabulary']:,} token vectors ({record['dims']}-d, {record['probabilities']} weights) in "
+        f"{record['seconds']} s: {out}\n"
+        f"use it with rag.embedding_model={out} when creating a knowledge base. Its cosines are not the teacher's: "
+        f"set rag.min_similarity from your own questions (benchmarks/rag_retrieval.py "
+        f"--encoder {out} prints a calibration)"
+    )
 
 
 def cmd_quickstart(a: Args) -> None:
@@ -540,6 +560,7 @@ VERBS: dict[str, Verb] = {
         "       camelid kb ls [KB]            knowledge bases, or the documents of one\n"
         "       camelid kb search KB QUESTION [rag.retriever=bm25|dense|hybrid rag.top_k=5]\n"
         "       camelid kb ask KB QUESTION model.name=MODEL_OR_RUN [rag.*]\n"
+        "       camelid kb distill ENCODER OUT   a static encoder (a vector per token: ~20x faster) from ENCODER\n"
         "(KB: a name under rag.root, default $CAMELID_HOME/kb, or a folder; a CONFIG.yaml may come among the "
         "arguments, e.g. configs/kb_hybrid.yaml)",
         "knowledge bases: ingest documents, retrieve, answer with citations",

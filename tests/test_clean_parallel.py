@@ -218,3 +218,26 @@ def test_batched_minhash_equals_datasketch_text_by_text():
         m.update_batch(sorted(shingles(text)))
         assert np.array_equal(sig, np.asarray(m.hashvalues, dtype=np.uint32)), text[:20]
     assert np.array_equal(mh(texts[10]), got[10])
+
+
+def _echo(context, item, report):
+    return item
+
+
+def test_the_largest_tasks_start_first_and_results_keep_item_order(monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+
+    from camelid.data import workers
+
+    assert workers.largest_first([3, 9, 1, 9]) == [1, 3, 0, 2]
+    submitted = []
+
+    class Recording(ProcessPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            submitted.append(args[-1])
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", Recording)
+    items = ["small", "large", "middle", "tiny"]
+    assert workers.run_tasks(_echo, None, items, workers=2, sizes=[10, 100, 50, 1]) == items
+    assert submitted == ["large", "middle", "small", "tiny"]

@@ -174,3 +174,15 @@ def test_the_real_catalog_entry_names_its_teacher_and_licence():
     assert entry["sha256"] == teacher["sha256"]  # the same package file: nothing else is downloaded
     assert entry["min_similarity_cjk"] > entry["min_similarity"] > 0.5
     assert any(line.startswith("multilingual-e5-small-static") for line in hub.catalog_listing())
+
+
+def test_kb_distill_makes_a_static_encoder_from_any_sentence_encoder(teacher, tmp_path, capsys):
+    from camelid.cli import main
+
+    main(["kb", "distill", str(teacher), str(tmp_path / "fast")])
+    said = capsys.readouterr().out
+    assert f"rag.embedding_model={tmp_path / 'fast'}" in said and "rag.min_similarity" in said
+    assert Encoder(str(tmp_path / "fast")).table is not None
+    with pytest.raises(SystemExit):
+        main(["kb", "distill", str(tmp_path / "no-such-encoder"), str(tmp_path / "x")])
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -4,7 +4,8 @@
 
 `fn(context, item, report)` is a module-level function; `report(n)` moves the bar by n (bytes, say) while a
 task runs. `context` is what every task shares (configuration, indexes): with local workers it reaches them by
-fork, without a copy per task; on Ray it is put in the object store once. Results come back in item order.
+fork, without a copy per task; on Ray it is put in the object store once. The largest items (by `sizes`) start
+first; results come back in item order.
 
 - workers=1: in this process, no pool (the simplest stack trace, and what tests of the logic use);
 - executor=local: a process pool (fork where the OS has it: the context is not pickled);
@@ -54,7 +55,7 @@ def run_tasks(
     if workers <= 1 or len(items) <= 1:
         report = bar.update if bar is not None else (lambda n: None)
         return [fn(context, item, report) for item in items]
-    return _on_processes(fn, context, items, workers, bar)
+    return _on_processes(fn, context, items, workers, bar, sizes)
 
 
 def _start(context, queue) -> None:
@@ -66,11 +67,19 @@ def _call(fn: Callable, item):
     return fn(_context, item, _queue.put)
 
 
-def _on_processes(fn: Callable, context, items: Sequence, workers: int, bar) -> list:
+def largest_first(sizes: Sequence[int]) -> list[int]:
+    """Item positions, largest first (ties in item order): a pool that starts the long tasks first ends with short
+    ones, so no worker is left finishing a large task alone (LPT scheduling)."""
+    return sorted(range(len(sizes)), key=lambda i: -sizes[i])
+
+
+def _on_processes(fn: Callable, context, items: Sequence, workers: int, bar, sizes: Sequence[int]) -> list:
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     queue = ctx.Queue()
     pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_start, initargs=(context, queue))
-    futures = [pool.submit(_call, fn, item) for item in items]
+    futures: list = [None] * len(items)
+    for i in largest_first(sizes):
+        futures[i] = pool.submit(_call, fn, items[i])
     try:
         pending = set(futures)
         while pending:
@@ -108,7 +117,9 @@ def _on_ray(fn: Callable, context, items: Sequence, workers: int, address: str, 
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_ray_call)
         shared = [ray.put(context)]  # in a list, so Ray hands the task the reference rather than the value
-        refs = [task.remote(fn, shared, item) for item in items]
+        refs: list = [None] * len(items)
+        for i in largest_first(sizes):
+            refs[i] = task.remote(fn, shared, items[i])
         where = {ref: i for i, ref in enumerate(refs)}
         pending = list(refs)
         while pending:
