@@ -28,7 +28,7 @@ import numpy as np
 from camelid.utils import CamelidError, atomic_dir, fast_bf16, log, quiet_transformers, require
 
 DIMS = 256
-SIF = 1e-4  # model2vec's default; 1e-3 and 1e-5 retrieved less on benchmarks/rag_questions.jsonl
+SIF = 1e-4  # model2vec's default; with 1e-3 or 1e-5 dense retrieval found fewer English passages (RESULTS.md)
 PCA_ROWS = 65_536  # the principal axes are fitted on an even sample of this many token vectors
 
 
@@ -45,8 +45,8 @@ def distill_into(
     teacher: str, folder: Path, dims: int = DIMS, sif: float = SIF, batch: int = 2048, bf16: bool | None = None
 ) -> dict:
     """`distill`, written into an existing (empty) folder: the catalog's pull gives it its own temporary one.
-    bf16: run the teacher in bfloat16 (None: where the CPU has it natively, ~4x float32 with AMX; the vectors are
-    averaged and reduced afterwards, and retrieval measured the same)."""
+    bf16: run the teacher in bfloat16 (None: where the CPU has it natively; with AMX the 250k tokens of e5 take ~1
+    minute on 2 cores). The catalog's thresholds were measured on a bf16 distillation."""
     st = require("sentence_transformers", "rag")
     modules = _modules()
     with quiet_transformers():
@@ -61,14 +61,15 @@ def distill_into(
     special = np.zeros(len(vectors), dtype=bool)
     special[[i for i in tokenizer.all_special_ids if i < len(vectors)]] = True
     reduced = pca(vectors, special, dims)
-    weights = sif_weights(token_probabilities(tokenizer, len(vectors), special), sif)
+    p, kind = token_probabilities(tokenizer, len(vectors), special)
+    weights = sif_weights(p, sif)
     table = (reduced * weights[:, None]).astype(np.float32)
     record = {
         "teacher": str(teacher),
         "dims": int(table.shape[1]),
         "sif": sif,
         "vocabulary": len(table),
-        "probabilities": "unigram" if _unigram_scores(tokenizer) is not None else "zipf",
+        "probabilities": kind,
         "seconds": round(time.time() - started, 1),
     }
     static = modules.StaticEmbedding(tokenizer.backend_tokenizer, embedding_weights=table)
@@ -134,17 +135,18 @@ def pca(vectors: np.ndarray, special: np.ndarray, dims: int) -> np.ndarray:
     return centred @ axes[:dims].T.astype(np.float32)
 
 
-def token_probabilities(tokenizer, vocab: int, special: np.ndarray) -> np.ndarray:
-    """p(token): the unigram model's where the tokenizer has one, else Zipf's law over the ordinary ids."""
+def token_probabilities(tokenizer, vocab: int, special: np.ndarray) -> tuple[np.ndarray, str]:
+    """(p(token), "unigram" or "zipf"): the unigram model's where the tokenizer has one, else Zipf's law over the
+    ordinary ids."""
     scores = _unigram_scores(tokenizer)
     if scores is not None and len(scores) == vocab:
-        p = np.exp(scores)
+        p, kind = np.exp(scores), "unigram"
     else:
         rank = np.maximum(np.cumsum(~special), 1)  # 1 for the first ordinary id
-        p = 1.0 / rank
+        p, kind = 1.0 / rank, "zipf"
         p /= p[~special].sum()
     p[special] = np.inf  # weight 0
-    return p
+    return p, kind
 
 
 def sif_weights(p: np.ndarray, a: float) -> np.ndarray:

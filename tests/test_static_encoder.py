@@ -96,8 +96,8 @@ def test_a_unigram_tokenizers_own_probabilities_are_used():
     special = np.zeros(len(tok), dtype=bool)
     special[tok.all_special_ids] = True
     scores = np.array([s for _, s in json.loads(tk.to_str())["model"]["vocab"]])
-    p = static_encoder.token_probabilities(tok, len(tok), special)
-    assert np.allclose(p[~special], np.exp(scores[~special])) and np.isinf(p[special]).all()
+    p, kind = static_encoder.token_probabilities(tok, len(tok), special)
+    assert kind == "unigram" and np.allclose(p[~special], np.exp(scores[~special])) and np.isinf(p[special]).all()
 
 
 def test_the_encoder_computes_what_sentence_transformers_computes(static):

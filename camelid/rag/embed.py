@@ -90,8 +90,8 @@ class Encoder:
         return self._static(ids), self._unknown(ids)
 
     def _static(self, batch: list[list[int]]) -> np.ndarray:
-        """The normalised mean of each text's token rows: what StaticEmbedding + Normalize compute. In numpy, on
-        one thread: torch's embedding_bag spreads over every core and `kb add` segments text on the others."""
+        """The normalised mean of each text's token rows: what StaticEmbedding + Normalize compute (a gather and a
+        segmented sum; texts without tokens get the zero vector, as there)."""
         lengths = np.array([len(ids) for ids in batch])
         sums = np.zeros((len(batch), self.dim), dtype=np.float32)
         full = np.flatnonzero(lengths)
