@@ -302,8 +302,8 @@ def test_irrelevant_questions_and_empty_kbs_find_nothing(rag, corpus):
     kb = make_kb(rag)
     kb.add([str(corpus)], rag, progress=False)
     # The tiny random encoder puts every text near one direction: different texts reach cosines of 0.96-0.99, and
-    # where in that range varies between processes (its WordPiece vocabulary, trained here, breaks frequency ties
-    # in hash order). So "strict" sits above that band; the real encoder's thresholds: tests/test_real_model.py.
+    # where in that range varies between processes (its WordPiece vocabulary, trained here, comes out in another id
+    # order in each). So "strict" sits above that band; the real encoder's thresholds: tests/test_real_model.py.
     strict = RagConfig(**{**rag.__dict__, "min_similarity": 0.9999})
     assert search(kb, "quantum chromodynamics lattice gauge", strict) == []
     assert search(kb, "量子色动力学的格点规范", strict) == []
