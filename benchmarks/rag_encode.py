@@ -117,8 +117,10 @@ def main(argv=None) -> None:
     rows = []
     for name in a.encoders.split(","):
         # a static encoder (a table of token vectors) has no matmuls for bf16 to speed up: one row
-        static = Encoder(name).table is not None
-        encs = {dt: Encoder(name, dtype=dt) for dt in (("float32",) if static else ("float32", "bfloat16"))}
+        encs = {"float32": Encoder(name, dtype="float32")}
+        static = encs["float32"].table is not None
+        if not static:
+            encs["bfloat16"] = Encoder(name, dtype="bfloat16")
         tokens = sum(encs["float32"].count_tokens(texts))
         rates: dict[str, list[float]] = {dt: [] for dt in encs}
         vecs = {}

@@ -72,10 +72,9 @@ class IdCounts:
     """How often each token id occurred, as two tensors (`ids`, `counts`) that grow by one entry per new id, so a
     step's penalty reads them as they are. Rebuilding them from a dict or set every step cost O(distinct ids), which
     grows with the output (benchmarks/RESULTS.md, long generations). counting=False keeps the ids alone (a repetition
-    penalty needs no counts; `counts` then stays as built)."""
+    penalty needs no counts; `counts` is then None)."""
 
     def __init__(self, tokens=(), device: torch.device | str = "cpu", counting: bool = True):
-        self.counting = counting
         self.where: dict[int, int] = {}  # id -> its entry
         ids, counts = [], []
         for t in tokens:
@@ -86,7 +85,7 @@ class IdCounts:
                 ids.append(t)
                 counts.append(1)
         self.ids = torch.tensor(ids, dtype=torch.long, device=device)
-        self.counts = torch.tensor(counts, dtype=torch.float32, device=device)
+        self.counts = torch.tensor(counts, dtype=torch.float32, device=device) if counting else None
 
     def __len__(self) -> int:
         return len(self.where)
@@ -96,9 +95,9 @@ class IdCounts:
         if entry is None:
             self.where[token] = len(self.where)
             self.ids = torch.cat([self.ids, self.ids.new_tensor([token])])
-            if self.counting:
+            if self.counts is not None:
                 self.counts = torch.cat([self.counts, self.counts.new_tensor([1.0])])
-        elif self.counting:
+        elif self.counts is not None:
             self.counts[entry] += 1
 
 

@@ -61,8 +61,7 @@ class Encoder:
     def count_tokens(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
-        # verbose=False: counting a long section is not feeding it to the model, so no length warning
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+        return [len(ids) for ids in self._ids(texts)]
 
     def unknown_share(self, text: str) -> float:
         """Share of `text`'s tokens the encoder's vocabulary lacks ([UNK]): high for a language it never learned
@@ -76,6 +75,7 @@ class Encoder:
         return self._unknown(self._ids(texts))
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
+        # verbose=False: counting a long section is not feeding it to the model, so no length warning
         return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
     def _unknown(self, batch: list[list[int]]) -> list[float]:
